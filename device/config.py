@@ -1,0 +1,375 @@
+"""TOML config -> frozen dataclasses.
+
+Every field carries its own doc, type and range, so one engine validates everything, the
+README reference is generated from the same source (`kyc-edge check-config --reference`), and
+an error names the key, the value and what was expected, one line each.
+
+This module imports nothing from the biometric side: link/ and fleet/ depend on it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+DEFAULT_PATH = Path("/etc/kyc-edge/config.toml")
+
+
+class ConfigError(Exception):
+    """One or more problems; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def opt(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
+        choices: tuple | None = None, factory: bool = False):
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices}
+    if factory:
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class DeviceConfig:
+    id: str = opt("counter-0001", "Device ID; the MQTT topic segment and the verdict's `device`.")
+    site: str = opt("site-0001", "Site (shop) ID; the MQTT topic segment and the verdict's `site`.")
+    state_dir: str = opt("/var/lib/kyc-edge", "Where keys, the outbox, bundles and counters live (systemd StateDirectory).")
+    groups: tuple[str, ...] = opt((), "Fleet groups this device belongs to (for group update topics).")
+
+
+@dataclass(frozen=True)
+class ReplayCameraConfig:
+    path: str = opt("", "Video file or folder of images to replay.")
+    pace: str = opt("realtime", "`realtime` paces frames at their timestamps; `fast` as fast as consumed.",
+                    choices=("realtime", "fast"))
+    loop: bool = opt(True, "Start again at the end.")
+    fps: float = opt(0.0, "Pace for image folders (0 = use the file's timestamps or 15 fps).", lo=0, hi=240)
+
+
+@dataclass(frozen=True)
+class V4L2CameraConfig:
+    device: str = opt("/dev/video0", "V4L2 device node.")
+    fourcc: str = opt("MJPG", "Pixel format asked of the camera (MJPG suits USB webcams).")
+    pipeline: str = opt("", "GStreamer pipeline instead of a device (Jetson CSI; needs an OpenCV built with GStreamer).")
+
+
+@dataclass(frozen=True)
+class Picamera2CameraConfig:
+    format: str = opt("RGB888", "Main stream format.", choices=("RGB888", "YUV420"))
+    autofocus: bool = opt(True, "Continuous autofocus where the sensor supports it.")
+    exposure_us: int = opt(0, "Fixed exposure time in microseconds (0 = auto).", lo=0, hi=1_000_000)
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    backend: str = opt("auto", "Frame source.", choices=("auto", "picamera2", "v4l2", "replay"))
+    width: int = opt(1280, "Capture width in pixels.", lo=64, hi=4096)
+    height: int = opt(720, "Capture height in pixels.", lo=64, hi=4096)
+    fps: int = opt(30, "Capture rate asked of the camera.", lo=1, hi=240)
+    stall_s: float = opt(2.0, "No frame for this long marks the camera `stalled` and reopens it.", lo=0.1, hi=60)
+    lost_s: float = opt(10.0, "Stalled for this long marks the camera `lost`.", lo=0.5, hi=600)
+    reopen_backoff_max_s: float = opt(30.0, "Ceiling of the exponential back-off between reopen attempts.", lo=0.1, hi=600)
+    replay: ReplayCameraConfig = opt(ReplayCameraConfig, "Replay backend.", factory=True)
+    v4l2: V4L2CameraConfig = opt(V4L2CameraConfig, "V4L2 / GStreamer backend.", factory=True)
+    picamera2: Picamera2CameraConfig = opt(Picamera2CameraConfig, "picamera2 backend.", factory=True)
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    port: str = opt("/dev/ttyUSB0", "Serial port of the ID-card reader (pyserial URL also allowed).")
+    baud: int = opt(115200, "Baud rate.", choices=(115200, 57600, 38400, 19200, 9600))
+    timeout_s: float = opt(1.0, "Reply timeout of one command.", lo=0.05, hi=30)
+    retries: int = opt(2, "Retries of a command after a timeout or a corrupt reply.", lo=0, hi=10)
+    poll_s: float = opt(0.3, "Card-presence polling interval.", lo=0.02, hi=10)
+    photo_decoder: str = opt("auto", "How the chip photo is decoded: `wlt` (vendor library), `bmp`, `jpeg`, or `auto` (by magic bytes).",
+                             choices=("auto", "wlt", "bmp", "jpeg"))
+    wlt_library: str = opt("", "Path to the vendor's libwlt2bmp.so (needed for WLT photos).")
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    dir: str = opt("", "Installed model directory (empty = $KYC_EDGE_MODEL_DIR or <state_dir>/models).")
+    set: str = opt("float", "Model set: `int8` (built by scripts/build-models) or `float`.", choices=("float", "int8"))
+    detector: str = opt("short_range", "BlazeFace variant; `full_range` for cameras mounted far back.",
+                        choices=("short_range", "full_range"))
+    threads: int = opt(1, "Inference threads per model.", lo=1, hi=8)
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    threshold: float = opt(0.40, "Cosine similarity at or above which live face and card photo match.", lo=-1, hi=1)
+    top_k: int = opt(3, "Best-quality live frames whose embeddings are averaged.", lo=1, hi=16)
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    min_face_px: int = opt(80, "Minimum face box width in frame pixels.", lo=16, hi=2000)
+    max_yaw_deg: float = opt(20.0, "Largest |yaw| for a match frame.", lo=0, hi=90)
+    max_pitch_deg: float = opt(20.0, "Largest |pitch| for a match frame.", lo=0, hi=90)
+    min_sharpness: float = opt(20.0, "Minimum variance of the Laplacian on the aligned face.", lo=0, hi=100000)
+    min_brightness: float = opt(40.0, "Minimum mean grey level of the aligned face.", lo=0, hi=255)
+    max_brightness: float = opt(220.0, "Maximum mean grey level of the aligned face.", lo=0, hi=255)
+    min_ear: float = opt(0.18, "Eyes count as open above this eye aspect ratio.", lo=0, hi=1)
+
+
+@dataclass(frozen=True)
+class LivenessConfig:
+    challenges: tuple[str, ...] = opt(("blink", "turn_left", "turn_right"), "Challenge pool drawn from at random.")
+    count: int = opt(2, "Challenges per session.", lo=0, hi=6)
+    challenge_timeout_s: float = opt(8.0, "Time allowed for each challenge.", lo=0.5, hi=120)
+    face_lost_s: float = opt(1.5, "Face may be out of view this long before `face_lost`.", lo=0.05, hi=60)
+    turn_yaw_deg: float = opt(18.0, "Yaw a head turn must reach.", lo=5, hi=80)
+    blink_min_s: float = opt(0.04, "Shortest eye closure that counts as a blink.", lo=0, hi=2)
+    blink_max_s: float = opt(1.5, "Longest eye closure that counts as a blink.", lo=0.05, hi=10)
+    pad_threshold: float = opt(0.5, "Fused passive real-score below which the session is `spoof_suspected`.", lo=0, hi=1)
+    pad_enabled: bool = opt(True, "Run the passive anti-spoofing models.")
+    identity_threshold: float = opt(0.35, "Start/end embeddings must be at least this similar (`identity_changed`).", lo=-1, hi=1)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    card_read_timeout_s: float = opt(5.0, "From card detected to card read.", lo=0.5, hi=60)
+    capture_timeout_s: float = opt(30.0, "Whole face-capture phase.", lo=1, hi=600)
+    face_wait_s: float = opt(10.0, "Time for a face to appear after the card is read.", lo=0.5, hi=120)
+    card_max_age_s: float = opt(120.0, "A card read older than this is not used.", lo=1, hi=3600)
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    url: str = opt("mqtt://127.0.0.1:1883", "Broker URL: mqtt://host:port or mqtts://host:port.")
+    prefix: str = opt("kyc/v1", "Topic prefix; topics are <prefix>/<site>/<device>/...")
+    protocol: str = opt("5", "MQTT protocol version; `3.1.1` for old brokers.", choices=("5", "3.1.1"))
+    username: str = opt("", "Username (empty = none).")
+    password_file: str = opt("", "File holding the password (kept out of the config).")
+    ca_file: str = opt("", "CA certificate for TLS.")
+    cert_file: str = opt("", "Client certificate for TLS.")
+    key_file: str = opt("", "Client key for TLS.")
+    keepalive_s: int = opt(30, "MQTT keepalive.", lo=5, hi=3600)
+    message_expiry_s: int = opt(86400, "MQTT 5 Message Expiry of verdicts.", lo=0, hi=31_536_000)
+    connect_timeout_s: float = opt(10.0, "How long start-up waits for the broker before going READY degraded.", lo=0, hi=600)
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    max_rows: int = opt(10000, "Outbox capacity; when full new sessions are refused (`outbox_full`).", lo=1, hi=10_000_000)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    card_number_hmac_key_file: str = opt("", "Per-deployment key file; with it the verdict carries HMAC-SHA256 of the card number, without it nothing.")
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    public_keys: tuple[str, ...] = opt((), "Fleet Ed25519 public keys (base64 or file paths) trusted for update manifests.")
+    max_bundle_bytes: int = opt(200_000_000, "Largest bundle accepted before download.", lo=1, hi=10_000_000_000)
+    crash_loop_restarts: int = opt(3, "Restarts within the window after a switch that trigger a rollback.", lo=1, hi=100)
+    crash_loop_window_s: float = opt(300.0, "Crash-loop window.", lo=1, hi=86400)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
+    target: str = opt("auto", "`journald` under systemd, else `stderr`; `auto` picks.", choices=("auto", "journald", "stderr"))
+
+
+@dataclass(frozen=True)
+class Config:
+    device: DeviceConfig = opt(DeviceConfig, "Identity and state.", factory=True)
+    camera: CameraConfig = opt(CameraConfig, "Camera.", factory=True)
+    reader: ReaderConfig = opt(ReaderConfig, "ID-card reader.", factory=True)
+    models: ModelsConfig = opt(ModelsConfig, "Models.", factory=True)
+    match: MatchConfig = opt(MatchConfig, "Face match.", factory=True)
+    quality: QualityConfig = opt(QualityConfig, "Live-frame quality gate.", factory=True)
+    liveness: LivenessConfig = opt(LivenessConfig, "Liveness.", factory=True)
+    session: SessionConfig = opt(SessionConfig, "Session timeouts.", factory=True)
+    mqtt: MqttConfig = opt(MqttConfig, "MQTT link.", factory=True)
+    outbox: OutboxConfig = opt(OutboxConfig, "Durable verdict outbox.", factory=True)
+    privacy: PrivacyConfig = opt(PrivacyConfig, "Privacy.", factory=True)
+    fleet: FleetConfig = opt(FleetConfig, "Fleet updates.", factory=True)
+    log: LogConfig = opt(LogConfig, "Logging.", factory=True)
+
+
+# ---------------------------------------------------------------- engine
+def _describe(tp: Any, meta: dict) -> str:
+    if meta.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    name = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp)
+    if get_origin(tp) is tuple:
+        name = "a list of " + {str: "strings"}.get(get_args(tp)[0], "values")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and hi is not None:
+        name = f"{name} in {lo:g}..{hi:g}"
+    return name or str(tp)
+
+
+def _check_value(key: str, tp: Any, meta: dict, value: Any, problems: list[str]) -> Any:
+    want = _describe(tp, meta)
+    bad = f"config: {key} = {value!r}: expected {want}"
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(bad)
+            return None
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(bad)
+            return None
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(bad)
+            return None
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            problems.append(bad)
+            return None
+    elif get_origin(tp) is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(bad)
+            return None
+        value = tuple(value)
+    if meta.get("choices") and value not in meta["choices"]:
+        problems.append(bad)
+        return None
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            problems.append(bad)
+            return None
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
+    if not isinstance(data, dict):
+        problems.append(f"config: {prefix or 'root'} = {data!r}: expected a table")
+        return cls()
+    known = {f.name: f for f in fields(cls)}
+    for k in data:
+        if k not in known:
+            problems.append(f"config: {prefix}{k}: unknown key (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    hints = _hints(cls)
+    for name, f in known.items():
+        if name not in data:
+            continue
+        tp = hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data[name], key + ".", problems)
+        else:
+            v = _check_value(key, tp, dict(f.metadata), data[name], problems)
+            if v is not None:
+                kwargs[name] = v
+    return cls(**kwargs)
+
+
+_HINTS: dict[type, dict] = {}
+
+
+def _hints(cls: type) -> dict:
+    if cls not in _HINTS:
+        import typing
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _cross_checks(cfg: Config, problems: list[str]) -> None:
+    lv = cfg.liveness
+    allowed = {"blink", "turn_left", "turn_right", "nod"}
+    for c in lv.challenges:
+        if c not in allowed:
+            problems.append(f"config: liveness.challenges = {list(lv.challenges)!r}: expected names from {sorted(allowed)}")
+            break
+    if lv.count > len(set(lv.challenges)):
+        problems.append(f"config: liveness.count = {lv.count}: expected at most the {len(set(lv.challenges))} distinct challenges in liveness.challenges")
+    if lv.blink_min_s >= lv.blink_max_s:
+        problems.append(f"config: liveness.blink_min_s = {lv.blink_min_s}: expected less than liveness.blink_max_s ({lv.blink_max_s})")
+    q = cfg.quality
+    if q.min_brightness >= q.max_brightness:
+        problems.append(f"config: quality.min_brightness = {q.min_brightness}: expected less than quality.max_brightness ({q.max_brightness})")
+    if cfg.camera.lost_s <= cfg.camera.stall_s:
+        problems.append(f"config: camera.lost_s = {cfg.camera.lost_s}: expected more than camera.stall_s ({cfg.camera.stall_s})")
+    url = cfg.mqtt.url
+    if not (url.startswith("mqtt://") or url.startswith("mqtts://")) or ":" not in url.split("://", 1)[1]:
+        problems.append(f"config: mqtt.url = {url!r}: expected mqtt://host:port or mqtts://host:port")
+    for key in ("id", "site"):
+        v = getattr(cfg.device, key)
+        if not v or any(ch in v for ch in "/+#") or v != v.strip():
+            problems.append(f"config: device.{key} = {v!r}: expected a non-empty topic-safe name (no / + # or spaces)")
+
+
+def from_dict(data: dict) -> Config:
+    problems: list[str] = []
+    cfg = _build(Config, data, "", problems)
+    if not problems:
+        _cross_checks(cfg, problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    p = Path(path) if path else DEFAULT_PATH
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError([f"config: cannot read {p}: {e.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError([f"config: {p}: not valid TOML: {e}"]) from None
+    return from_dict(data)
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """Nested replace: replace(cfg, **{"camera.replay.path": "x"})."""
+    for dotted, value in changes.items():
+        head, _, rest = dotted.partition(".")
+        if rest:
+            cfg = dataclasses.replace(cfg, **{head: replace(getattr(cfg, head), **{rest: value})})
+        else:
+            cfg = dataclasses.replace(cfg, **{head: value})
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    out = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, tuple) else v)
+    return out
+
+
+def reference(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, default, expected, doc) rows for the README config reference."""
+    rows = []
+    hints = _hints(cls)
+    inst = cls()
+    for f in fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += reference(tp, f"{prefix}{f.name}.")
+        else:
+            default = getattr(inst, f.name)
+            rows.append((prefix + f.name, repr(list(default) if isinstance(default, tuple) else default),
+                         _describe(tp, dict(f.metadata)), f.metadata["doc"]))
+    return rows
+
+
+def state_dir(cfg: Config) -> Path:
+    return Path(cfg.device.state_dir)
+
+
+def models_dir(cfg: Config) -> Path:
+    if cfg.models.dir:
+        return Path(cfg.models.dir)
+    env = os.environ.get("KYC_EDGE_MODEL_DIR")
+    if env:
+        return Path(env)
+    return state_dir(cfg) / "models"
