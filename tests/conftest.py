@@ -1,0 +1,53 @@
+"""Shared fixtures: where ../shared is, and a real mosquitto broker on a free loopback port.
+
+Under CI=true a test whose data ../shared provides must never skip: `need()` fails instead.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.brokers import Mosquitto, free_port  # noqa: F401  (re-exported for tests)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("KYC_EDGE_SHARED", REPO.parent / "shared"))
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def need(path: Path) -> Path:
+    """Return path if it exists; otherwise skip locally, fail in CI."""
+    if path.exists():
+        return path
+    msg = f"test data missing: {path}"
+    if IN_CI:
+        pytest.fail(msg + " (CI must not skip tests whose data ../shared provides)")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return need(SHARED)
+
+
+@pytest.fixture(scope="session")
+def shared_data(shared) -> Path:
+    return need(shared / "data")
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """Installed models (scripts/setup -> kyc-edge models install), else the offline mirror."""
+    for cand in (os.environ.get("KYC_EDGE_MODEL_DIR"), REPO / "models" / "store",
+                 os.environ.get("KYC_EDGE_MODEL_MIRROR"), SHARED / "models"):
+        if cand and (Path(cand) / "face_detection_short_range.tflite").exists():
+            return Path(cand)
+    return need(SHARED / "models" / "face_detection_short_range.tflite").parent
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A real mosquitto on a free loopback port (anonymous, MQTT 5 capable)."""
+    with Mosquitto(tmp_path) as b:
+        yield b
