@@ -1,0 +1,133 @@
+"""MobileFaceNet embedding (192-d), cosine similarity, and the card-photo path.
+
+The model's batch is fixed at 2: the live face and the card face go in one call. With
+`flip_tta=True` each face is fed together with its horizontal mirror instead (two calls) and the
+two embeddings are summed before normalising (test-time augmentation; see docs/match.md).
+
+Privacy: EmbedResult never shows its vectors in repr(); `wipe()` zero-fills them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from device.vision.align import SIZE, align_face
+from device.vision.runtime import load_interpreter
+
+
+@dataclass(frozen=True)
+class EmbedderOptions:
+    model_path: str
+    threads: int = 1
+    flip_tta: bool = False
+
+
+@dataclass(repr=False)
+class EmbedResult:
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((2, 192), np.float32))  # (2, D) L2-normalised
+
+    def similarity(self) -> float:
+        return cosine(self.vectors[0], self.vectors[1])
+
+    def wipe(self) -> None:
+        self.vectors.fill(0)
+
+    def __repr__(self) -> str:
+        return f"EmbedResult(shape={tuple(self.vectors.shape)})"
+
+
+def l2n(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, np.float32)
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.maximum(n, 1e-12)
+
+
+def cosine(u: np.ndarray, v: np.ndarray) -> float:
+    u = np.asarray(u, np.float64).ravel()
+    v = np.asarray(v, np.float64).ravel()
+    d = np.linalg.norm(u) * np.linalg.norm(v)
+    return float(u @ v / d) if d > 0 else 0.0
+
+
+def mean_embedding(vectors) -> np.ndarray:
+    """Average of several L2-normalised embeddings (top-k live frames), renormalised."""
+    return l2n(np.mean(np.asarray(vectors, np.float32), axis=0))
+
+
+def _prep(img: np.ndarray) -> np.ndarray:
+    if img.shape != (SIZE, SIZE, 3):
+        raise ValueError(f"embedder expects aligned {SIZE}x{SIZE}x3 RGB, got {img.shape}")
+    return (img.astype(np.float32) - 127.5) * (1 / 128.0)
+
+
+class FaceEmbedder:
+    def __init__(self, options: EmbedderOptions):
+        self.options = options
+        self._it = load_interpreter(options.model_path, options.threads)
+        inp = self._it.get_input_details()[0]
+        out = self._it.get_output_details()[0]
+        if tuple(inp["shape"][1:]) != (SIZE, SIZE, 3):
+            raise ValueError(f"unexpected embedder input shape {tuple(inp['shape'])}")
+        self.batch = int(inp["shape"][0])
+        self.dim = int(out["shape"][-1])
+        self._in_idx, self._out_idx = inp["index"], out["index"]
+        self._buf = np.zeros(tuple(inp["shape"]), np.float32)
+
+    @classmethod
+    def create(cls, options: EmbedderOptions) -> "FaceEmbedder":
+        return cls(options)
+
+    def _run(self, imgs) -> np.ndarray:
+        """Raw embeddings of len(imgs) <= batch images (empty slots are filled with the first)."""
+        buf = self._buf
+        for i in range(self.batch):
+            buf[i] = _prep(imgs[min(i, len(imgs) - 1)])
+        self._it.set_tensor(self._in_idx, buf)
+        self._it.invoke()
+        out = np.array(self._it.get_tensor(self._out_idx)[: len(imgs)], np.float32)
+        buf.fill(0)
+        return out
+
+    def embed(self, a: np.ndarray, b: np.ndarray) -> EmbedResult:
+        """Embed two aligned 112x112 RGB faces (live, card) -> (2, D) L2-normalised vectors."""
+        if not self.options.flip_tta:
+            return EmbedResult(l2n(self._run([a, b])))
+        ea = self._run([a, a[:, ::-1]]).sum(0)
+        eb = self._run([b, b[:, ::-1]]).sum(0)
+        return EmbedResult(l2n(np.stack([ea, eb])))
+
+    def embed_one(self, a: np.ndarray) -> np.ndarray:
+        """One face -> (D,) L2-normalised (the face fills both slots, or face + mirror with flip_tta)."""
+        if self.options.flip_tta:
+            return l2n(self._run([a, a[:, ::-1]]).sum(0))
+        return l2n(self._run([a])[0])
+
+
+def _largest(faces):
+    return max(faces, key=lambda f: f.width * f.height) if faces else None
+
+
+def prepare_card_face(detector, rgb: np.ndarray, pad_scales=(2.0, 3.0)) -> np.ndarray | None:
+    """Detect + align the face of a (small) card photo; once per session. None if no face is found.
+
+    BlazeFace short range is trained on faces filling a fair part of the frame; a 102x126 chip photo
+    whose face fills almost all of it is sometimes missed, so on a miss the photo is pasted in the
+    middle of a larger grey canvas and detection is retried.
+    """
+    face = _largest(detector.detect(rgb).faces)
+    if face is not None:
+        return align_face(rgb, face.keypoints)
+    h, w = rgb.shape[:2]
+    for s in pad_scales:
+        H, W = int(round(h * s)), int(round(w * s))
+        top, left = (H - h) // 2, (W - w) // 2
+        canvas = np.full((H, W, 3), 127, np.uint8)
+        canvas[top:top + h, left:left + w] = rgb
+        face = _largest(detector.detect(canvas).faces)
+        if face is not None:
+            out = align_face(canvas, face.keypoints)
+            canvas.fill(0)
+            return out
+        canvas.fill(0)
+    return None
