@@ -153,11 +153,16 @@ class MqttConfig:
     keepalive_s: int = opt(30, "MQTT keepalive.", lo=5, hi=3600)
     message_expiry_s: int = opt(86400, "MQTT 5 Message Expiry of verdicts.", lo=0, hi=31_536_000)
     connect_timeout_s: float = opt(10.0, "How long start-up waits for the broker before going READY degraded.", lo=0, hi=600)
+    reconnect_min_s: float = opt(0.5, "First delay before reconnecting to the broker (doubles up to reconnect_max_s, with jitter).", lo=0.01, hi=600)
+    reconnect_max_s: float = opt(30.0, "Ceiling of the reconnect back-off.", lo=0.05, hi=3600)
+    max_inflight: int = opt(20, "Verdicts published but not yet acknowledged (PUBACK) at a time.", lo=1, hi=1000)
+    status_interval_s: float = opt(60.0, "Republish the retained health status this often (0 = only on change/reconnect).", lo=0, hi=86400)
 
 
 @dataclass(frozen=True)
 class OutboxConfig:
     max_rows: int = opt(10000, "Outbox capacity; when full new sessions are refused (`outbox_full`).", lo=1, hi=10_000_000)
+    path: str = opt("", "SQLite outbox file (empty = <state_dir>/outbox.db).")
 
 
 @dataclass(frozen=True)
