@@ -3,6 +3,17 @@
 Letterbox to a square, run the model, decode anchors, weighted NMS (as MediaPipe does: boxes that
 overlap the best one are averaged by score, which steadies the box and keypoints frame to frame).
 Keypoints: subject's right eye, left eye, nose tip, mouth centre, right ear, left ear.
+
+Edge cases:
+- Too small: faces narrower than `DetectorOptions.min_face_px` frame pixels are dropped and counted in
+  `DetectionResult.too_small` (the session can say "come closer"). Short range finds faces down to
+  about 14 % of the frame's longer side (about 180 px in a 1280x720 frame); `full_range` finds them
+  down to about 5 % (about 60 px), for cameras mounted far back.
+- Cut off: a face whose box reaches past the frame edge by more than 5 % of its width, or whose eye,
+  nose or mouth keypoint lies outside the frame, is kept (tracking needs it) but marked `cut_off=True`;
+  the quality gate never picks it for matching.
+- A model file that does not fit the variant (e.g. the full-range file with variant short_range) is a
+  ModelError at load time, not garbage boxes.
 """
 from __future__ import annotations
 
@@ -11,12 +22,18 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from device.errors import ModelError
 from device.vision.runtime import load_interpreter
 
 # (input size, [(grid, anchors per cell), ...])
 _VARIANTS = {
     "short_range": (128, [(16, 2), (8, 6)]),
     "full_range": (192, [(48, 1)]),
+}
+# file names (models/store and the ../shared/models mirror, where full range is under alternatives/)
+MODEL_FILES = {
+    "short_range": "face_detection_short_range.tflite",
+    "full_range": "face_detection_full_range.tflite",
 }
 
 
@@ -37,6 +54,8 @@ class DetectorOptions:
     iou_threshold: float = 0.3
     threads: int = 1
     max_faces: int = 4
+    min_face_px: float = 0.0      # drop (and count) faces narrower than this in frame pixels
+    edge_margin: float = 0.05     # box past the frame edge by more than this fraction of its width = cut off
 
 
 @dataclass
@@ -44,6 +63,7 @@ class Face:
     box: tuple[float, float, float, float]   # x0, y0, x1, y1 in frame pixels
     score: float
     keypoints: np.ndarray                    # (6, 2) frame pixels
+    cut_off: bool = False                    # reaches past the frame edge (see module doc)
 
     @property
     def width(self) -> float:
@@ -59,12 +79,17 @@ class Face:
         return x0 < -margin or y0 < -margin or x1 > w + margin or y1 > h + margin
 
     def __repr__(self) -> str:  # geometry only; never pixels
-        return f"Face(box={tuple(round(v, 1) for v in self.box)}, score={self.score:.2f})"
+        cut = ", cut_off" if self.cut_off else ""
+        return f"Face(box={tuple(round(v, 1) for v in self.box)}, score={self.score:.2f}{cut})"
 
 
 @dataclass
 class DetectionResult:
     faces: list[Face] = field(default_factory=list)
+    too_small: int = 0                       # faces dropped by min_face_px
+
+    def largest(self) -> Face | None:
+        return max(self.faces, key=lambda f: f.width * f.height) if self.faces else None
 
 
 class FaceDetector:
@@ -78,6 +103,14 @@ class FaceDetector:
         inp = self._it.get_input_details()[0]
         self._in_idx = inp["index"]
         outs = sorted(self._it.get_output_details(), key=lambda d: d["shape"][-1], reverse=True)
+        want_in = (1, self.size, self.size, 3)
+        got_in = tuple(int(v) for v in inp["shape"])
+        got_out = [tuple(int(v) for v in d["shape"]) for d in outs]
+        n = len(self.anchors)
+        if got_in != want_in or len(outs) != 2 or got_out[0][-2:] != (n, 16) or got_out[1][-2:] != (n, 1):
+            raise ModelError("model_unavailable",
+                             f"{options.model_path}: input {got_in}, outputs {got_out} do not fit BlazeFace "
+                             f"{options.variant} (input {want_in}, {n} anchors); check models.detector")
         self._reg_idx, self._cls_idx = outs[0]["index"], outs[1]["index"]
         self._canvas = np.zeros((self.size, self.size, 3), np.float32)
 
@@ -118,7 +151,20 @@ class FaceDetector:
         kps[..., 0] = (kps[..., 0] - left) / scale
         kps[..., 1] = (kps[..., 1] - top) / scale
         faces = _weighted_nms(boxes, kps, scores[keep], self.options.iou_threshold)
-        return DetectionResult(faces[: self.options.max_faces])
+        small = [f for f in faces if f.width < self.options.min_face_px]
+        faces = [f for f in faces if f.width >= self.options.min_face_px]
+        for f in faces:
+            f.cut_off = _cut_off(f, h, w, self.options.edge_margin)
+        return DetectionResult(faces[: self.options.max_faces], too_small=len(small))
+
+
+def _cut_off(f: Face, h: int, w: int, margin: float) -> bool:
+    m = margin * f.width
+    x0, y0, x1, y1 = f.box
+    if x0 < -m or y0 < -m or x1 > w + m or y1 > h + m:
+        return True
+    kp = f.keypoints[:4]
+    return bool((kp[:, 0] < 0).any() or (kp[:, 1] < 0).any() or (kp[:, 0] >= w).any() or (kp[:, 1] >= h).any())
 
 
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:

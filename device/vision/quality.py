@@ -1,0 +1,121 @@
+"""Quality gate for choosing the live frame(s) that are matched against the card photo.
+
+Gates (each threshold in config [quality]): face size, face not cut off at the frame edge,
+|yaw| and |pitch| close to frontal, sharpness (variance of the Laplacian of the aligned face's grey
+image), exposure (mean grey level of the aligned face), eyes open (eye aspect ratio).
+A gate whose input is None (e.g. no landmarks yet) is not checked and does not add to the score.
+
+`score` (0..1) ranks frames that pass; `BestFrames` keeps the top-k aligned crops of a session.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# failure codes, in the order they are checked
+GATES = ("face_too_small", "face_cut_off", "yaw", "pitch", "blur", "too_dark", "too_bright", "eyes_closed")
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    ok: bool
+    score: float
+    failed: tuple[str, ...]
+    sharpness: float
+    brightness: float
+
+
+def sharpness(aligned: np.ndarray) -> float:
+    grey = cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def brightness(aligned: np.ndarray) -> float:
+    # centre of the aligned face only: the black border of a warped edge face would bias it
+    grey = cv2.cvtColor(aligned[16:104, 20:92], cv2.COLOR_RGB2GRAY)
+    return float(grey.mean())
+
+
+def _box(face):
+    return tuple(getattr(face, "box", face))
+
+
+def assess(rgb: np.ndarray, face, aligned: np.ndarray, yaw: float | None, pitch: float | None,
+           ear: float | None, cfg) -> QualityResult:
+    """rgb: the frame; face: detect.Face (or an (x0,y0,x1,y1) box); aligned: its 112x112 crop;
+    yaw/pitch in degrees, ear the mean eye aspect ratio (None = unknown); cfg: QualityConfig."""
+    failed = []
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = _box(face)
+    fw = x1 - x0
+    if fw < cfg.min_face_px:
+        failed.append("face_too_small")
+    # a box reaching past the frame edge by more than 5 % of its width means a cut-off face
+    m = 0.05 * fw
+    if x0 < -m or y0 < -m or x1 > w + m or y1 > h + m:
+        failed.append("face_cut_off")
+    if yaw is not None and abs(yaw) > cfg.max_yaw_deg:
+        failed.append("yaw")
+    if pitch is not None and abs(pitch) > cfg.max_pitch_deg:
+        failed.append("pitch")
+    sh = sharpness(aligned)
+    br = brightness(aligned)
+    if sh < cfg.min_sharpness:
+        failed.append("blur")
+    if br < cfg.min_brightness:
+        failed.append("too_dark")
+    if br > cfg.max_brightness:
+        failed.append("too_bright")
+    if ear is not None and ear < cfg.min_ear:
+        failed.append("eyes_closed")
+
+    # score: geometric mean of per-gate terms in 0..1
+    terms = [min(1.0, fw / (2.0 * cfg.min_face_px)),
+             min(1.0, np.log1p(sh) / np.log1p(max(4.0 * cfg.min_sharpness, 1.0))),
+             max(0.0, 1.0 - abs(br - 128.0) / 128.0)]
+    if yaw is not None:
+        terms.append(max(0.0, 1.0 - abs(yaw) / 90.0))
+    if pitch is not None:
+        terms.append(max(0.0, 1.0 - abs(pitch) / 90.0))
+    score = float(np.prod(np.maximum(terms, 1e-6)) ** (1.0 / len(terms)))
+    return QualityResult(not failed, score, tuple(failed), sh, br)
+
+
+class BestFrames:
+    """The k best aligned crops of a session by quality score (copies; wipe() zero-fills them)."""
+
+    def __init__(self, k: int):
+        self.k = max(1, int(k))
+        self._heap: list = []
+        self._n = itertools.count()
+
+    def offer(self, score: float, aligned: np.ndarray) -> bool:
+        item = (float(score), next(self._n), aligned.copy())
+        if len(self._heap) < self.k:
+            heapq.heappush(self._heap, item)
+            return True
+        if score > self._heap[0][0]:
+            old = heapq.heapreplace(self._heap, item)
+            old[2].fill(0)
+            return True
+        item[2].fill(0)
+        return False
+
+    def crops(self) -> list[np.ndarray]:
+        """Best first."""
+        return [c for _, _, c in sorted(self._heap, key=lambda t: (-t[0], t[1]))]
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def wipe(self) -> None:
+        for _, _, c in self._heap:
+            c.fill(0)
+        self._heap.clear()
+
+    def __repr__(self) -> str:
+        return f"BestFrames(k={self.k}, held={len(self._heap)})"
