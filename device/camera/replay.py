@@ -1,0 +1,306 @@
+"""Replay source: a video file, a folder of images or a single image, paced or as fast as consumed.
+
+* video: anything OpenCV/FFmpeg decodes; per-frame timestamps from ``CAP_PROP_POS_MSEC`` (variable
+  frame timing is kept), falling back to the declared fps if the container gives none.
+* folder: image files sorted by name; timestamps from ``cfg.replay.fps`` if > 0, else from a
+  ``frames.csv`` (column ``t_seconds`` plus ``frame`` index or ``file`` name, optionally a ``clip``
+  column matching the folder name) in the folder or its parent, else 15 fps.
+* single image: the same picture at ``cfg.replay.fps`` (or 15 fps); forever if ``loop``, else once.
+
+``pace='fast'``: every frame is delivered in order, none is dropped (the producer waits for the
+consumer), ``Frame.t`` is the media time (starting at 0; +loop offset when looping).
+``pace='realtime'``: frames are released at their media timestamps with the latest-frame policy
+(drops counted) and ``Frame.t`` is the monotonic time of release. Decoding happens in the capture
+thread. Nothing is written to disk.
+
+Fault injection (for tests, demos and the recovery path): ``inject_stall(s)``,
+``inject_disconnect(s)`` (reads fail and reopening fails until ``s`` has passed),
+``inject_lost_frames(k)`` (the next ``k`` frames vanish: gaps in ``Frame.n``), or the same as a
+script in ``cfg.replay.faults`` (``"stall@5:3,disconnect@12:20,drop@2:5"`` - seconds after open).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from device.camera.base import FrameSource, to_rgb
+from device.errors import CameraError
+
+log = logging.getLogger("kyc_edge.camera")
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".ppm", ".tif", ".tiff"}
+DEFAULT_FPS = 15.0
+LATE_RESYNC_S = 0.5  # realtime: later than this (after a stall, slow decode) -> re-anchor the clock
+
+
+def parse_faults(script: str) -> list[tuple[float, str, float]]:
+    """'stall@5:3,disconnect@12:20,drop@2:5' -> [(at_s, kind, arg)], sorted by time."""
+    out = []
+    for item in filter(None, (p.strip() for p in (script or "").split(","))):
+        try:
+            kind, rest = item.split("@", 1)
+            at, _, arg = rest.partition(":")
+            kind = kind.strip()
+            if kind not in ("stall", "disconnect", "drop"):
+                raise ValueError(kind)
+            out.append((float(at), kind, float(arg) if arg else 1.0))
+        except ValueError:
+            raise CameraError("camera_unavailable",
+                              f"replay.faults item {item!r}: expected kind@at_s[:arg], kind stall|disconnect|drop") from None
+    return sorted(out)
+
+
+def _folder_times(folder: Path, files: list[Path]) -> list[float] | None:
+    """Timestamps for the folder's files from a frames.csv (folder or parent), or None."""
+    for csv_path, clip in ((folder / "frames.csv", None), (folder.parent / "frames.csv", folder.name)):
+        if not csv_path.is_file():
+            continue
+        try:
+            with open(csv_path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+        except (OSError, csv.Error, UnicodeDecodeError):
+            continue
+        if not rows or "t_seconds" not in rows[0]:
+            continue
+        if "clip" in rows[0]:
+            rows = [r for r in rows if r["clip"] == (clip or folder.name)]
+        elif clip is not None:
+            continue  # a parent's csv without a clip column is not about this folder
+        by_key: dict[str, float] = {}
+        try:
+            for r in rows:
+                t = float(r["t_seconds"])
+                if r.get("file"):
+                    by_key[Path(r["file"]).name] = t
+                if r.get("frame") not in (None, ""):
+                    by_key[str(int(r["frame"]))] = t
+        except ValueError:
+            continue
+        times = []
+        for f in files:
+            t = by_key.get(f.name)
+            if t is None and f.stem.isdigit():
+                t = by_key.get(str(int(f.stem)))
+            if t is None:
+                break
+            times.append(t)
+        if len(times) == len(files):
+            return times
+        log.warning("replay: %s does not give a time for every image; using fps", csv_path)
+    return None
+
+
+class ReplaySource(FrameSource):
+    """Replays recorded media through the live-camera contract. See the module docstring."""
+
+    name = "replay"
+
+    def __init__(self, cfg, **kw):
+        super().__init__(cfg, **kw)
+        self.rc = cfg.replay
+        self.lossless = self.rc.pace == "fast"
+        self.path = Path(self.rc.path) if self.rc.path else None
+        self._kind = ""
+        self._files: list[Path] = []
+        self._times: list[float] = []
+        self._still: np.ndarray | None = None
+        self._cap = None
+        self._fps = DEFAULT_FPS
+        self._reset_cursor()
+        self._stall_until = 0.0
+        self._disc_until = 0.0
+        self._skip = 0
+        self._script: list[tuple[float, str, float]] = parse_faults(getattr(self.rc, "faults", ""))
+        self._script_t0 = 0.0
+        self.lost_frames = 0  # frames removed by inject_lost_frames / drop faults
+
+    def describe(self) -> str:
+        kind = self._kind or "media"
+        return f"replay {kind} {self.path.name if self.path else '(no path)'} {self.rc.pace}"
+
+    # ------------------------------------------------------------ fault injection
+    def inject_stall(self, seconds: float) -> None:
+        """No frames for `seconds` (the 'device' stays open; reopening does not help)."""
+        self._stall_until = max(self._stall_until, self._clock() + seconds)
+
+    def inject_disconnect(self, seconds: float) -> None:
+        """The device vanishes: reads raise now, reopen attempts fail until `seconds` have passed."""
+        self._disc_until = max(self._disc_until, self._clock() + seconds)
+
+    def inject_lost_frames(self, count: int) -> None:
+        """The next `count` frames are decoded but never delivered (gaps in Frame.n)."""
+        self._skip += int(count)
+
+    def _run_script(self, now: float) -> None:
+        while self._script and now - self._script_t0 >= self._script[0][0]:
+            _, kind, arg = self._script.pop(0)
+            log.info("replay: injected fault %s(%g)", kind, arg)
+            {"stall": self.inject_stall, "disconnect": self.inject_disconnect,
+             "drop": lambda a: self.inject_lost_frames(int(a))}[kind](arg)
+
+    # ------------------------------------------------------------ media
+    def _reset_cursor(self) -> None:
+        self._idx = 0            # position in the current pass
+        self._media_n = 0        # frames decoded over all passes (-> Frame.n)
+        self._offset = 0.0       # media-time offset of the current pass (looping)
+        self._last_media_t = None
+        self._gap = 1.0 / DEFAULT_FPS
+        self._anchor = None      # (monotonic, media_t) pairing for realtime pacing
+        self._pass_frames = 0
+
+    def _load(self) -> None:
+        if self.path is None:
+            raise CameraError("camera_unavailable", "replay.path is empty")
+        p = self.path
+        if not p.exists():
+            raise CameraError("camera_unavailable", f"replay path not found: {p}")
+        fps = self.rc.fps if self.rc.fps > 0 else 0.0
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+            if not files:
+                raise CameraError("camera_unavailable", f"replay folder has no images: {p}")
+            self._kind, self._files = "folder", files
+            times = None if fps else _folder_times(p, files)
+            self._fps = fps or DEFAULT_FPS
+            self._times = times if times is not None else [i / self._fps for i in range(len(files))]
+        elif p.suffix.lower() in IMAGE_EXTS:
+            img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+            if img is None:
+                raise CameraError("camera_unavailable", f"cannot decode image {p.name}")
+            self._kind, self._still = "image", to_rgb(img[..., :3] if img.ndim == 3 and img.shape[2] == 4 else img)
+            self._fps = fps or DEFAULT_FPS
+        else:
+            self._kind = "video"
+            self._open_video()
+            declared = self._cap.get(cv2.CAP_PROP_FPS) or 0.0
+            self._fps = fps or (declared if 0 < declared < 1000 else DEFAULT_FPS)
+        self._gap = 1.0 / self._fps
+
+    def _open_video(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+        cap = cv2.VideoCapture(str(self.path))
+        if not cap.isOpened():
+            raise CameraError("camera_unavailable", f"cannot open video {self.path.name}")
+        self._cap = cap
+
+    def _next_media(self):
+        """(rgb, media_t) of the next frame of this pass, or None at the end of the pass."""
+        if self._kind == "video":
+            ok, bgr = self._cap.read()
+            if not ok or bgr is None:
+                return None
+            t = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            if self._last_media_t is not None and (not np.isfinite(t) or t <= self._last_media_t - self._offset):
+                t = (self._last_media_t - self._offset) + self._gap
+            return to_rgb(bgr), t
+        if self._kind == "folder":
+            if self._idx >= len(self._files):
+                return None
+            f = self._files[self._idx]
+            img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+            if img is None:
+                raise CameraError("camera_unavailable", f"cannot decode image {f.name}")
+            if img.ndim == 3 and img.shape[2] == 4:
+                img = img[..., :3]
+            return to_rgb(img), self._times[self._idx]
+        # single image
+        if self._idx >= 1 and not self.rc.loop:
+            return None
+        return self._still.copy(), self._idx / self._fps
+
+    def _rewind(self) -> bool:
+        """End of a pass: start the next one (loop) or finish. False when finished."""
+        if not self.rc.loop or self._pass_frames == 0:
+            if self._pass_frames == 0 and self.rc.loop and self._media_n == 0:
+                raise CameraError("camera_unavailable", f"replay has no frames: {self.path.name}")
+            return False
+        self._offset = (self._last_media_t if self._last_media_t is not None else 0.0) + self._gap
+        self._idx = 0
+        self._pass_frames = 0
+        if self._kind == "video":
+            self._open_video()
+        return True
+
+    # ------------------------------------------------------------ hooks
+    def _open_device(self) -> None:
+        now = self._clock()
+        if now < self._disc_until:
+            raise CameraError("camera_unavailable", "replay: device disconnected (injected)")
+        if not self._kind:  # first open since open(); later reopens keep the media position
+            self._load()
+            self._script_t0 = now
+
+    def _close_device(self) -> None:
+        pass  # a simulated close: the media position is kept, like a live camera's scene
+
+    def open(self):
+        if not self.is_open:
+            self._kind = ""
+            self._reset_cursor()
+        return super().open()
+
+    def close(self) -> None:
+        super().close()
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+        self._still = None
+        self._kind = ""
+
+    def _grab(self):
+        now = self._clock()
+        self._run_script(now)
+        if now < self._disc_until:
+            raise CameraError("camera_unavailable", "replay: device disconnected (injected)")
+        if now < self._stall_until:
+            self._stop.wait(min(0.05, self._stall_until - now))
+            return None
+        while True:
+            got = self._next_media()
+            if got is None:
+                if not self._rewind():
+                    self._set_eof()
+                    return None
+                continue
+            rgb, t = got
+            self._idx += 1
+            self._pass_frames += 1
+            n = self._media_n
+            self._media_n += 1
+            media_t = self._offset + t
+            if self._last_media_t is not None and media_t > self._last_media_t:
+                self._gap = min(media_t - self._last_media_t, 1.0)
+            self._last_media_t = media_t
+            if self._skip > 0:
+                self._skip -= 1
+                self.lost_frames += 1
+                continue
+            break
+        if self.lossless:
+            return rgb, media_t, n
+        # realtime: release at the media timestamp
+        now = self._clock()
+        if self._anchor is None:
+            self._anchor = (now, media_t)
+        due = self._anchor[0] + (media_t - self._anchor[1])
+        if now - due > LATE_RESYNC_S:
+            self._anchor = (now, media_t)
+            due = now
+        while True:
+            now = self.progress = self._clock()
+            left = due - now
+            if left <= 0:
+                break
+            if self._stop.wait(min(left, 0.05)):
+                return None
+            self._run_script(self._clock())
+            if self._clock() < self._disc_until:
+                raise CameraError("camera_unavailable", "replay: device disconnected (injected)")
+        return rgb, None, n
