@@ -49,7 +49,8 @@ class ReplayCameraConfig:
     pace: str = opt("realtime", "`realtime` paces frames at their timestamps; `fast` as fast as consumed.",
                     choices=("realtime", "fast"))
     loop: bool = opt(True, "Start again at the end.")
-    fps: float = opt(0.0, "Pace for image folders (0 = use the file's timestamps or 15 fps).", lo=0, hi=240)
+    fps: float = opt(0.0, "Pace for image folders and single images (0 = a frames.csv beside the images, else 15 fps); videos keep their own timestamps.", lo=0, hi=240)
+    faults: str = opt("", "Fault script for tests and demos: `kind@at_s[:arg]`, comma-separated, kind `stall` (arg seconds), `disconnect` (seconds) or `drop` (frames); at_s counts from open.")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class ReaderConfig:
     photo_decoder: str = opt("auto", "How the chip photo is decoded: `wlt` (vendor library), `bmp`, `jpeg`, or `auto` (by magic bytes).",
                              choices=("auto", "wlt", "bmp", "jpeg"))
     wlt_library: str = opt("", "Path to the vendor's libwlt2bmp.so (needed for WLT photos).")
+    presence_debounce: int = opt(2, "Consecutive presence polls that must agree before card_present() changes.", lo=1, hi=10)
+    reconnect_backoff_max_s: float = opt(5.0, "Ceiling of the back-off between reopen attempts after the reader vanished.", lo=0.05, hi=300)
 
 
 @dataclass(frozen=True)
