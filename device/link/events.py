@@ -1,0 +1,138 @@
+"""Closed schemas for the non-verdict topics: session progress events, fleet update status and
+the health status. Like the verdict, they cannot carry images, embeddings, names, ID numbers or
+free text: strings are enums or short identifier-like tokens without spaces."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import jsonschema
+
+from device.verdict import REASONS, VerdictError, rfc3339
+
+EVENTS = ("ready", "card_detected", "card_read", "face_wait", "face_found", "challenge",
+          "challenge_passed", "challenge_failed", "capturing", "deciding", "verdict", "aborted",
+          "idle", "refused")
+PROMPTS = ("insert_card", "hold_card", "remove_card", "look_at_camera", "move_closer", "move_back",
+           "hold_still", "more_light", "one_face_only", "blink", "turn_left", "turn_right", "nod",
+           "wait", "done")
+CHALLENGES = ("blink", "turn_left", "turn_right", "nod")
+
+_TOKEN = {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"}
+_TS = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,6})?Z$"}
+_UUID = {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
+
+SESSION_EVENT_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "kyc-edge session progress event (non-biometric)",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["event", "at"],
+    "properties": {
+        "event": {"enum": list(EVENTS)},
+        "at": _TS,
+        "session_id": _UUID,
+        "state": _TOKEN,
+        "prompt": {"enum": list(PROMPTS)},
+        "challenge": {"enum": list(CHALLENGES)},
+        "step": {"type": "integer", "minimum": 0, "maximum": 16},
+        "of": {"type": "integer", "minimum": 0, "maximum": 16},
+        "deadline_s": {"type": "number", "minimum": 0, "maximum": 3600},
+        "result": {"enum": ["pass", "fail"]},
+        "reason": {"enum": sorted(REASONS)},
+        "verdict_id": _UUID,
+    },
+}
+
+# Fleet update status: a flat object of short tokens (no spaces, so no free text).
+UPDATE_STATUS_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "maxProperties": 16,
+    "propertyNames": _TOKEN,
+    "required": ["state"],
+    "properties": {"state": _TOKEN, "at": _TS},
+    "additionalProperties": {
+        "oneOf": [
+            {"type": "null"}, {"type": "boolean"}, {"type": "number"},
+            {"type": "string", "pattern": "^[A-Za-z0-9._+:@/=-]{0,128}$"},
+        ]
+    },
+}
+
+_SESSION_V = jsonschema.Draft202012Validator(SESSION_EVENT_SCHEMA)
+_UPDATE_V = jsonschema.Draft202012Validator(UPDATE_STATUS_SCHEMA)
+
+
+def _first_error(validator, obj: Any, what: str) -> None:
+    errs = sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
+    if errs:
+        e = errs[0]
+        path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path)
+        raise VerdictError(f"{what} {path}: violates schema rule '{e.validator}'")
+
+
+def _finite(obj: Any) -> bool:
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if isinstance(obj, dict):
+        return all(_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(_finite(v) for v in obj)
+    return True
+
+
+def session_event(event: dict, now: float | None = None) -> dict:
+    """Validated copy of a session event, `at` filled in. Raises VerdictError."""
+    if not isinstance(event, dict):
+        raise VerdictError("session event: expected an object")
+    ev = dict(event)
+    ev.setdefault("at", rfc3339(time.time() if now is None else now))
+    if not _finite(ev):
+        raise VerdictError("session event: non-finite number")
+    _first_error(_SESSION_V, ev, "session event")
+    return ev
+
+
+def update_status(status: dict, now: float | None = None) -> dict:
+    if not isinstance(status, dict):
+        raise VerdictError("update status: expected an object")
+    st = dict(status)
+    st.setdefault("at", rfc3339(time.time() if now is None else now))
+    if not _finite(st):
+        raise VerdictError("update status: non-finite number")
+    _first_error(_UPDATE_V, st, "update status")
+    return st
+
+
+_SAFE_STR = 64
+
+
+def sanitize_health(obj: Any, depth: int = 0) -> Any:
+    """Health dicts from the daemon go into the retained status. Keep only JSON scalars, short
+    strings without whitespace runs, and small nested objects/lists of them; drop the rest."""
+    if obj is None or isinstance(obj, bool):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return round(obj, 3) if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        return obj[:_SAFE_STR]
+    if depth >= 3:
+        return None
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in list(obj.items())[:32]:
+            if isinstance(k, str) and jsonschema.Draft202012Validator(_TOKEN).is_valid(k):
+                s = sanitize_health(v, depth + 1)
+                if s is not None or v is None:
+                    out[k] = s
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = [sanitize_health(v, depth + 1) for v in list(obj)[:8]]
+        if sum(isinstance(v, float) for v in items) > 4:   # no float vectors in status
+            return None
+        return items
+    return None
