@@ -1,0 +1,168 @@
+"""Randomised active-liveness challenges: blink, turn_left, turn_right, nod.
+
+    runner = ChallengeRunner(cfg.liveness, rng=random.SystemRandom())
+    runner.start(t)                 # draws the sequence; the first challenge starts now
+    runner.current -> str | None    # prompt name of the challenge being asked, None when done/failed
+    events = runner.update(obs)     # obs: device.liveness.tracking.Observation (t, has_face, yaw,
+                                    # pitch, blink); list of non-biometric session events
+    runner.done, runner.passed, runner.failed_reason ("challenge_timeout" or None), runner.results
+
+Draw: `cfg.count` distinct challenges from `cfg.challenges`, in random order. When the pool holds
+both `blink` and at least one turn and count >= 2, the draw always includes one blink and one turn
+(the counter rule "turn your head and blink"; a flat photo can be tilted to fake a turn but cannot
+blink, a closed-eye photo cannot turn and blink). Turn direction and order stay random.
+
+Each challenge has its own timeout (cfg.challenge_timeout_s) from the moment it is asked; they run
+in order; an action done before its challenge was asked does not count:
+- blink: a blink (closing then reopening within blink_min_s..blink_max_s, see liveness.blink) whose
+  closing started after the challenge was asked;
+- turn_left / turn_right: after the challenge is asked, the smoothed yaw must first be seen near
+  frontal (|yaw| < turn_yaw_deg / 2, so an already-turned head does not pass at once) and then reach
+  +turn_yaw_deg (turn_left: subject's own left) or -turn_yaw_deg (turn_right);
+- nod: after a near-frontal pitch sample, the pitch must drop at least `nod_pitch_deg` (default
+  turn_yaw_deg * 0.8) below the frontal reference and come back within half of it.
+
+Events: {"event": "challenge", "challenge": name, "state": "started"|"passed"|"timeout",
+"index": i, "of": n, "t": seconds since start}; and {"event": "liveness", "state": "passed"|"failed"}
+once at the end.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+TURNS = ("turn_left", "turn_right")
+ALL = ("blink", "turn_left", "turn_right", "nod")
+
+
+@dataclass
+class ChallengeResult:
+    name: str
+    t_start: float
+    t_end: float | None = None
+    state: str = "pending"      # pending | active | passed | timeout
+
+
+def draw(pool, count: int, rng) -> list[str]:
+    pool = list(dict.fromkeys(c for c in pool if c in ALL))
+    count = min(count, len(pool))
+    if count <= 0:
+        return []
+    turns = [c for c in pool if c in TURNS]
+    if count >= 2 and "blink" in pool and turns:
+        seq = ["blink", rng.choice(turns)]
+        rest = [c for c in pool if c not in seq]
+        rng.shuffle(rest)
+        seq += rest[: count - 2]
+        rng.shuffle(seq)
+        return seq
+    seq = list(pool)
+    rng.shuffle(seq)
+    return seq[:count]
+
+
+class ChallengeRunner:
+    def __init__(self, cfg, rng=None, sequence: list[str] | None = None, nod_pitch_deg: float | None = None):
+        """cfg: device.config.LivenessConfig. `sequence` forces the challenges (tests, evaluation)."""
+        self.cfg = cfg
+        self.rng = rng or random.SystemRandom()
+        self._forced = list(sequence) if sequence is not None else None
+        self.nod_pitch_deg = nod_pitch_deg if nod_pitch_deg is not None else 0.8 * cfg.turn_yaw_deg
+        self.sequence: list[str] = []
+        self.results: list[ChallengeResult] = []
+        self._i = 0
+        self._t0 = None
+        self.done = False
+        self.failed_reason: str | None = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def current(self) -> str | None:
+        if self.done or self._t0 is None or self._i >= len(self.sequence):
+            return None
+        return self.sequence[self._i]
+
+    @property
+    def passed(self) -> bool:
+        return self.done and self.failed_reason is None
+
+    @property
+    def passed_count(self) -> int:
+        return sum(1 for r in self.results if r.state == "passed")
+
+    def start(self, t: float) -> list[dict]:
+        self.sequence = list(self._forced) if self._forced is not None else draw(self.cfg.challenges, self.cfg.count, self.rng)
+        self.results = [ChallengeResult(n, t) for n in self.sequence]
+        self._i = 0
+        self._t0 = t
+        self.done = False
+        self.failed_reason = None
+        if not self.sequence:
+            self.done = True
+            return [self._final(t)]
+        return [self._begin(t)]
+
+    def _begin(self, t: float) -> dict:
+        r = self.results[self._i]
+        r.t_start, r.state = t, "active"
+        self._neutral_seen = False
+        self._pitch_ref = None
+        self._nod_down = False
+        return self._event(r, t, "started")
+
+    def _event(self, r: ChallengeResult, t: float, state: str) -> dict:
+        return {"event": "challenge", "challenge": r.name, "state": state, "index": self._i,
+                "of": len(self.sequence), "t": round(t - self._t0, 3)}
+
+    def _final(self, t: float) -> dict:
+        return {"event": "liveness", "state": "passed" if self.failed_reason is None else "failed",
+                "t": round(t - self._t0, 3)}
+
+    # ------------------------------------------------------------------ per frame
+    def update(self, obs) -> list[dict]:
+        if self._t0 is None or self.done:
+            return []
+        t = obs.t
+        r = self.results[self._i]
+        events: list[dict] = []
+        if self._check(r, obs):
+            r.state, r.t_end = "passed", t
+            events.append(self._event(r, t, "passed"))
+            self._i += 1
+            if self._i >= len(self.sequence):
+                self.done = True
+                events.append(self._final(t))
+            else:
+                events.append(self._begin(t))
+        elif t - r.t_start > self.cfg.challenge_timeout_s:
+            r.state, r.t_end = "timeout", t
+            events.append(self._event(r, t, "timeout"))
+            self.done = True
+            self.failed_reason = "challenge_timeout"
+            events.append(self._final(t))
+        return events
+
+    def _check(self, r: ChallengeResult, obs) -> bool:
+        if getattr(obs, "landmarks", None) is None:
+            return False
+        name = r.name
+        if name == "blink":
+            b = getattr(obs, "blink", None)
+            return b is not None and b.t_start >= r.t_start
+        thr = self.cfg.turn_yaw_deg
+        if name in TURNS:
+            sign = 1.0 if name == "turn_left" else -1.0
+            if abs(obs.yaw) < thr / 2:
+                self._neutral_seen = True
+                return False
+            return self._neutral_seen and sign * obs.yaw >= thr
+        if name == "nod":
+            if self._pitch_ref is None:
+                if abs(obs.yaw) < thr / 2:
+                    self._pitch_ref = obs.pitch
+                return False
+            d = self._pitch_ref - obs.pitch
+            if d >= self.nod_pitch_deg:
+                self._nod_down = True
+            return self._nod_down and d <= self.nod_pitch_deg / 2
+        return False

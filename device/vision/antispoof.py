@@ -1,0 +1,106 @@
+"""Passive (single-frame) presentation-attack detection: MiniFASNet V2 (2.7) + V1SE (4.0) ensemble.
+
+Pre/post-processing as verified in ../shared/models/MODELS.md:
+- crop: minivision `CropImage` of the face box (x, y, w, h) scaled about its centre by 2.7 (V2) or
+  4.0 (V1SE), the scale lowered to what fits the image, shifted back inside, resized to 80x80;
+- input BGR, float 0..255 (not normalised), NHWC;
+- softmax of the 3 logits; index 1 = real. The ensemble sums both softmax vectors; `p_real` is
+  the summed real probability / 2 (upstream reports the argmax label's sum / 2; we always report the
+  real class so a threshold can be swept).
+
+The face box comes from BlazeFace (tight around the face, smaller than minivision's own Caffe
+detector's box). `box_expand` (default 1.0) lets the caller widen it before the crop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from device.vision.runtime import load_interpreter
+
+SIZE = 80
+
+
+@dataclass(frozen=True)
+class AntiSpoofOptions:
+    model_paths: tuple[str, ...]            # (v2 2.7 path, v1se 4.0 path)
+    scales: tuple[float, ...] = (2.7, 4.0)
+    threads: int = 1
+    box_expand: float = 1.0
+
+
+@dataclass
+class AntiSpoofResult:
+    p_real: float                 # ensemble real probability in [0, 1]
+    per_model: tuple[float, ...]  # real probability of each model
+
+    def __repr__(self) -> str:
+        return f"AntiSpoofResult(p_real={self.p_real:.3f})"
+
+
+def crop_box(image: np.ndarray, box_xywh, scale: float, size: int = SIZE) -> np.ndarray:
+    """minivision CropImage: scaled box about its centre, clamped into the image, resized."""
+    src_h, src_w = image.shape[:2]
+    x, y, w, h = (float(v) for v in box_xywh)
+    w, h = max(w, 1.0), max(h, 1.0)
+    scale = min((src_h - 1) / h, (src_w - 1) / w, scale)
+    new_w, new_h = w * scale, h * scale
+    cx, cy = x + w / 2, y + h / 2
+    x0, y0 = cx - new_w / 2, cy - new_h / 2
+    x1, y1 = cx + new_w / 2, cy + new_h / 2
+    if x0 < 0:
+        x1 -= x0
+        x0 = 0
+    if y0 < 0:
+        y1 -= y0
+        y0 = 0
+    if x1 > src_w - 1:
+        x0 -= x1 - src_w + 1
+        x1 = src_w - 1
+    if y1 > src_h - 1:
+        y0 -= y1 - src_h + 1
+        y1 = src_h - 1
+    x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
+    patch = image[y0:y1 + 1, x0:x1 + 1]
+    return cv2.resize(patch, (size, size))
+
+
+class AntiSpoof:
+    """`score(rgb, box)` with box = (x0, y0, x1, y1) frame pixels -> AntiSpoofResult."""
+
+    def __init__(self, options: AntiSpoofOptions):
+        if len(options.model_paths) != len(options.scales):
+            raise ValueError("one scale per model")
+        self.options = options
+        self._models = []
+        for p in options.model_paths:
+            it = load_interpreter(p, options.threads)
+            self._models.append((it, it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]))
+
+    @classmethod
+    def create(cls, options: AntiSpoofOptions) -> "AntiSpoof":
+        return cls(options)
+
+    def score(self, rgb: np.ndarray, box) -> AntiSpoofResult:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        w, h = x1 - x0, y1 - y0
+        e = self.options.box_expand
+        if e != 1.0:
+            cx, cy = x0 + w / 2, y0 + h / 2
+            w, h = w * e, h * e
+            x0, y0 = cx - w / 2, cy - h / 2
+        bgr = rgb[..., ::-1]
+        total = np.zeros(3, np.float64)
+        per = []
+        for (it, i_in, i_out), s in zip(self._models, self.options.scales):
+            patch = crop_box(bgr, (x0, y0, w, h), s).astype(np.float32)
+            it.set_tensor(i_in, patch[None])
+            it.invoke()
+            z = it.get_tensor(i_out)[0].astype(np.float64)
+            p = np.exp(z - z.max())
+            p /= p.sum()
+            total += p
+            per.append(float(p[1]))
+        return AntiSpoofResult(float(total[1] / len(self._models)), tuple(per))
