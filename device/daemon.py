@@ -1,0 +1,278 @@
+"""`kyc-edge run`: lifecycle only. Wires the parts, tells systemd how it is, runs sessions.
+
+Start-up order, each step shown in systemd's STATUS=: state dir and keys -> outbox -> broker link
+(connects in the background) -> models -> camera -> card reader -> broker (bounded wait) -> READY=1.
+A broker that is still down after mqtt.connect_timeout_s does not block READY: the counter serves
+customers and verdicts wait in the durable outbox (STATUS says so).
+
+Signals: SIGTERM/SIGINT abort a running session (its verdict says `aborted`), flush, exit 0 within 5 s.
+SIGHUP re-reads the config; an invalid file keeps the old config and logs why.
+Watchdog: WATCHDOG=1 at half of WATCHDOG_USEC from the main loop, only while it is healthy (the
+camera's capture/recovery thread made progress recently).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from device import config as config_mod
+from device import logs
+from device.errors import CameraError, CardError, KycError
+from device.notify import Notifier
+
+log = logging.getLogger("kyc_edge.daemon")
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+
+
+class Daemon:
+    def __init__(self, config_path: str | None, *, env=os.environ):
+        self.config_path = config_path
+        self.notifier = Notifier(env)
+        self.cfg: config_mod.Config | None = None
+        self._stop = threading.Event()
+        self._reload = False
+        self.session = None
+        self.started = time.monotonic()
+        self.camera = self.reader = self.vision = self.link = self.outbox = self.signer = None
+        self.reader_state = "starting"
+        self.pending_start: tuple | None = None   # (response_topic, correlation, t) from cmd/start
+        self.hmac_key: bytes | None = None
+        self.verdicts = 0
+
+    # ------------------------------------------------------------------ status
+    def status(self, text: str) -> None:
+        self.notifier.status(text)
+        log.info("status: %s", text)
+
+    def health(self) -> dict:
+        cam = self.camera
+        return {
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "camera": getattr(cam, "health", "closed") if cam else "closed",
+            "reader": self.reader_state,
+            "session": "active" if self.session is not None else "idle",
+            "outbox_depth": self.outbox.depth() if self.outbox else 0,
+            "outbox_full": bool(self.outbox and self.outbox.full()),
+            "models": dict(self.vision.versions) if self.vision else {},
+            "verdicts": self.verdicts,
+            "cpu_temp_c": _cpu_temp(),
+        }
+
+    def healthy(self) -> bool:
+        """Main-loop health for the watchdog: a hung camera recovery stops the watchdog."""
+        cam = self.camera
+        if cam is None:
+            return True
+        progress = getattr(cam, "progress", None)
+        if progress is None:
+            return True
+        limit = max(10.0, 3 * self.cfg.camera.reopen_backoff_max_s)
+        return time.monotonic() - progress < limit
+
+    def tick(self) -> None:
+        """Called from the main loop and once per session frame."""
+        if self.healthy():
+            self.notifier.watchdog()
+
+    # ------------------------------------------------------------------ signals
+    def _on_term(self, signum, frame) -> None:
+        self._stop.set()
+
+    def _on_hup(self, signum, frame) -> None:
+        self._reload = True
+
+    def _reload_config(self) -> None:
+        self._reload = False
+        try:
+            new = config_mod.load(self.config_path)
+        except config_mod.ConfigError as e:
+            for line in e.problems:
+                log.error("reload refused, keeping the old config: %s", line)
+            self.status("ready; config reload refused (see log)")
+            return
+        old = self.cfg
+        self.cfg = new
+        logs.setup(new.log.level, new.log.target)
+        if new.match != old.match or new.quality != old.quality or new.liveness != old.liveness \
+                or new.session != old.session:
+            log.info("config reloaded: thresholds, liveness and session settings take effect next session")
+        restart_needed = [s for s in ("device", "camera", "reader", "models", "mqtt")
+                          if getattr(new, s) != getattr(old, s)]
+        if restart_needed:
+            log.warning("config reloaded; sections %s need a restart to take effect", ",".join(restart_needed))
+        self.status("ready; config reloaded")
+
+    # ------------------------------------------------------------------ commands from MQTT
+    def on_command(self, name: str, payload: dict, props=None) -> None:
+        if name == "start":
+            rt = getattr(props, "ResponseTopic", None) if props is not None else None
+            corr = getattr(props, "CorrelationData", None) if props is not None else None
+            self.pending_start = (rt, corr, time.monotonic())
+            log.info("start command received; it applies to the next session")
+        elif name == "abort" and self.session is not None:
+            self._abort_session = True
+
+    # ------------------------------------------------------------------ start-up
+    def _start(self) -> int:
+        from device.link.mqtt import Link
+        from device.link.outbox import Outbox
+        from device.verdict import Signer
+
+        cfg = self.cfg
+        state = Path(cfg.device.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        os.chmod(state, 0o700)
+        self.status("loading keys")
+        self.signer = Signer.load_or_create(state)
+        if cfg.privacy.card_number_hmac_key_file:
+            try:
+                self.hmac_key = Path(cfg.privacy.card_number_hmac_key_file).read_bytes().strip()
+            except OSError as e:
+                log.error("privacy.card_number_hmac_key_file unreadable (%s): verdicts carry no card number hash",
+                          e.strerror)
+        self.outbox = Outbox(state / "outbox.sqlite", cfg.outbox.max_rows)
+        self.link = Link(cfg, self.outbox, health=self.health, on_command=self.on_command)
+        self.link.start()
+
+        self.status("loading models")
+        from device.vision.suite import VisionSuite
+        model_dir = config_mod.models_dir(cfg)
+        self.vision = VisionSuite.create(cfg, model_dir)
+
+        self.status("opening camera")
+        from device.camera import open_source
+        self.camera = open_source(cfg.camera)
+
+        self.status("opening card reader")
+        from device.cardreader.reader import CardReader
+        self.reader = CardReader(cfg.reader)
+        self.reader.open()
+        self.reader_state = "ok"
+
+        self.status("waiting for broker")
+        if not self.link.wait_connected(cfg.mqtt.connect_timeout_s):
+            log.warning("broker not reachable after %.0f s; serving anyway, verdicts queue in the outbox",
+                        cfg.mqtt.connect_timeout_s)
+        return EXIT_OK
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> int:
+        try:
+            self.cfg = config_mod.load(self.config_path)
+        except config_mod.ConfigError as e:
+            import sys
+            for line in e.problems:
+                print(line, file=sys.stderr)
+            return EXIT_CONFIG
+        logs.setup(self.cfg.log.level, self.cfg.log.target)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        self.status("starting")
+        try:
+            self._start()
+        except KycError as e:
+            log.error("start-up failed: %s", e)
+            self.status(f"start-up failed: {e.reason}")
+            self._shutdown()
+            return EXIT_CONFIG if e.reason == "photo_decoder_unavailable" else EXIT_FAIL
+        self.notifier.ready(self._ready_text())
+        log.info("ready")
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return EXIT_OK
+
+    def _ready_text(self) -> str:
+        link = "broker connected" if self.link.connected else "broker unreachable, outbox queueing"
+        return f"ready; {link}; camera {self.camera.health}; outbox {self.outbox.depth()}"
+
+    def _loop(self) -> None:
+        card_consumed = False
+        last_status = 0.0
+        while not self._stop.is_set():
+            self.tick()
+            if self._reload:
+                self._reload_config()
+            now = time.monotonic()
+            if now - last_status > 5.0:
+                last_status = now
+                self.notifier.status(self._ready_text())
+            try:
+                present = self.reader.card_present()
+                self.reader_state = "ok"
+            except CardError as e:
+                self.reader_state = e.reason
+                present = False
+            if present and not card_consumed:
+                card_consumed = True
+                self._run_session()
+            elif not present:
+                card_consumed = False
+            self._stop.wait(self.cfg.reader.poll_s)
+
+    def _run_session(self) -> None:
+        from device.session import Session
+
+        if self.outbox.full():
+            log.error("outbox full: session refused (outbox_full); verdicts are waiting for the broker")
+            self._publish_event({"event": "refused", "reason": "outbox_full"})
+            return
+        start = self.pending_start
+        self.pending_start = None
+        if start and time.monotonic() - start[2] > self.cfg.session.card_max_age_s:
+            start = None
+        self._abort_session = False
+
+        def sink(v: dict) -> None:
+            signed = self.signer.sign(v)
+            self.outbox.put(signed, response_topic=start[0] if start else None,
+                            correlation=start[1] if start else None)
+            self.link.kick()
+            self.verdicts += 1
+
+        self.session = Session(self.cfg, reader=self.reader, camera=self.camera, vision=self.vision, sink=sink,
+                               events=self._publish_event, tick=self.tick,
+                               should_abort=lambda: self._stop.is_set() or self._abort_session,
+                               hmac_key=self.hmac_key)
+        try:
+            v = self.session.run()
+            log.info("verdict %s: %s %s", v["verdict_id"], v["result"], ",".join(v["reasons"]) or "-",
+                     extra={"session_id": v["verdict_id"], "reason": ",".join(v["reasons"])})
+        except KycError as e:   # outbox full or an invalid verdict: nothing was published
+            log.error("session could not store its verdict: %s", e)
+        finally:
+            self.session = None
+
+    def _publish_event(self, event: dict) -> None:
+        try:
+            self.link.publish_session_event(event)
+        except KycError as e:
+            log.warning("session event dropped: %s", e)
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping()
+        for name in ("camera", "reader"):
+            part = getattr(self, name)
+            if part is not None:
+                try:
+                    part.close()
+                except Exception as e:  # noqa: BLE001 - closing must not stop the rest
+                    log.warning("closing %s: %s", name, type(e).__name__)
+        if self.link is not None:
+            self.link.stop("stopping")
+        if self.outbox is not None:
+            self.outbox.close()
+
+
+def _cpu_temp() -> float | None:
+    try:
+        return round(int(Path("/sys/class/thermal/thermal_zone0/temp").read_text().strip()) / 1000.0, 1)
+    except (OSError, ValueError):
+        return None

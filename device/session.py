@@ -1,0 +1,267 @@
+"""One verification, from the card on the reader to the wiped buffers.
+
+    IDLE -> CARD_DETECTED -> CARD_READ -> CAPTURE (challenges) -> DECISION -> PUBLISH -> WIPE -> IDLE
+
+Every state has a timeout and every failure a reason code (device/verdict.py REASONS). Biometric data
+(card photo, frames, aligned crops, embeddings) exists only inside `run()`; the `finally` block wipes
+it, and the only thing that leaves is the verdict dict handed to `sink`.
+
+Timing: challenge and face-lost clocks run on frame time (`Frame.t`), so an offline replay is judged
+exactly as a live camera would be; the hard capture deadline runs on the monotonic clock.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable
+
+import numpy as np
+
+from device import verdict as verdict_mod
+from device.config import Config
+from device.errors import CameraError, CardError, KycError
+
+log = logging.getLogger("kyc_edge.session")
+
+
+class State(str, Enum):
+    IDLE = "idle"
+    CARD_DETECTED = "card_detected"
+    CARD_READ = "card_read"
+    CAPTURE = "capture"
+    DECISION = "decision"
+    PUBLISH = "publish"
+    WIPE = "wipe"
+
+
+class SessionFailed(KycError):
+    """Ends the session early with a reason code (the verdict is still produced)."""
+
+
+@dataclass
+class Evidence:
+    """What the capture phase gathered. Holds biometric crops: wiped in Session.run's finally."""
+    faces_max: int = 0
+    face_seen: bool = False
+    face_lost: bool = False
+    pad_scores: list = field(default_factory=list)
+    first_crop: np.ndarray | None = None     # identity at the start
+    last_crop: np.ndarray | None = None      # identity at the end
+    frames: int = 0
+    last_challenge_t: float | None = None    # monotonic time the last challenge passed
+
+    def wipe(self) -> None:
+        for a in (self.first_crop, self.last_crop):
+            if a is not None:
+                a.fill(0)
+        self.first_crop = self.last_crop = None
+        self.pad_scores.clear()
+
+
+class Session:
+    """Runs one verification with injected parts (each has a simulated twin):
+
+    reader  - device.cardreader CardReader (or anything with read_card())
+    camera  - device.camera FrameSource (open)
+    vision  - device.vision.suite.VisionSuite (detector, tracker, embedder, versions)
+    sink    - callable(verdict dict) -> None: signs + stores (daemon) or prints (offline verify)
+    events  - callable(dict) -> None: non-biometric progress for the counter display
+    tick    - called every frame: the daemon feeds its watchdog and handles signals there
+    """
+
+    def __init__(self, cfg: Config, *, reader, camera, vision, sink: Callable[[dict], None],
+                 events: Callable[[dict], None] = lambda e: None, tick: Callable[[], None] = lambda: None,
+                 should_abort: Callable[[], bool] = lambda: False, challenges: list[str] | None = None,
+                 rng: random.Random | None = None, clock=time.monotonic, wall=time.time,
+                 hmac_key: bytes | None = None):
+        self.cfg = cfg
+        self.reader, self.camera, self.vision = reader, camera, vision
+        self.sink, self.events, self.tick, self.should_abort = sink, events, tick, should_abort
+        self.challenges = challenges
+        self.rng = rng or random.SystemRandom()
+        self.clock, self.wall = clock, wall
+        self.hmac_key = hmac_key
+        self.state = State.IDLE
+        self.session_id = ""
+        self.last_challenge_to_stored_ms: float | None = None
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ helpers
+    _EVENT_OF = {State.CARD_DETECTED: "card_detected", State.CARD_READ: "card_read",
+                 State.CAPTURE: "capturing", State.DECISION: "deciding", State.IDLE: "idle"}
+
+    def _emit(self, event: dict) -> None:
+        self.events({**event, "session_id": self.session_id})
+
+    def _enter(self, state: State) -> None:
+        self.state = state
+        if state in self._EVENT_OF:
+            self._emit({"event": self._EVENT_OF[state]})
+
+    def _timed(self, name: str, t0: float) -> float:
+        now = self.clock()
+        self.timings[name] = (now - t0) * 1000.0
+        return now
+
+    # ------------------------------------------------------------------ the run
+    def run(self, card=None) -> dict:
+        """One session. `card`: an already-read CardRead (else it is read here). Returns the verdict."""
+        started_wall, t_start = self.wall(), self.clock()
+        self.session_id = str(uuid.uuid4())   # also the verdict_id: events and verdict correlate
+        self.timings = {}
+        reasons: list[str] = []
+        scores = {"liveness": None, "spoof": None, "similarity": None,
+                  "threshold": self.cfg.match.threshold}
+        card_info: dict = {"type": None, "expired": None}
+        card_face = live_vecs = None
+        ev = Evidence()
+        best = None
+        try:
+            # CARD_DETECTED -> CARD_READ
+            self._enter(State.CARD_DETECTED)
+            t = self.clock()
+            if card is None:
+                card = self.reader.read_card()
+            t = self._timed("card_read", t)
+            self._enter(State.CARD_READ)
+            card_info = self._card_info(card)
+            if card_info["expired"]:
+                raise SessionFailed("card_expired")
+            if card.record.card_type == "resident" and not card.record.number_valid():
+                raise SessionFailed("card_invalid_number")
+            card_face = self.vision.card_face(card.photo)
+            card.wipe()        # the decoded photo is no longer needed once its face is aligned
+            if card_face is None:
+                raise SessionFailed("card_photo_no_face")
+            t = self._timed("card_face", t)
+
+            # CAPTURE
+            self._enter(State.CAPTURE)
+            best = self.vision.best_frames()
+            runner = self._capture(ev, best)
+            t = self._timed("capture", t)
+
+            # DECISION
+            self._enter(State.DECISION)
+            t_decide = self.clock()
+            crops = best.crops()
+            if not crops:
+                raise SessionFailed("quality_too_low")
+            similarity, identity_sim, live_vecs = self.vision.match(card_face, crops, ev.first_crop, ev.last_crop)
+            scores["similarity"] = similarity
+            decision = self.vision.decide(runner, ev, identity_sim, self.cfg.liveness)
+            scores["liveness"], scores["spoof"] = decision.liveness_score, decision.spoof_score
+            reasons += decision.reasons
+            if similarity < self.cfg.match.threshold:
+                reasons.append("face_mismatch")
+            self._timed("decision", t_decide)
+        except SessionFailed as e:
+            reasons.append(e.reason)
+        except CardError as e:
+            reasons.append(e.reason)
+            log.warning("card read failed: %s", e.reason)
+        except CameraError as e:
+            reasons.append("camera_lost" if e.reason in ("camera_lost", "camera_unavailable") else e.reason)
+            log.warning("camera failed mid-session: %s", e.reason)
+        except KycError as e:
+            reasons.append(e.reason if e.reason in verdict_mod.REASONS else "internal_error")
+            log.error("session error: %s", e.reason)
+        except Exception as e:  # noqa: BLE001 - a bug must still end in a verdict, never a hang
+            reasons.append("internal_error")
+            log.exception("session crashed: %s", type(e).__name__)
+        finally:
+            # WIPE: everything biometric from this session, whatever happened
+            self.state = State.WIPE
+            for obj in (card, best, ev):
+                if obj is not None:
+                    obj.wipe()
+            for a in (card_face, live_vecs):
+                if a is not None:
+                    a.fill(0)
+            self.vision.reset()
+
+        # PUBLISH: only the verdict
+        self._enter(State.PUBLISH)
+        t_pub = self.clock()
+        self.timings["total"] = (t_pub - t_start) * 1000.0
+        v = verdict_mod.build(
+            device=self.cfg.device.id, site=self.cfg.device.site,
+            result="fail" if reasons else "pass", reasons=reasons, scores=scores, card=card_info,
+            models=self.vision.versions, timings_ms=self.timings,
+            started_at=started_wall, decided_at=max(self.wall(), started_wall), verdict_id=self.session_id)
+        self.sink(v)
+        if ev.last_challenge_t is not None:
+            # last challenge frame -> verdict stored: the issue-9 latency figure
+            self.last_challenge_to_stored_ms = (self.clock() - ev.last_challenge_t) * 1000.0
+        self._emit({"event": "verdict", "result": v["result"], "verdict_id": v["verdict_id"],
+                    **({"reason": reasons[0]} if reasons else {})})
+        self._enter(State.IDLE)
+        return v
+
+    def _card_info(self, card) -> dict:
+        rec = card.record
+        info = {"type": rec.card_type, "expired": bool(rec.expired(self.wall()))}
+        if self.hmac_key:
+            info["number_hmac"] = rec.number_hmac(self.hmac_key)
+        return info
+
+    def _capture(self, ev: Evidence, best):
+        """Frames -> tracker -> challenges, until the challenges end or a continuity rule breaks."""
+        lv = self.cfg.liveness
+        runner = self.vision.challenge_runner(lv, self.rng, self.challenges)
+        deadline = self.clock() + self.cfg.session.capture_timeout_s
+        t0 = last_face_t = None
+        started = False
+        while True:
+            self.tick()
+            if self.should_abort():
+                raise SessionFailed("aborted")
+            if self.clock() > deadline:
+                raise SessionFailed("session_timeout")
+            frame = self.camera.read(timeout=0.5)      # raises CameraError('camera_lost')
+            if frame is None:
+                if getattr(self.camera, "eof", False):   # a finished replay: no more evidence
+                    break
+                continue
+            ev.frames += 1
+            t = frame.t
+            if t0 is None:
+                t0 = t
+            obs = self.vision.observe(frame.rgb, t)
+            ev.faces_max = max(ev.faces_max, obs.faces)
+            if obs.faces > 1:
+                raise SessionFailed("multiple_faces")
+            if obs.faces == 1 and obs.landmarks is not None:
+                ev.face_seen, last_face_t = True, t
+                if obs.pad_real is not None:
+                    ev.pad_scores.append(float(obs.pad_real))
+                crop = self.vision.quality_crop(frame.rgb, obs, best)
+                if crop is not None:
+                    if ev.first_crop is None:
+                        ev.first_crop = crop.copy()
+                    elif ev.last_crop is None:
+                        ev.last_crop = crop.copy()
+                    else:
+                        ev.last_crop[:] = crop
+                if not started:   # challenges start once a face is in view, so the prompt is fair
+                    runner.start(t)
+                    started = True
+            elif ev.face_seen and t - last_face_t > lv.face_lost_s:
+                ev.face_lost = True
+                raise SessionFailed("face_lost")
+            elif not ev.face_seen and t - t0 > self.cfg.session.face_wait_s:
+                raise SessionFailed("no_face")
+            if started:
+                for e in runner.update(obs):
+                    self._emit(e)
+                    if e.get("state") == "passed" and runner.done:
+                        ev.last_challenge_t = self.clock()
+                if runner.done or runner.failed_reason:
+                    break
+        if not ev.face_seen:
+            raise SessionFailed("no_face")
+        return runner
