@@ -180,6 +180,9 @@ class FleetConfig:
     max_bundle_bytes: int = opt(200_000_000, "Largest bundle accepted before download.", lo=1, hi=10_000_000_000)
     crash_loop_restarts: int = opt(3, "Restarts within the window after a switch that trigger a rollback.", lo=1, hi=100)
     crash_loop_window_s: float = opt(300.0, "Crash-loop window.", lo=1, hi=86400)
+    download_timeout_s: float = opt(300.0, "A bundle download (URL or inline chunks) not complete after this long fails as `truncated`.", lo=1, hi=86400)
+    min_free_bytes: int = opt(50_000_000, "Free space that must remain in the state directory after staging a bundle (else `disk_full`).", lo=0, hi=10_000_000_000_000)
+    clock_skew_s: float = opt(300.0, "Tolerance applied to a manifest's not_before / expires window.", lo=0, hi=86400)
 
 
 @dataclass(frozen=True)
