@@ -117,7 +117,8 @@ class FrameSource:
         self.reopens_ok = 0
         self.last_error = ""
         self.transitions: collections.deque = collections.deque(maxlen=64)  # (t, old, new)
-        self.reopen_delays: collections.deque = collections.deque(maxlen=64)  # seconds waited
+        self.reopen_delays: collections.deque = collections.deque(maxlen=64)  # back-off chosen
+        self.reopen_times: collections.deque = collections.deque(maxlen=64)  # when attempts ran
         self._next_reopen_at = 0.0
         self._dev_opened_at = 0.0
         self._empty = 0
@@ -329,6 +330,11 @@ class FrameSource:
     def _device_failed(self, why: str) -> None:
         self.last_error = why[:120]
         log.warning("camera %s: %s; closing for reopen", self.describe(), self.last_error)
+        if not self.lossless:  # a frame from before the failure is stale: never hand it out
+            with self._cond:
+                if self._slot is not None:
+                    self._slot = None
+                    self.dropped += 1
         self._close_quietly()
         self._schedule_reopen()
 
@@ -352,6 +358,7 @@ class FrameSource:
 
     def _try_reopen(self) -> None:
         self.reopen_attempts += 1
+        self.reopen_times.append(self._clock())
         try:
             self._open_device()
         except Exception as e:  # noqa: BLE001
