@@ -151,8 +151,15 @@ class Daemon:
         self.status("opening card reader")
         from device.cardreader.reader import CardReader
         self.reader = CardReader(cfg.reader)
-        self.reader.open()
-        self.reader_state = "ok"
+        try:
+            self.reader.open()          # photo_decoder_unavailable raises here, at start-up
+            self.reader_state = "ok"
+        except CardError as e:
+            if e.reason != "reader_unavailable":
+                raise
+            # unplugged at boot: serve anyway, card_present() keeps reconnecting (hot-plug)
+            self.reader_state = "unavailable"
+            log.warning("card reader not there yet (%s); will keep trying", cfg.reader.port)
 
         self.status("waiting for broker")
         if not self.link.wait_connected(cfg.mqtt.connect_timeout_s):

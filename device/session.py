@@ -97,6 +97,19 @@ class Session:
     def _emit(self, event: dict) -> None:
         self.events({**event, "session_id": self.session_id})
 
+    def _emit_challenge(self, e: dict) -> None:
+        """Runner events -> the closed session-event schema (prompt for the counter display)."""
+        if e.get("event") != "challenge":
+            return
+        step = {"challenge": e["challenge"], "step": e.get("index", 0) + 1, "of": e.get("of", 0)}
+        if e["state"] == "started":
+            self._emit({"event": "challenge", "prompt": e["challenge"],
+                        "deadline_s": self.cfg.liveness.challenge_timeout_s, **step})
+        elif e["state"] == "passed":
+            self._emit({"event": "challenge_passed", **step})
+        else:
+            self._emit({"event": "challenge_failed", "reason": "challenge_timeout", **step})
+
     def _enter(self, state: State) -> None:
         self.state = state
         if state in self._EVENT_OF:
@@ -248,7 +261,8 @@ class Session:
                     else:
                         ev.last_crop[:] = crop
                 if not started:   # challenges start once a face is in view, so the prompt is fair
-                    runner.start(t)
+                    for e in runner.start(t):
+                        self._emit_challenge(e)
                     started = True
             elif ev.face_seen and t - last_face_t > lv.face_lost_s:
                 ev.face_lost = True
@@ -257,7 +271,7 @@ class Session:
                 raise SessionFailed("no_face")
             if started:
                 for e in runner.update(obs):
-                    self._emit(e)
+                    self._emit_challenge(e)
                     if e.get("state") == "passed" and runner.done:
                         ev.last_challenge_t = self.clock()
                 if runner.done or runner.failed_reason:

@@ -5,7 +5,6 @@ reset() when it ends, so no state of one customer survives into the next.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -93,9 +92,7 @@ class VisionSuite:
         return similarity, identity, vecs
 
     def challenge_runner(self, lv: LivenessConfig, rng, challenges: list[str] | None):
-        if challenges is not None:
-            lv = dataclasses.replace(lv, challenges=tuple(challenges), count=len(challenges))
-        return ChallengeRunner(lv, rng=rng)
+        return ChallengeRunner(lv, rng=rng, sequence=challenges)
 
     def decide(self, runner, ev, identity_sim, lv: LivenessConfig):
         return decide(runner, ev.pad_scores, ev.faces_max, ev.face_lost, identity_sim, lv)
