@@ -51,6 +51,9 @@ def load_config_or_exit(path: str | None) -> config_mod.Config:
 
 # ------------------------------------------------------------------ commands
 def cmd_check_config(args) -> int:
+    if args.example:
+        print(config_mod.example_toml(), end="")
+        return 0
     if args.reference:
         print("| key | default | expected | meaning |\n|---|---|---|---|")
         for key, default, expected, doc in config_mod.reference():
@@ -126,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check-config", help="validate a config file (exit 2 on problems)")
     s.add_argument("path", nargs="?", default=str(config_mod.DEFAULT_PATH))
     s.add_argument("--reference", action="store_true", help="print the config reference as a Markdown table")
+    s.add_argument("--example", action="store_true", help="print a complete example config (every key, defaults)")
     s.set_defaults(func=cmd_check_config)
 
     s = sub.add_parser("verify", help="one offline verification; prints the verdict JSON (exit 0 pass, 1 fail, 2 error)")

@@ -374,6 +374,38 @@ def reference(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str,
     return rows
 
 
+def example_toml() -> str:
+    """A complete, commented config with every key at its default (systemd/config.example.toml)."""
+    def val(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, tuple):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    out = ["# kyc-edge configuration. Every key, at its default; delete what you do not change.",
+           "# Validate with: kyc-edge check-config /etc/kyc-edge/config.toml", ""]
+
+    def section(cls: type, name: str) -> None:
+        hints = _hints(cls)
+        inst = cls()
+        scalars = [f for f in fields(cls) if not dataclasses.is_dataclass(hints[f.name])]
+        if name:
+            out.append(f"[{name}]")
+        for f in scalars:
+            out.append(f"# {f.metadata['doc']} Expected: {_describe(hints[f.name], dict(f.metadata))}.")
+            out.append(f"{f.name} = {val(getattr(inst, f.name))}")
+        out.append("")
+        for f in fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                section(hints[f.name], f"{name}.{f.name}" if name else f.name)
+
+    section(Config, "")
+    return "\n".join(out).rstrip() + "\n"
+
+
 def state_dir(cfg: Config) -> Path:
     return Path(cfg.device.state_dir)
 

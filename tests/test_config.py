@@ -1,0 +1,79 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from device import config as C
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "device.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, **kw)
+
+
+def test_defaults_are_valid():
+    cfg = C.from_dict({})
+    assert cfg.reader.baud == 115200 and cfg.mqtt.prefix == "kyc/v1"
+
+
+@pytest.mark.parametrize("data, key, value_text, expected", [
+    ({"camera": {"fps": -3}}, "camera.fps", "-3", "an integer in 1..240"),
+    ({"camera": {"fps": "30"}}, "camera.fps", "'30'", "an integer"),
+    ({"reader": {"baud": 12345}}, "reader.baud", "12345", "one of"),
+    ({"match": {"threshold": 3}}, "match.threshold", "3", "a number in -1..1"),
+    ({"liveness": {"pad_enabled": "yes"}}, "liveness.pad_enabled", "'yes'", "true or false"),
+    ({"camera": {"replay": {"pace": "slow"}}}, "camera.replay.pace", "'slow'", "one of 'realtime', 'fast'"),
+])
+def test_each_problem_names_key_value_and_expectation(data, key, value_text, expected):
+    with pytest.raises(C.ConfigError) as e:
+        C.from_dict(data)
+    [line] = e.value.problems
+    assert line.startswith(f"config: {key} = {value_text}: expected ") and expected in line
+
+
+def test_unknown_keys_and_cross_checks():
+    with pytest.raises(C.ConfigError) as e:
+        C.from_dict({"camera": {"fpz": 3}, "bogus": {}})
+    assert any("camera.fpz: unknown key" in p for p in e.value.problems)
+    assert any("bogus: unknown key" in p for p in e.value.problems)
+    with pytest.raises(C.ConfigError) as e:
+        C.from_dict({"liveness": {"challenges": ["blink"], "count": 2}})
+    assert "liveness.count = 2" in e.value.problems[0]
+    with pytest.raises(C.ConfigError) as e:
+        C.from_dict({"device": {"id": "a/b"}})
+    assert "device.id = 'a/b'" in e.value.problems[0]
+
+
+def test_check_config_cli_exit_codes(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[camera]\nfps = 0\n[mqtt]\nurl = "http://x"\n')
+    r = cli("check-config", str(bad))
+    assert r.returncode == 2
+    assert "config: camera.fps = 0: expected an integer in 1..240" in r.stderr
+    assert "Traceback" not in r.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[camera\nfps = 3\n")
+    r = cli("check-config", str(broken))
+    assert r.returncode == 2 and "not valid TOML" in r.stderr and "Traceback" not in r.stderr
+    r = cli("check-config", str(tmp_path / "missing.toml"))
+    assert r.returncode == 2 and "cannot read" in r.stderr
+    r = cli("check-config", str(REPO / "systemd" / "config.example.toml"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_example_config_is_complete_and_current():
+    text = (REPO / "systemd" / "config.example.toml").read_text()
+    assert text == C.example_toml(), "regenerate: kyc-edge check-config --example > systemd/config.example.toml"
+    for key, *_ in C.reference():
+        assert key.rsplit(".", 1)[-1] + " = " in text
+
+
+def test_run_with_bad_config_exits_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[reader]\nretries = 99\n")
+    r = cli("run", "--config", str(bad))
+    assert r.returncode == 2
+    assert r.stderr.strip() == "config: reader.retries = 99: expected an integer in 0..10"
