@@ -228,6 +228,36 @@ class ReplaySource(FrameSource):
             self._open_video()
         return True
 
+    def iter_decoded(self, limit: int = 0):
+        """Decode in the calling thread, no capture thread and no pacing: (rgb, media_t) pairs.
+
+        For benchmarks (the no-overlap baseline) and offline tools; not while the source is open.
+        """
+        if self.is_open:
+            raise RuntimeError("iter_decoded() on an open source")
+        self._kind = ""
+        self._reset_cursor()
+        self._load()
+        k = 0
+        try:
+            while not limit or k < limit:
+                got = self._next_media()
+                if got is None:
+                    if not self._rewind():
+                        return
+                    continue
+                self._idx += 1
+                self._pass_frames += 1
+                self._media_n += 1
+                self._last_media_t = self._offset + got[1]
+                k += 1
+                yield got[0], self._last_media_t
+        finally:
+            if self._cap is not None:
+                self._cap.release()
+                self._cap = None
+            self._kind = ""
+
     # ------------------------------------------------------------ hooks
     def _open_device(self) -> None:
         now = self._clock()
