@@ -1,0 +1,461 @@
+"""`kyc-edge bench [frame]`: the per-frame path, timed stage by stage, optionally beside MediaPipe.
+
+    kyc-edge bench --frames ../shared/data/blink/demo_old.mp4 --threads 1 --model-set int8 --vs-mediapipe
+    taskset -c 1 kyc-edge bench ...        # one pinned core: the Pi-class figure (see docs/performance.md)
+
+It drives the daemon's own code: `VisionSuite` (the models the daemon loads, resolved for the model set
+the way the daemon resolves them), `FaceTracker.observe` (detect or track from the previous frame's
+landmarks, FaceMesh, pose, EAR, blink, PAD at its own rate) and `quality_crop` (align + quality gate).
+Frames are decoded one at a time (never all held in memory) and nothing is written to disk.
+
+Stages (median / p95 / mean ms, n = calls that ran):
+- decode: read + BGR->RGB of one frame (video: OpenCV/FFmpeg; folder: imread);
+- detect, landmarks, pad: per call, from the tracker's own stage timers (detect runs only when not
+  tracking: see `detect_ran_frames`; PAD runs on near-frontal frames at most every `pad_every_s`);
+- detect_landmarks: per frame, the sum of the detect and landmarks calls on that frame (what the
+  MediaPipe ratio compares with MediaPipe's whole FaceMesh graph);
+- per_frame_path: per frame, wall time of `observe()` (detect or track + landmarks + PAD + pose/EAR);
+- align, embed, align_embed: align per frame (inside quality_crop), embed per batch-of-2 call, timed after
+  the frame pass on the aligned crops kept by the quality gate (the daemon embeds at decision time);
+- per_frame_total: per frame, decode + observe + quality_crop.
+`sustained_fps` = frames / wall time of the whole frame loop (decode included); `path_fps` = 1000 / mean
+per_frame_path. Frame 0 (first-invoke warm-up) is left out of every statistic and shown on its own.
+
+Figures that cannot be measured in this tree are `null` with a `*_why` reason, never estimated.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm"}
+STAGES = ("decode", "detect", "landmarks", "pad", "detect_landmarks", "per_frame_path",
+          "align", "embed", "align_embed", "per_frame_total")
+EMBED_MAX_CROPS = 16          # aligned crops kept for the embed stage (copies, wiped at the end)
+
+
+# ------------------------------------------------------------------ small helpers
+def stats(values) -> dict | None:
+    """median / p95 / mean / min / max ms of a list (None when empty: the stage did not run)."""
+    v = np.asarray([x for x in values if x is not None], np.float64)
+    if v.size == 0:
+        return None
+    return {"median": round(float(np.median(v)), 3), "p95": round(float(np.percentile(v, 95)), 3),
+            "mean": round(float(v.mean()), 3), "min": round(float(v.min()), 3),
+            "max": round(float(v.max()), 3), "n": int(v.size)}
+
+
+def _proc_status_mb(pid: int | str = "self") -> dict:
+    """VmRSS / VmHWM (peak RSS) in MB from /proc; {} where /proc is not there."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = round(int(val.split()[0]) / 1024.0, 1)
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def rss_mb(pid: int | str = "self") -> float | None:
+    return _proc_status_mb(pid).get("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def conditions() -> dict:
+    """What the figures were measured under: cores allowed, load, CPU, runtimes."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = None
+    cpu_model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "model\t")):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import cv2
+    from device.vision import runtime
+    rt = runtime.runtime_name()
+    try:
+        from importlib.metadata import version
+        rt_ver = version(rt)
+    except Exception:  # noqa: BLE001 - only informative
+        rt_ver = None
+    return {"cpu_affinity": cpus, "cpu_count": os.cpu_count(), "cpu_model": cpu_model,
+            "machine": platform.machine(), "python": platform.python_version(),
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+            "runtime": f"{rt} {rt_ver}" if rt_ver else rt, "opencv": cv2.__version__,
+            "opencv_threads": cv2.getNumThreads(), "numpy": np.__version__,
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
+
+
+# ------------------------------------------------------------------ frames
+def frame_files(path: Path) -> list[Path]:
+    """Image files of a folder, sorted by name (recursing into sub-folders when the top has none)."""
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    return files
+
+
+def iter_frames(path: Path, limit: int = 0):
+    """Yield (rgb, t_seconds, decode_ms) one frame at a time. Video: media time; folder: 15 fps."""
+    import cv2
+    n = 0
+    if path.is_dir():
+        for i, f in enumerate(frame_files(path)):
+            if limit and n >= limit:
+                return
+            t0 = time.perf_counter()
+            bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if bgr is None:
+                continue
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            yield rgb, i / 15.0, (time.perf_counter() - t0) * 1000.0
+            n += 1
+        return
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError(f"cannot open {path} as a video")
+    try:
+        while not (limit and n >= limit):
+            t0 = time.perf_counter()
+            ok, bgr = cap.read()
+            if not ok:
+                return
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            dt = (time.perf_counter() - t0) * 1000.0
+            yield rgb, cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, dt
+            n += 1
+    finally:
+        cap.release()
+
+
+# ------------------------------------------------------------------ models
+def default_models_dir() -> Path:
+    env = os.environ.get("KYC_EDGE_MODEL_DIR")
+    return Path(env) if env else REPO / "models" / "store"
+
+
+def resolve_models(models_dir: Path, model_set: str) -> tuple[Path, dict, list[str]]:
+    """(dir the suite loads from, role -> file, roles that fell back to float).
+
+    int8 builds land in models/build (scripts/build-models); when the float files live elsewhere the
+    two are overlaid in a temporary folder of symlinks so the daemon's own resolve() picks them."""
+    from device import models as models_mod
+    load_dir = models_dir
+    if model_set == "int8":
+        build = REPO / "models" / "build"
+        built = {e.file for e in models_mod.entries() if e.precision == "int8"}
+        extra = [build / f for f in built if not (models_dir / f).exists() and (build / f).exists()]
+        if extra:
+            import tempfile
+            load_dir = Path(tempfile.mkdtemp(prefix="kyc-bench-models-"))
+            for p in list(models_dir.glob("*.tflite")) + extra:
+                (load_dir / p.name).symlink_to(p.resolve())
+    paths = models_mod.resolve(load_dir, model_set)
+    int8_files = {e.file for e in models_mod.entries() if e.precision == "int8"}
+    fallback = [r for r, p in paths.items() if model_set == "int8" and p.name not in int8_files]
+    return load_dir, {r: p.name for r, p in paths.items()}, fallback
+
+
+def build_suite(models_dir: Path, model_set: str, threads: int):
+    from device.config import from_dict
+    from device.vision.suite import VisionSuite
+    cfg = from_dict({})
+    cfg = replace(cfg, models=replace(cfg.models, dir=str(models_dir), set=model_set, threads=threads))
+    return cfg, VisionSuite.create(cfg, models_dir)
+
+
+# ------------------------------------------------------------------ our per-frame pass
+def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads: int, peer=None) -> dict:
+    """Our pass. `peer` (a LockstepPeer) processes each frame right after ours, on the same core."""
+    load_dir, files, fallback = resolve_models(models_dir, model_set)
+    rss_before = rss_mb()
+    t0 = time.perf_counter()
+    cfg, suite = build_suite(load_dir, model_set, threads)
+    load_ms = (time.perf_counter() - t0) * 1000.0
+    rss_loaded = rss_mb()
+    tr = suite.tracker
+    best = suite.best_frames()
+    per = {k: [] for k in ("decode", "detect_landmarks", "per_frame_path", "align", "per_frame_total")}
+    first = None
+    crops: list[np.ndarray] = []
+    detect_frames = faces = 0
+    # align is timed inside quality_crop through a thin wrapper around align_face (same call, same args)
+    import device.vision.suite as suite_mod
+    orig_align = suite_mod.align_face
+    align_ms: list[float] = []
+
+    def timed_align(rgb, kp):
+        a0 = time.perf_counter()
+        out = orig_align(rgb, kp)
+        align_ms.append((time.perf_counter() - a0) * 1000.0)
+        return out
+
+    suite_mod.align_face = timed_align
+    n = 0
+    peer_wait = 0.0
+    try:
+        wall0 = time.perf_counter()
+        mark = {k: 0 for k in tr.timings}
+        for rgb, t, dec_ms in iter_frames(frames, limit):
+            f0 = time.perf_counter()
+            obs = tr.observe(rgb, t)
+            f1 = time.perf_counter()
+            n_align = len(align_ms)
+            crop = suite.quality_crop(rgb, obs, best)
+            f2 = time.perf_counter()
+            new = {k: v[mark[k]:] for k, v in tr.timings.items()}
+            mark = {k: len(v) for k, v in tr.timings.items()}
+            row = {"decode": dec_ms, "per_frame_path": (f1 - f0) * 1000.0,
+                   "detect_landmarks": sum(new.get("detect", [])) + sum(new.get("landmarks", [])),
+                   "align": align_ms[-1] if len(align_ms) > n_align else None,
+                   "per_frame_total": dec_ms + (f2 - f0) * 1000.0}
+            if n == 0:
+                first = {k: (round(v, 3) if v is not None else None) for k, v in row.items()}
+                warm_marks = dict(mark)
+            else:
+                for k, v in row.items():
+                    per[k].append(v)
+            detect_frames += int(obs.detected)
+            faces += int(obs.has_face)
+            if crop is not None and len(crops) < EMBED_MAX_CROPS:
+                crops.append(crop.copy())
+            rgb.fill(0)
+            n += 1
+            if peer is not None:
+                w0 = time.perf_counter()
+                peer.step(row["detect_landmarks"] if n > 1 else None)
+                peer_wait += time.perf_counter() - w0
+        wall_s = time.perf_counter() - wall0 - peer_wait
+    finally:
+        suite_mod.align_face = orig_align
+    if n == 0:
+        raise ValueError(f"no frames decoded from {frames}")
+    # stage timers of the tracker, without the warm-up frame's calls
+    stage = {k: v[warm_marks.get(k, 0):] for k, v in tr.timings.items()}
+    embed_ms = []
+    for i in range(0, max(len(crops) - 1, 0), 2):
+        e0 = time.perf_counter()
+        res = suite.embedder.embed(crops[i], crops[i + 1])
+        embed_ms.append((time.perf_counter() - e0) * 1000.0)
+        res.wipe()
+    for c in crops:
+        c.fill(0)
+    best.wipe()
+    st = {
+        "decode": stats(per["decode"]),
+        "detect": stats(stage.get("detect", [])),
+        "landmarks": stats(stage.get("landmarks", [])),
+        "pad": stats(stage.get("pad", [])) if suite.tracker.pad is not None else None,
+        "detect_landmarks": stats(per["detect_landmarks"]),
+        "per_frame_path": stats(per["per_frame_path"]),
+        "align": stats(per["align"]),
+        "embed": stats(embed_ms),
+        "per_frame_total": stats(per["per_frame_total"]),
+    }
+    if st["align"] and st["embed"]:
+        st["align_embed"] = {"median": round(st["align"]["median"] + st["embed"]["median"], 3),
+                             "p95": round(st["align"]["p95"] + st["embed"]["p95"], 3),
+                             "note": "align per frame + one batch-of-2 embed call (medians / p95s added)"}
+    else:
+        st["align_embed"] = None
+    if "iris" in stage and stage["iris"]:
+        st["iris"] = stats(stage["iris"])
+    path_mean = st["per_frame_path"]["mean"] if st["per_frame_path"] else None
+    return {
+        "frames": n, "frames_with_face": faces, "detect_ran_frames": detect_frames,
+        "pad_calls": len(stage.get("pad", [])), "embed_calls": len(embed_ms),
+        "model_set": model_set, "threads": threads, "models_dir": str(models_dir), "models": files,
+        "int8_fallback_to_float": fallback, "model_load_ms": round(load_ms, 1),
+        "stages_ms": {k: st.get(k) for k in STAGES} | ({"iris": st["iris"]} if "iris" in st else {}),
+        "first_frame_ms": first,
+        "sustained_fps": round((n - 1) / max(wall_s - (first or {}).get("per_frame_total", 0) / 1000.0, 1e-9), 2)
+        if n > 1 else None,
+        "path_fps": round(1000.0 / path_mean, 1) if path_mean else None,
+        "rss_mb": {"before_models": rss_before, "models_loaded": rss_loaded, "end": rss_mb(),
+                   "peak": peak_rss_mb()},
+    }
+
+
+# ------------------------------------------------------------------ MediaPipe peer
+def mediapipe_python() -> Path | None:
+    """$KYC_EDGE_MEDIAPIPE_PYTHON if set (only that), else .venv-mediapipe/bin/python; None if missing."""
+    env = os.environ.get("KYC_EDGE_MEDIAPIPE_PYTHON")
+    cand = Path(env) if env else REPO / ".venv-mediapipe" / "bin" / "python"
+    return cand if cand.is_file() and os.access(cand, os.X_OK) else None
+
+
+class LockstepPeer:
+    """MediaPipe's FaceMesh graph in its own venv, stepped frame by frame beside our pass.
+
+    The peer decodes the same frames itself, then waits on stdin; after we finish frame i we let it
+    process frame i and read back its time. Both processes share this process's CPU affinity and never
+    run at the same moment, so a load spike on the shared machine hits both sides of a frame alike.
+    The ratio is taken per frame (ours / theirs) and summarised (median, and the ratio of the means)."""
+
+    def __init__(self, frames: Path, limit: int):
+        py = mediapipe_python()
+        if py is None:
+            raise RuntimeError("no .venv-mediapipe (run scripts/bench-mediapipe-venv, or set KYC_EDGE_MEDIAPIPE_PYTHON)")
+        script = Path(__file__).with_name("mediapipe_peer.py")
+        cmd = [str(py), str(script), "--lockstep", "--limit", str(limit)]
+        self._list_file = None
+        if frames.is_dir():
+            import tempfile
+            fd, self._list_file = tempfile.mkstemp(prefix="kyc-bench-frames-", suffix=".txt")
+            with os.fdopen(fd, "w") as fh:
+                fh.write("\n".join(str(p) for p in frame_files(frames)))
+            cmd += ["--list", self._list_file]
+        else:
+            cmd += ["--video", str(frames)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+        env.setdefault("GLOG_minloglevel", "2")
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tempfile
+        self._err = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
+                                     text=True, bufsize=1, env=env)
+        self.pairs: list[tuple[float, float]] = []
+        self.theirs: list[float] = []
+        self.face_frames = 0
+        self.error: str | None = None
+
+    def step(self, ours_ms: float | None) -> None:
+        if self.error:
+            return
+        try:
+            self.proc.stdin.write("go\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+            d = json.loads(line)
+        except (OSError, ValueError) as e:
+            self.error = f"mediapipe peer stopped: {type(e).__name__}"
+            return
+        self.face_frames += int(d["face"])
+        if d["i"] > 0:
+            self.theirs.append(d["ms"])
+            if ours_ms is not None:
+                self.pairs.append((ours_ms, d["ms"]))
+
+    def finish(self, timeout: float = 60.0) -> dict:
+        summary = None
+        try:
+            self.proc.stdin.close()
+            rest = self.proc.stdout.read()
+            self.proc.wait(timeout=timeout)
+            lines = [ln for ln in rest.strip().splitlines() if ln.startswith("{") and '"peer"' in ln]
+            summary = json.loads(lines[-1]) if lines else None
+        except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+            self.error = self.error or f"mediapipe peer did not finish: {type(e).__name__}"
+            self.proc.kill()
+        finally:
+            if self._list_file:
+                os.unlink(self._list_file)
+        if summary is None and not self.error:
+            self._err.seek(0)
+            self.error = f"mediapipe peer exit {self.proc.returncode}: {self._err.read().decode(errors='replace')[-400:]}"
+        self._err.close()
+        out = summary or {}
+        if self.error:
+            out["error"] = self.error
+        out["process_ms"] = stats(self.theirs)
+        return out
+
+    def ratios(self) -> dict | None:
+        if not self.pairs:
+            return None
+        o = np.array([p[0] for p in self.pairs])
+        t = np.array([p[1] for p in self.pairs])
+        r = o / np.maximum(t, 1e-6)
+        return {"median_of_medians": round(float(np.median(o) / np.median(t)), 3),
+                "mean_of_means": round(float(o.mean() / t.mean()), 3),
+                "per_frame_median": round(float(np.median(r)), 3),
+                "per_frame_p25_p75": [round(float(np.percentile(r, 25)), 3), round(float(np.percentile(r, 75)), 3)],
+                "paired_frames": len(self.pairs)}
+
+
+# ------------------------------------------------------------------ daemon figures
+def daemon_figures() -> dict:
+    """Start-to-READY, daemon RSS and last-challenge-to-outbox, from a real `kyc-edge run` subprocess.
+
+    Lives in device/evaluate/bench_daemon.py (needs mosquitto and the daemon); null with a reason when
+    it cannot run here."""
+    try:
+        from device.evaluate import bench_daemon
+    except ImportError as e:
+        why = f"daemon bench not available: {e}"
+        return {"start_to_ready_ms": None, "start_to_ready_why": why,
+                "last_challenge_to_outbox_ms": None, "last_challenge_to_outbox_why": why,
+                "daemon_rss_mb": None, "daemon_rss_why": why}
+    return bench_daemon.measure()
+
+
+# ------------------------------------------------------------------ entry point
+def bench_frames(args) -> dict:
+    """`kyc-edge bench frame`: one JSON-able dict (see the module doc)."""
+    t_start = time.perf_counter()
+    frames = Path(args.frames) if getattr(args, "frames", None) else REPO.parent / "shared" / "data" / "blink" / "demo_old.mp4"
+    if not frames.exists():
+        raise SystemExit(f"bench: --frames {frames} does not exist")
+    models_dir = Path(args.models_dir) if getattr(args, "models_dir", None) else default_models_dir()
+    threads = int(getattr(args, "threads", 1) or 1)
+    model_set = getattr(args, "model_set", None) or "float"
+    limit = int(getattr(args, "limit", 0) or 0)
+    out = {"bench": "frame", "frames_source": str(frames), "limit": limit or None,
+           "command": " ".join(["kyc-edge"] + sys.argv[1:]) if sys.argv and "kyc-edge" in sys.argv[0] else None,
+           "conditions_start": conditions()}
+    peer = None
+    if getattr(args, "vs_mediapipe", False):
+        try:
+            peer = LockstepPeer(frames, limit)
+        except RuntimeError as e:
+            out["mediapipe"] = {"error": str(e)}
+    try:
+        ours = run_ours(frames, limit, models_dir, model_set, threads, peer)
+    finally:
+        mp = peer.finish() if peer is not None else None
+    out["ours"] = ours
+    st = ours["stages_ms"]
+    out["summary"] = {
+        "per_frame_path_median_ms": st["per_frame_path"]["median"] if st["per_frame_path"] else None,
+        "per_frame_path_p95_ms": st["per_frame_path"]["p95"] if st["per_frame_path"] else None,
+        "sustained_fps": ours["sustained_fps"],
+        "peak_rss_mb": ours["rss_mb"]["peak"],
+        "vs_mediapipe_ratio": None,
+    }
+    if mp is not None:
+        out["mediapipe"] = mp
+        r = peer.ratios()
+        if r:
+            r["what"] = ("our detect+landmarks per frame (tracking, as the daemon runs it) / MediaPipe FaceMesh "
+                         "graph process() per frame; same frames, interleaved frame by frame in the same run on the "
+                         "same CPU affinity; < 1 means ours is faster")
+            out["vs_mediapipe"] = r
+            out["summary"]["vs_mediapipe_ratio"] = r["median_of_medians"]
+            out["summary"]["vs_mediapipe_ratio_mean"] = r["mean_of_means"]
+    out["daemon"] = daemon_figures() if not getattr(args, "no_daemon", False) and limit == 0 else {
+        "start_to_ready_ms": None, "start_to_ready_why": "skipped with --limit (smoke run)",
+        "last_challenge_to_outbox_ms": None, "last_challenge_to_outbox_why": "skipped with --limit (smoke run)",
+        "daemon_rss_mb": None, "daemon_rss_why": "skipped with --limit (smoke run)"}
+    out["conditions_end"] = {"loadavg": [round(x, 2) for x in os.getloadavg()]}
+    out["bench_wall_s"] = round(time.perf_counter() - t_start, 2)
+    return out

@@ -1,0 +1,77 @@
+"""Smoke test of `kyc-edge bench frame`: it runs on a few frames and emits its JSON keys.
+
+No timing assertions: figures on a shared CI machine mean nothing. The real figures live in
+docs/performance.md, measured on one pinned core.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from device import cli
+from device.evaluate import bench
+from tests.conftest import need
+
+STAGE_KEYS = {"decode", "detect", "landmarks", "pad", "detect_landmarks", "per_frame_path", "align", "embed",
+              "align_embed", "per_frame_total"}
+
+
+def _run(capsys, *argv) -> dict:
+    assert cli.main(["bench", *argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def blink_video(shared_data):
+    return need(shared_data / "blink" / "demo_old.mp4")
+
+
+def test_bench_frame_video_emits_keys(capsys, blink_video, model_dir, monkeypatch):
+    monkeypatch.setenv("KYC_EDGE_MEDIAPIPE_PYTHON", "/nonexistent/python")   # peer absent: reported, not fatal
+    out = _run(capsys, "frame", "--frames", str(blink_video), "--models-dir", str(model_dir),
+               "--limit", "6", "--threads", "1", "--model-set", "float", "--vs-mediapipe")
+    for key in ("frames_source", "conditions_start", "ours", "summary", "daemon", "conditions_end", "mediapipe"):
+        assert key in out
+    ours = out["ours"]
+    assert ours["frames"] == 6 and ours["model_set"] == "float" and ours["threads"] == 1
+    assert set(ours["stages_ms"]) >= STAGE_KEYS
+    for k in ("decode", "landmarks", "per_frame_path", "per_frame_total", "detect_landmarks"):
+        assert set(ours["stages_ms"][k]) >= {"median", "p95", "mean", "n"}, k
+    assert ours["detect_ran_frames"] >= 1 and ours["frames_with_face"] >= 1
+    assert ours["rss_mb"]["peak"] > 0 and ours["rss_mb"]["models_loaded"] > 0
+    assert set(out["summary"]) >= {"per_frame_path_median_ms", "per_frame_path_p95_ms", "sustained_fps",
+                                   "peak_rss_mb", "vs_mediapipe_ratio"}
+    assert "error" in out["mediapipe"] and out["summary"]["vs_mediapipe_ratio"] is None
+    # smoke runs never start the daemon; the figures say so instead of inventing numbers
+    assert out["daemon"]["start_to_ready_ms"] is None and out["daemon"]["start_to_ready_why"]
+
+
+def test_bench_frame_folder_and_int8_fallback(capsys, shared_data, model_dir):
+    clip = need(shared_data / "headpose" / "head-pose-face-detection-female")
+    out = _run(capsys, "--frames", str(clip), "--models-dir", str(model_dir), "--limit", "3",
+               "--model-set", "int8")
+    assert out["ours"]["frames"] == 3 and out["ours"]["model_set"] == "int8"
+    # every role names the file it really loaded; roles without an int8 build are listed as float fallbacks
+    assert set(out["ours"]["models"]) >= {"detector", "landmarks", "embedder"}
+    assert isinstance(out["ours"]["int8_fallback_to_float"], list)
+
+
+def test_stats_empty_is_null():
+    assert bench.stats([]) is None
+    s = bench.stats([1.0, 2.0, 3.0])
+    assert s["median"] == 2.0 and s["n"] == 3
+
+
+def test_mediapipe_peer_lockstep(tmp_path, blink_video, monkeypatch):
+    """The real peer, when .venv-mediapipe exists (scripts/bench-mediapipe-venv); CI has no such venv."""
+    monkeypatch.delenv("KYC_EDGE_MEDIAPIPE_PYTHON", raising=False)
+    if bench.mediapipe_python() is None:
+        pytest.skip("no .venv-mediapipe (optional: scripts/bench-mediapipe-venv)")
+    peer = bench.LockstepPeer(blink_video, 3)
+    for i in range(3):
+        peer.step(1.0 if i else None)
+    mp = peer.finish()
+    assert "error" not in mp, mp.get("error")
+    assert mp["frames"] == 3 and mp["process_ms"]["n"] == 2
+    assert peer.ratios()["paired_frames"] == 2
