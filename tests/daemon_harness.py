@@ -14,27 +14,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from device.demo import write_config  # noqa: F401  (re-exported for tests)
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))
-
-
-def write_config(path: Path, sections: dict) -> Path:
-    lines = []
-    for name, table in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
 
 
 def daemon_config(tmp: Path, *, broker_url: str, reader_port: str, video: str, model_dir: Path,

@@ -68,3 +68,22 @@ def test_daemon_ready_watchdog_and_verdicts_over_mqtt(rig, shared_data):
     t0 = time.monotonic()
     assert stop_daemon(proc) == 0
     assert time.monotonic() - t0 < 5.0, "SIGTERM must end the daemon within 5 s"
+
+
+def test_demo_prints_a_verdict(shared_data, tmp_path):
+    """`kyc-edge demo` starts its own broker, simulator, camera and daemon in one command."""
+    import json
+    import subprocess
+    import sys
+
+    import cv2
+
+    from tests.daemon_harness import REPO
+    card = tmp_path / "card.jpg"
+    cv2.imwrite(str(card), genuine_photo(shared_data)[:, :, ::-1])
+    r = subprocess.run([sys.executable, "-m", "device.cli", "demo", "--card-photo", str(card),
+                        "--video", str(shared_data / BLINK_VIDEO), "--timeout", "60"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    payload = json.loads(r.stdout)
+    assert payload["verdict"]["result"] == "pass" and payload["verdict"]["device"] == "demo-counter"
