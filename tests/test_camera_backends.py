@@ -44,6 +44,7 @@ class PiWorld:
         self.controls = {k: (0, 1, 0) for k in controls}
         self.old_api = old_api
         self.unplugged = False
+        self.frozen = False
         self.instances: list = []
 
 
@@ -78,6 +79,18 @@ def install_picamera2(monkeypatch, world: PiWorld):
             if world.old_api and kw:
                 raise TypeError("unexpected keyword argument 'wait'")
             assert self.started and name == "main"
+            if kw.get("wait") is False:
+                return ("job", name)
+            return self._frame()
+
+        def wait(self, job, timeout=None):  # picamera2 >= 0.3.13
+            assert job == ("job", "main") and timeout is not None
+            if world.frozen:               # frontend stopped delivering: the wait times out
+                time.sleep(min(timeout, 0.02))
+                raise TimeoutError()
+            return self._frame()
+
+        def _frame(self):
             time.sleep(0.01)
             if world.unplugged:
                 raise RuntimeError("Camera frontend has timed out!")
@@ -154,6 +167,22 @@ def test_picamera2_loss_and_recovery(monkeypatch):
         assert src.read(1.0).n > first.n
         assert len(world.instances) >= 2                 # reopened with a fresh Picamera2
     assert [(a, b) for _, a, b in src.transitions] == [("ok", "stalled"), ("stalled", "lost"), ("lost", "ok")]
+
+
+def test_picamera2_frozen_frontend_stalls_and_is_reopened(monkeypatch):
+    world = PiWorld()
+    install_picamera2(monkeypatch, world)
+    with open_source(pi_cfg()) as src:
+        first = src.read(1.0)
+        world.frozen = True                # capture waits time out, no exception
+        assert wait_for(lambda: src.health == "stalled", 1.0)
+        assert wait_for(lambda: len(world.instances) >= 2, 1.0)   # closed and reopened
+        assert world.instances[0].closed
+        assert time.monotonic() - src.progress < 0.3
+        world.frozen = False
+        assert wait_for(lambda: src.health == "ok", 1.0)
+        assert src.read(1.0).n > first.n
+    assert [(a, b) for _, a, b in src.transitions] == [("ok", "stalled"), ("stalled", "ok")]
 
 
 def test_picamera2_probe_and_open_errors(monkeypatch):

@@ -18,7 +18,7 @@ from device.errors import CameraError
 log = logging.getLogger("kyc_edge.camera")
 
 AF_MODE_CONTINUOUS = 2   # libcamera controls.AfModeEnum.Continuous
-CAPTURE_WAIT_S = 0.5     # bound on one capture_array() call where picamera2 supports `wait=`
+CAPTURE_WAIT_S = 0.5     # bound on one capture wait (keeps the recovery loop and `progress` alive)
 
 
 def _import():
@@ -78,6 +78,7 @@ class Picamera2Source(FrameSource):
         self.camera_num = camera_num
         self._cam = None
         self._wait_kw = True
+        self._job = None
         self.applied_controls: dict = {}
 
     def describe(self) -> str:
@@ -119,28 +120,41 @@ class Picamera2Source(FrameSource):
         self._cam = cam
 
     def _capture(self):
+        """Next main-stream array, waiting at most CAPTURE_WAIT_S (None on timeout).
+
+        picamera2 >= 0.3.13: capture_array(wait=False) gives a job, Picamera2.wait(job, timeout)
+        raises TimeoutError; a timed-out job stays pending and is waited on again next time.
+        Older picamera2 (no such keywords): a plain blocking capture_array().
+        """
         if self._wait_kw:
             try:
-                return self._cam.capture_array("main", wait=CAPTURE_WAIT_S)
-            except TypeError:  # older picamera2: no timeout argument
+                if self._job is None:
+                    self._job = self._cam.capture_array("main", wait=False)
+                arr = self._cam.wait(self._job, timeout=CAPTURE_WAIT_S)
+            except TypeError:
                 self._wait_kw = False
+                self._job = None
+            except TimeoutError:
+                return None
+            else:
+                self._job = None
+                return arr
         return self._cam.capture_array("main")
 
     def _grab(self):
-        try:
-            arr = self._capture()
-        except TimeoutError:
-            return None
+        arr = self._capture()
+        t = self._clock()
         if arr is None:
             return None
         if self.pc.format == "YUV420":
             rgb = yuv420_to_rgb(arr, self.cfg.width, self.cfg.height)
         else:
             rgb = to_rgb(arr[:, : self.cfg.width], "bgr")  # libcamera RGB888 = B,G,R in memory
-        return rgb, None
+        return rgb, t
 
     def _close_device(self) -> None:
         cam, self._cam = self._cam, None
+        self._job = None
         if cam is None:
             return
         try:

@@ -46,7 +46,6 @@ class V4L2Source(FrameSource):
         self.pipeline = "" if device else self.vc.pipeline
         self._cap = None
         self.actual: dict = {}
-        self._first = False
 
     def describe(self) -> str:
         return "v4l2 gstreamer pipeline" if self.pipeline else f"v4l2 {self.device}"
@@ -91,11 +90,11 @@ class V4L2Source(FrameSource):
 
     def _grab(self):
         ok, img = self._cap.read()
+        t = self._clock()  # capture time, before the colour conversion
         if not ok or img is None:
             time.sleep(0.02)  # an unplugged camera fails at once: do not spin
             return None
-        self._first = True
-        return to_rgb(img, "bgr"), None
+        return to_rgb(img, "bgr"), t
 
     def _close_device(self) -> None:
         cap, self._cap = self._cap, None
