@@ -1,0 +1,481 @@
+"""The device side of fleet updates: verify -> download -> verify hashes -> stage -> self-test ->
+(wait for no session) -> switch -> apply -> health probe -> commit, or roll back.
+
+Threads: `on_command` runs on the link's command thread and only does cheap work (signature,
+window, nonce, version and size checks; writing inline chunks). A worker thread downloads,
+hashes, stages and self-tests. `poll()` runs on the daemon's main loop and is the only place
+that switches slots and hot-swaps the pipeline, never while a session runs.
+
+Status on <prefix>/<site>/<device>/update/status (retained), AWS-IoT-Jobs-like states, lower
+case on the wire (the link's closed schema takes tokens): queued, downloading, verifying, staged,
+applied, failed (+reason), rolled_back (+reason). Every status carries `bundle_version` (the
+running bundle, 0 = factory) and `target_version` (the update concerned).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import http.client
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from device import __version__ as DAEMON_VERSION
+from device import config as config_mod
+from device.fleet import manifest as mf
+from device.fleet import slots
+from device.fleet.manifest import FleetError
+from device.fleet.nonces import NonceStore
+
+log = logging.getLogger("kyc_edge.fleet")
+
+CHUNK_BYTES = 8192          # raw bytes per inline chunk: fits the link's 16 KiB command limit
+
+
+def is_update_topic(name: str) -> bool:
+    n = name.strip("/")
+    return n in ("update", "cmd/update") or n.endswith("/cmd/update")
+
+
+class _Spool:
+    """Inline artifacts arriving as chunks: {"chunk": {"nonce", "name", "offset", "data"}}."""
+
+    def __init__(self, d: Path, artifacts: list[dict]):
+        self.dir = d
+        self.cond = threading.Condition()
+        self.error: FleetError | None = None
+        self.files: dict[str, dict] = {}
+        d.mkdir(parents=True, exist_ok=True)
+        for a in artifacts:
+            if a.get("inline"):
+                p = d / a["name"]
+                p.touch()
+                self.files[a["name"]] = {"path": p, "size": int(a["size"]), "got": {}, "bytes": 0}
+
+    def add(self, name: str, offset: int, data: bytes) -> None:
+        with self.cond:
+            f = self.files.get(name)
+            if f is None or self.error is not None or offset in f["got"]:
+                return
+            if offset < 0 or offset + len(data) > f["size"]:
+                self.error = FleetError("hash_mismatch", f"{name}: chunk beyond the declared size")
+                self.cond.notify_all()
+                return
+            try:
+                fd = os.open(f["path"], os.O_WRONLY)
+                try:
+                    os.pwrite(fd, data, offset)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                self.error = FleetError("disk_full" if slots.disk_error(e) else "download_failed",
+                                        f"{name}: writing chunk: {e.strerror}")
+                self.cond.notify_all()
+                return
+            f["got"][offset] = len(data)
+            f["bytes"] += len(data)
+            self.cond.notify_all()
+
+    def wait(self, name: str, deadline: float) -> Path:
+        with self.cond:
+            f = self.files[name]
+            while self.error is None and f["bytes"] < f["size"]:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise FleetError("truncated", f"{name}: {f['bytes']} of {f['size']} bytes arrived in time")
+                self.cond.wait(min(left, 0.5))
+            if self.error is not None:
+                raise self.error
+            return f["path"]
+
+
+@dataclass
+class _Job:
+    m: dict
+    envelope: dict
+    dir: Path
+    spool: _Spool
+    t_queued: float = field(default_factory=time.monotonic)
+
+
+class UpdateAgent:
+    def __init__(self, cfg: config_mod.Config, state_dir: str | os.PathLike, *,
+                 publish_status: Callable[[dict], Any],
+                 self_test: Callable[[Path], Any] = lambda bundle_dir: None,
+                 health_probe: Callable[[], Any] = lambda: None,
+                 apply: Callable[[Path | None], Any] = lambda bundle_dir: None,
+                 factory_models: str | os.PathLike | None = None,
+                 daemon_version: str = DAEMON_VERSION,
+                 clock: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.fcfg = cfg.fleet
+        self.state_dir = Path(state_dir)
+        self.bdir = slots.bundles_dir(state_dir)
+        self.bdir.mkdir(parents=True, exist_ok=True)
+        slots.cleanup(state_dir)
+        self.factory_models = Path(factory_models) if factory_models else config_mod.models_dir(cfg)
+        self.publish_status = publish_status
+        self.self_test = self_test
+        self.health_probe = health_probe
+        self.apply = apply
+        self.daemon_version = daemon_version
+        self.clock = clock
+        self.keys = mf.trusted_keys(cfg.fleet.public_keys)
+        if not self.keys:
+            log.warning("fleet: no usable fleet.public_keys; every update will be refused (no_trusted_keys)")
+        self.nonces = NonceStore(self.bdir / "nonces.json")
+        self._lock = threading.RLock()
+        self._jobs: "queue.Queue[_Job | None]" = queue.Queue()
+        self._active: dict[str, _Job] = {}        # nonce -> job not yet finished (dedup, chunks)
+        self._staged: dict | None = None
+        self._probe_pending = False
+        self._reported_start = False
+        self._stop = threading.Event()
+        self.last_status: dict | None = None
+
+        st = slots.read_state(state_dir)
+        trial = st.get("trial")
+        if trial and not trial.get("committed") and trial.get("slot") == slots.current_slot(state_dir):
+            self._probe_pending = True      # restarted after a switch, before its health probe passed
+        staged = st.get("staged")
+        if staged and staged.get("slot") in slots.SLOTS and staged["slot"] != slots.current_slot(state_dir) \
+                and slots.is_complete(self.bdir / staged["slot"]) \
+                and slots.slot_version(self.bdir / staged["slot"]) == staged.get("version") \
+                and staged.get("version", 0) > slots.current_version(state_dir):
+            self._staged = staged           # self-tested before a power cut; switch it in
+        self._worker = threading.Thread(target=self._work, name="kyc-fleet", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ public
+    @property
+    def bundle_version(self) -> int:
+        return slots.current_version(self.state_dir)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._jobs.put(None)
+        self._worker.join(5)
+
+    def on_command(self, name: str, payload: Any, props: Any = None) -> bool:
+        """Feed every command here; returns True if it was an update command (handled)."""
+        if not is_update_topic(name):
+            return False
+        try:
+            obj = mf.parse(payload)
+            if "chunk" in obj:
+                self._on_chunk(obj["chunk"])
+            else:
+                self._on_manifest(obj)
+        except FleetError as e:
+            self._report("failed", _version_hint(payload), reason=e.reason, detail=e.detail)
+        except Exception as e:  # noqa: BLE001 - a command must never take the daemon down
+            log.exception("fleet: update command failed")
+            self._report("failed", None, reason="internal_error", detail=type(e).__name__)
+        return True
+
+    def poll(self, session_active: bool) -> None:
+        """Main loop, each turn. Switches and probes only when no session runs."""
+        if not self._reported_start:
+            self._reported_start = True
+            self._report_start()
+        if session_active:
+            return
+        with self._lock:
+            if self._probe_pending:
+                self._probe_pending = False
+                self._probe_and_commit()
+            staged = self._staged
+            if staged is not None:
+                self._staged = None
+                self._switch(staged)
+
+    # ------------------------------------------------------------------ reporting
+    def _report(self, state: str, target: int | None, *, reason: str | None = None, detail: str = "",
+                persist: bool = False, **extra: Any) -> None:
+        st: dict[str, Any] = {"state": state, "bundle_version": self.bundle_version}
+        if target is not None:
+            st["target_version"] = target
+        if reason:
+            st["reason"] = reason
+        st.update(extra)
+        lvl = logging.WARNING if state in ("failed", "rolled_back") else logging.INFO
+        log.log(lvl, "fleet: %s%s target=%s running=%s%s", state, f"({reason})" if reason else "",
+                target, st["bundle_version"], f": {detail}" if detail else "")
+        self.last_status = st
+        if persist:
+            with self._lock:
+                s = slots.read_state(self.state_dir)
+                s["last"] = st
+                slots.write_state(self.state_dir, s)
+        try:
+            self.publish_status(st)
+        except Exception as e:  # noqa: BLE001
+            log.warning("fleet: publishing update status failed: %s", e)
+
+    def _report_start(self) -> None:
+        s = slots.read_state(self.state_dir)
+        rep = s.pop("report", None)
+        if rep:
+            slots.write_state(self.state_dir, s)
+            self._report(rep["state"], rep.get("target_version"), reason=rep.get("reason"))
+            return
+        last = s.get("last") or {"state": "idle"}
+        if self._probe_pending:
+            return          # reported after the probe
+        self._report(last["state"], last.get("target_version"), reason=last.get("reason"))
+
+    # ------------------------------------------------------------------ commands
+    def _on_chunk(self, c: Any) -> None:
+        if not isinstance(c, dict):
+            raise FleetError("malformed", "chunk: not an object")
+        job = self._active.get(str(c.get("nonce")))
+        if job is None:
+            return              # not for an update we accepted: ignore (no status spam)
+        try:
+            data = base64.b64decode(c["data"], validate=True)
+            offset = int(c["offset"])
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            raise FleetError("malformed", "chunk: bad fields") from None
+        job.spool.add(str(c.get("name")), offset, data)
+
+    def _on_manifest(self, env: dict) -> None:
+        m = mf.verify(env, self.keys)
+        if not mf.targeted(m, self.cfg.device.id, self.cfg.device.groups):
+            log.info("fleet: %s not targeted at this device; ignored", mf.short_id(m))
+            return
+        tv = m["bundle_version"]
+        with self._lock:
+            dup = self._active.get(m["nonce"])
+            if dup is not None and dup.envelope == env:
+                return          # the same manifest via a second topic / QoS 1 redelivery
+            try:
+                mf.check_window(m, self.clock(), self.fcfg.clock_skew_s)
+                if not self.nonces.add(m["nonce"], m["expires"], self.clock()):
+                    raise FleetError("replayed_nonce", f"nonce {m['nonce'][:8]} seen before")
+                running = max(self.bundle_version, (self._staged or {}).get("version", 0))
+                if tv <= running and not m.get("allow_downgrade"):
+                    raise FleetError("downgrade_refused", f"v{tv} <= v{running}")
+                if m.get("min_daemon_version") and \
+                        mf.version_tuple(self.daemon_version) < mf.version_tuple(m["min_daemon_version"]):
+                    raise FleetError("daemon_too_old", f"{self.daemon_version} < {m['min_daemon_version']}")
+                total = mf.total_size(m)
+                if total > self.fcfg.max_bundle_bytes:
+                    raise FleetError("too_large", f"{total} > {self.fcfg.max_bundle_bytes} bytes")
+                free = shutil.disk_usage(self.bdir).free
+                if free < total + self.fcfg.min_free_bytes:
+                    raise FleetError("disk_full", f"{free} bytes free, {total} + reserve needed")
+                d = self.bdir / ".incoming" / m["nonce"]
+                try:
+                    spool = _Spool(d, m["artifacts"])
+                except OSError as e:
+                    raise FleetError("disk_full" if slots.disk_error(e) else "internal_error", str(e.strerror)) from None
+            except FleetError as e:
+                self._report("failed", tv, reason=e.reason, detail=e.detail, persist=True)
+                return
+            job = _Job(m, env, d, spool)
+            self._active[m["nonce"]] = job
+        self._report("queued", tv)
+        self._jobs.put(job)
+
+    # ------------------------------------------------------------------ worker
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            job = self._jobs.get()
+            if job is None:
+                return
+            tv = job.m["bundle_version"]
+            try:
+                self._process(job)
+            except FleetError as e:
+                self._report("failed", tv, reason=e.reason, detail=e.detail, persist=True)
+            except OSError as e:
+                reason = "disk_full" if slots.disk_error(e) else "internal_error"
+                self._report("failed", tv, reason=reason, detail=f"{type(e).__name__}: {e.strerror}", persist=True)
+            except Exception as e:  # noqa: BLE001
+                log.exception("fleet: update failed")
+                self._report("failed", tv, reason="internal_error", detail=type(e).__name__, persist=True)
+            finally:
+                shutil.rmtree(job.dir, ignore_errors=True)
+                with self._lock:
+                    self._active.pop(job.m["nonce"], None)
+
+    def _trial_open(self) -> bool:
+        t = slots.read_state(self.state_dir).get("trial")
+        return bool(t and not t.get("committed")) or self._probe_pending
+
+    def _process(self, job: _Job) -> None:
+        m, tv = job.m, job.m["bundle_version"]
+        deadline = job.t_queued + self.fcfg.download_timeout_s
+        while self._trial_open() and not self._stop.is_set():   # keep the rollback slot intact
+            time.sleep(0.1)
+        if not self._jobs.empty():
+            nxt = self._jobs.queue[0]
+            if nxt is not None and nxt.m["bundle_version"] > tv:
+                raise FleetError("superseded", f"v{nxt.m['bundle_version']} is queued")
+        self._report("downloading", tv)
+        files: dict[str, Path] = {}
+        for a in m["artifacts"]:
+            if a.get("inline"):
+                files[a["name"]] = job.spool.wait(a["name"], deadline)
+            else:
+                files[a["name"]] = self._download(a, job.dir, deadline)
+        self._report("verifying", tv)
+        for a in m["artifacts"]:
+            p = files[a["name"]]
+            size = p.stat().st_size
+            if size < a["size"]:
+                raise FleetError("truncated", f"{a['name']}: {size} of {a['size']} bytes")
+            if size > a["size"] or _sha256(p) != a["sha256"]:
+                raise FleetError("hash_mismatch", f"{a['name']}: sha256 differs from the manifest")
+        patch = m.get("config_patch") or {}
+        try:
+            slots.merge_config(self.cfg, patch)
+        except config_mod.ConfigError as e:
+            raise FleetError("config_invalid", "; ".join(e.problems)[:300]) from None
+        with self._lock:
+            if self._staged is not None:
+                log.info("fleet: staged v%s superseded by v%s", self._staged["version"], tv)
+                self._staged = None
+            st = slots.read_state(self.state_dir)
+            if st.get("trial"):          # committed; its rollback window ends with a new stage
+                st["trial"] = None
+            st["staged"] = None
+            slots.write_state(self.state_dir, st)
+            slot = slots.other_slot(self.state_dir)
+            base = slots.model_dir(slots.active_bundle(self.state_dir), self.factory_models)
+            slot_dir = slots.stage_slot(self.state_dir, slot, files, base, job.envelope, patch, tv)
+        try:
+            self.self_test(slot_dir)
+        except config_mod.ConfigError as e:
+            shutil.rmtree(slot_dir, ignore_errors=True)
+            raise FleetError("config_invalid", "; ".join(e.problems)[:300]) from None
+        except FleetError:
+            shutil.rmtree(slot_dir, ignore_errors=True)
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the self-test raises is a failed self-test
+            shutil.rmtree(slot_dir, ignore_errors=True)
+            raise FleetError("self_test_failed", f"{type(e).__name__}: {str(e)[:200]}") from None
+        staged = {"slot": slot, "version": tv, "nonce": m["nonce"]}
+        with self._lock:
+            st = slots.read_state(self.state_dir)
+            st["staged"] = staged
+            slots.write_state(self.state_dir, st)
+            self._staged = staged
+        self._report("staged", tv)
+
+    def _download(self, a: dict, d: Path, deadline: float) -> Path:
+        url, size = a["url"], int(a["size"])
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / a["name"]
+        got = 0
+        try:
+            timeout = max(1.0, min(30.0, deadline - time.monotonic()))
+            with urllib.request.urlopen(url, timeout=timeout) as r, open(p, "wb") as out:
+                n = r.headers.get("Content-Length")
+                if n is not None and n.isdigit() and int(n) > size:
+                    raise FleetError("hash_mismatch", f"{a['name']}: server offers {n} bytes, manifest {size}")
+                while True:
+                    if time.monotonic() > deadline:
+                        raise FleetError("truncated", f"{a['name']}: download timed out at {got} of {size} bytes")
+                    buf = r.read(65536)
+                    if not buf:
+                        break
+                    got += len(buf)
+                    if got > size:
+                        raise FleetError("hash_mismatch", f"{a['name']}: more bytes than declared")
+                    out.write(buf)
+                out.flush()
+                os.fsync(out.fileno())
+        except http.client.IncompleteRead:
+            raise FleetError("truncated", f"{a['name']}: connection closed early") from None
+        except urllib.error.HTTPError as e:
+            raise FleetError("download_failed", f"{a['name']}: HTTP {e.code}") from None
+        except urllib.error.URLError as e:
+            raise FleetError("download_failed", f"{a['name']}: {e.reason}") from None
+        except OSError as e:
+            if slots.disk_error(e):
+                raise FleetError("disk_full", f"{a['name']}: {e.strerror}") from None
+            if isinstance(e, (TimeoutError, ConnectionError)):
+                raise FleetError("truncated", f"{a['name']}: {type(e).__name__} at {got} of {size} bytes") from None
+            raise FleetError("download_failed", f"{a['name']}: {type(e).__name__}") from None
+        return p
+
+    # ------------------------------------------------------------------ switch / probe / rollback (main loop)
+    def _switch(self, staged: dict) -> None:
+        slot, tv = staged["slot"], staged["version"]
+        sdir = self.bdir / slot
+        if slot == slots.current_slot(self.state_dir) or not slots.is_complete(sdir):
+            return
+        st = slots.read_state(self.state_dir)
+        st["trial"] = {"slot": slot, "version": tv, "from_slot": slots.current_slot(self.state_dir),
+                       "from_version": self.bundle_version, "switched_at": time.time(), "boots": [],
+                       "committed": False}
+        st["staged"] = None
+        slots.write_state(self.state_dir, st)
+        slots.killpoint("journaled")
+        slots.switch(self.state_dir, slot)
+        slots.killpoint("switched")
+        try:
+            self.apply(sdir)
+        except Exception as e:  # noqa: BLE001
+            self._rollback("apply_failed", f"{type(e).__name__}: {str(e)[:200]}")
+            return
+        slots.killpoint("applied")
+        self._probe_and_commit()
+
+    def _probe_and_commit(self) -> None:
+        st = slots.read_state(self.state_dir)
+        trial = st.get("trial") or {}
+        tv = trial.get("version", self.bundle_version)
+        try:
+            self.health_probe()
+        except Exception as e:  # noqa: BLE001
+            self._rollback("health_probe_failed", f"{type(e).__name__}: {str(e)[:200]}")
+            return
+        if trial:
+            trial["committed"] = True
+            trial["committed_at"] = time.time()
+            st["trial"] = trial
+            slots.write_state(self.state_dir, st)
+        slots.killpoint("committed")
+        self._report("applied", tv, persist=True)
+
+    def _rollback(self, reason: str, detail: str) -> None:
+        st = slots.read_state(self.state_dir)
+        trial = st.get("trial") or {}
+        to = trial.get("from_slot")
+        if to is not None and not slots.is_complete(self.bdir / to):
+            to = None
+        slots.switch(self.state_dir, to)
+        st["trial"] = None
+        slots.write_state(self.state_dir, st)
+        try:
+            self.apply(self.bdir / to if to else None)
+        except Exception as e:  # noqa: BLE001 - the boot guard catches a crash loop from here
+            log.error("fleet: re-applying the previous bundle failed: %s", type(e).__name__)
+        self._report("rolled_back", trial.get("version"), reason=reason, detail=detail, persist=True)
+
+
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _version_hint(payload: Any) -> int | None:
+    try:
+        v = mf.parse(payload)["manifest"]["bundle_version"]
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+    except Exception:  # noqa: BLE001
+        return None

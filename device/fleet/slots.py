@@ -1,0 +1,318 @@
+"""A/B bundle slots under the state directory, the atomic `current` switch and the boot guard.
+
+    <state_dir>/bundles/
+        A/  B/          a complete slot: models/ (every model file), config.json (the patch),
+                        manifest.json (signed envelope as received), READY (bundle_version; last
+                        file written, fsynced)
+        current -> A    relative symlink; switched by rename(2) of a fresh symlink over it, then
+                        fsync of the directory. No `current` = factory models and base config.
+        state.json      journal: trial (switch on probation), staged, last status, pending report
+        nonces.json     manifest nonces already seen (replay protection)
+        .stage-X/ .incoming/   work areas, removed at start-up
+
+A slot is built in `.stage-X` and renamed to `X` only when complete, and `current` is only ever
+pointed at a complete slot, so a power cut at any point leaves `current` naming a complete slot
+(or no slot: factory). `boot_guard` double-checks that and counts restarts after a switch.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from device import config as config_mod
+
+SLOTS = ("A", "B")
+KILL_ENV = "KYC_EDGE_FLEET_KILL_AT"   # fault injection for tests: SIGKILL self at a named step
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def killpoint(step: str) -> None:
+    """Simulate a power cut at `step` (tests set KYC_EDGE_FLEET_KILL_AT)."""
+    if os.environ.get(KILL_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def bundles_dir(state_dir: str | os.PathLike) -> Path:
+    return Path(state_dir) / "bundles"
+
+
+def fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def is_complete(slot_dir: Path) -> bool:
+    try:
+        int((slot_dir / "READY").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return (slot_dir / "manifest.json").is_file() and (slot_dir / "models").is_dir() \
+        and (slot_dir / "config.json").is_file()
+
+
+def current_slot(state_dir: str | os.PathLike) -> str | None:
+    try:
+        target = os.readlink(bundles_dir(state_dir) / "current")
+    except OSError:
+        return None
+    return target if target in SLOTS else None
+
+
+def active_bundle(state_dir: str | os.PathLike) -> Path | None:
+    """The current slot's directory (models/ + config.json), or None: use the factory models."""
+    slot = current_slot(state_dir)
+    if slot is None:
+        return None
+    d = bundles_dir(state_dir) / slot
+    return d if is_complete(d) else None
+
+
+def model_dir(bundle_dir: Path | None, factory: Path) -> Path:
+    return Path(bundle_dir) / "models" if bundle_dir else Path(factory)
+
+
+def slot_version(slot_dir: Path | None) -> int:
+    if slot_dir is None:
+        return 0
+    try:
+        return int((Path(slot_dir) / "READY").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def current_version(state_dir: str | os.PathLike) -> int:
+    return slot_version(active_bundle(state_dir))
+
+
+def config_patch(bundle_dir: Path | None) -> dict:
+    if bundle_dir is None:
+        return {}
+    try:
+        p = json.loads((Path(bundle_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return p if isinstance(p, dict) else {}
+
+
+def deep_merge(base: dict, patch: dict) -> dict:
+    out = dict(base)
+    for k, v in patch.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+# Identity and where things live are not the fleet's to change by a bundle.
+PROTECTED = {("device", "id"), ("device", "site"), ("device", "state_dir"), ("fleet", "public_keys"),
+             ("mqtt", "url"), ("models", "dir")}
+
+
+def merge_config(cfg: config_mod.Config, patch: dict) -> config_mod.Config:
+    """Patch merged over the running config, validated by device.config.from_dict (ConfigError)."""
+    for sect, key in PROTECTED:
+        if isinstance(patch.get(sect), dict) and key in patch[sect]:
+            raise config_mod.ConfigError([f"config: {sect}.{key}: may not be changed by a fleet bundle"])
+    return config_mod.from_dict(deep_merge(config_mod.to_dict(cfg), patch))
+
+
+def merged_config(cfg: config_mod.Config, bundle_dir: Path | None) -> config_mod.Config:
+    return merge_config(cfg, config_patch(bundle_dir))
+
+
+# ------------------------------------------------------------------ journal
+def read_state(state_dir: str | os.PathLike) -> dict:
+    try:
+        st = json.loads((bundles_dir(state_dir) / "state.json").read_text())
+        return st if isinstance(st, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_state(state_dir: str | os.PathLike, st: dict) -> None:
+    d = bundles_dir(state_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    write_atomic(d / "state.json", json.dumps(st, sort_keys=True).encode())
+
+
+def switch(state_dir: str | os.PathLike, slot: str | None) -> None:
+    """Atomically point `current` at slot (None: remove it, factory) and fsync the directory."""
+    d = bundles_dir(state_dir)
+    cur = d / "current"
+    if slot is None:
+        try:
+            os.unlink(cur)
+        except FileNotFoundError:
+            pass
+        fsync_dir(d)
+        return
+    if slot not in SLOTS or not is_complete(d / slot):
+        raise ValueError(f"slot {slot!r} is not complete")
+    tmp = d / ".current.tmp"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    os.symlink(slot, tmp)
+    os.replace(tmp, cur)
+    fsync_dir(d)
+
+
+def cleanup(state_dir: str | os.PathLike) -> None:
+    """Remove half-built stages, partial downloads and a stray temp link (start-up only)."""
+    d = bundles_dir(state_dir)
+    if not d.is_dir():
+        return
+    for p in d.iterdir():
+        if p.name.startswith((".stage-", ".incoming", ".trash-")):
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(".current.tmp") or (p.name.startswith(".") and ".tmp" in p.name):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
+# ------------------------------------------------------------------ staging
+def _fsync_file(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+        _fsync_file(dst)
+
+
+def stage_slot(state_dir: str | os.PathLike, slot: str, files: dict[str, Path], base_models: Path | None,
+               envelope: dict, patch: dict, version: int) -> Path:
+    """Build slot `slot` from downloaded `files` (moved in) overlaid on `base_models` (linked or
+    copied), atomically. Raises OSError (disk full etc.); the slot is then absent, not partial."""
+    d = bundles_dir(state_dir)
+    if slot == current_slot(state_dir):
+        raise ValueError("refusing to stage into the current slot")
+    tmp = d / f".stage-{slot}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "models").mkdir(parents=True)
+        for name, src in files.items():
+            os.replace(src, tmp / "models" / name)
+            _fsync_file(tmp / "models" / name)
+        if base_models and Path(base_models).is_dir():
+            for f in sorted(Path(base_models).iterdir()):
+                if f.is_file() and not f.name.startswith(".") and f.name not in files:
+                    _link_or_copy(f, tmp / "models" / f.name)
+        fsync_dir(tmp / "models")
+        for name, obj in (("config.json", patch), ("manifest.json", envelope)):
+            with open(tmp / name, "w") as fh:
+                json.dump(obj, fh, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+        with open(tmp / "READY", "w") as fh:
+            fh.write(f"{int(version)}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        killpoint("stage_written")
+        final = d / slot
+        if final.exists():
+            trash = d / f".trash-{slot}"
+            shutil.rmtree(trash, ignore_errors=True)
+            os.rename(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.rename(tmp, final)
+        fsync_dir(d)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    killpoint("staged")
+    return final
+
+
+def other_slot(state_dir: str | os.PathLike) -> str:
+    return "B" if current_slot(state_dir) == "A" else "A"
+
+
+# ------------------------------------------------------------------ boot guard
+def boot_guard(state_dir: str | os.PathLike, fcfg: Any, now: float | None = None) -> dict | None:
+    """Call once at daemon start, before loading models. Counts this start if a switch is on
+    probation; on `crash_loop_restarts` starts within `crash_loop_window_s` of the switch it points
+    `current` back at the previous slot (or factory). Also repairs a `current` that names an
+    incomplete slot. Returns what it did ({'action': 'rolled_back'|'counted'|'cleared', ...})
+    or None; a rollback is also queued in the journal for the agent to report as ROLLED_BACK."""
+    now = time.time() if now is None else now
+    d = bundles_dir(state_dir)
+    if not d.is_dir():
+        return None
+    st = read_state(state_dir)
+    trial = st.get("trial")
+    cur = current_slot(state_dir)
+    cur_link = d / "current"
+
+    def rollback(reason: str) -> dict:
+        to = trial.get("from_slot") if trial else None
+        if to is not None and not is_complete(d / to):
+            to = None
+        switch(state_dir, to)
+        from_v = trial.get("version") if trial else slot_version(d / cur) if cur else 0
+        rep = {"state": "rolled_back", "reason": reason, "bundle_version": slot_version(d / to) if to else 0,
+               "target_version": from_v or 0}
+        st["trial"] = None
+        st["staged"] = None
+        st["report"] = rep
+        st["last"] = rep
+        write_state(state_dir, st)
+        return {"action": "rolled_back", **rep}
+
+    if os.path.islink(cur_link) and (cur is None or not is_complete(d / cur)):
+        return rollback("slot_invalid")
+    if not trial:
+        return None
+    if trial.get("slot") != cur:
+        # journal written but the switch never happened (power cut), or already rolled back
+        st["trial"] = None
+        write_state(state_dir, st)
+        return {"action": "cleared"}
+    window = float(fcfg.crash_loop_window_s)
+    switched = float(trial.get("switched_at", now))
+    if trial.get("committed") and now - switched > window:
+        st["trial"] = None
+        write_state(state_dir, st)
+        return {"action": "cleared"}
+    boots = [float(b) for b in trial.get("boots", []) if now - float(b) <= window] + [now]
+    if len(boots) >= int(fcfg.crash_loop_restarts):
+        return rollback("crash_loop")
+    trial["boots"] = boots
+    st["trial"] = trial
+    write_state(state_dir, st)
+    return {"action": "counted", "restarts": len(boots)}
+
+
+def disk_error(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in DISK_ERRNOS
