@@ -175,12 +175,15 @@ def encode_reply(sw3: int, data: bytes = b"", sw1: int = 0, sw2: int = 0) -> byt
     return _frame(bytes([sw1, sw2, sw3]) + bytes(data))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Reply:
     sw1: int
     sw2: int
     sw3: int
-    data: bytes
+    data: bytearray          # mutable so that card data can be overwritten (wipe()) after use
+
+    def wipe(self) -> None:
+        self.data[:] = b"\x00" * len(self.data)
 
     def __repr__(self) -> str:   # never show the payload: it may be card data
         return f"Reply(sw={self.sw1:02X}{self.sw2:02X}{self.sw3:02X}, {len(self.data)} data bytes)"
@@ -195,7 +198,7 @@ class Command:
         return f"Command({self.cmd:04X}, {len(self.data)} data bytes)"
 
 
-def _split(frame: bytes, min_len: int) -> bytes:
+def _split(frame: bytes, min_len: int) -> bytearray:
     """Validate one complete frame; return the bytes between length and checksum."""
     if len(frame) < len(PREAMBLE) or frame[:len(PREAMBLE)] != PREAMBLE:
         raise BadPreamble("frame does not start with AA AA AA 96 69")
@@ -211,7 +214,7 @@ def _split(frame: bytes, min_len: int) -> bytes:
         raise TrailingBytes(f"{len(frame) - total} bytes after the frame")
     if checksum(frame[5:total - 1]) != frame[total - 1]:
         raise BadChecksum("checksum mismatch")
-    return bytes(frame[7:total - 1])
+    return bytearray(frame[7:total - 1])
 
 
 def decode_reply(frame: bytes) -> Reply:
@@ -222,7 +225,7 @@ def decode_reply(frame: bytes) -> Reply:
 
 def decode_command(frame: bytes) -> Command:
     body = _split(frame, MIN_COMMAND_LEN)
-    return Command(int.from_bytes(body[:2], "big"), body[2:])
+    return Command(int.from_bytes(body[:2], "big"), bytes(body[2:]))
 
 
 class FrameParser:
@@ -267,10 +270,11 @@ class FrameParser:
         end = i + HEADER_LEN + length
         return HEADER_LEN + length if checksum(memoryview(b)[i + 5:end - 1]) == b[end - 1] else 0
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add bytes; return the complete frames (raw bytes, checksum verified) now available."""
+    def feed(self, data: bytes) -> list[bytearray]:
+        """Add bytes; return the complete frames (checksum verified) now available. They are
+        bytearrays the caller may (and for card data should) zero-fill after decoding."""
         self.buf += data
-        out: list[bytes] = []
+        out: list[bytearray] = []
         b = self.buf
         while b:
             i = b.find(PREAMBLE)
@@ -309,7 +313,7 @@ class FrameParser:
                 self.bad_checksum += 1
                 self._drop(1)
                 continue
-            out.append(bytes(b[:total]))
+            out.append(bytearray(b[:total]))
             b[:total] = b"\x00" * total
             del b[:total]
         return out

@@ -16,6 +16,7 @@ Logs carry events and counters only; never frame payloads, card fields or photos
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ class CardReader:
         self.stats = {"commands": 0, "retries": 0, "timeouts": 0, "corrupt": 0, "reconnects": 0,
                       "stale": 0}
         self.line_baud: int | None = None
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------ lifecycle
     def open(self) -> "CardReader":
@@ -280,18 +282,21 @@ class CardReader:
                 continue
             for fr in self._parser.feed(chunk):
                 reply = P.decode_reply(fr)
+                fr[:] = b"\x00" * len(fr)
                 if reply.sw3 == ok_sw3 and want_len is not None and len(reply.data) != want_len:
                     self.stats["stale"] += 1     # a late reply to an earlier command
+                    reply.wipe()
                     continue
                 return reply
 
     # ------------------------------------------------------------ typed command API
     def _call(self, fn, *a, **kw):
-        self._ensure()
-        try:
-            return fn(*a, **kw)
-        except ReaderGone as e:
-            raise CardError("reader_unavailable", str(e)) from None
+        with self._lock:      # one command on the wire at a time, whichever thread asks
+            self._ensure()
+            try:
+                return fn(*a, **kw)
+            except ReaderGone as e:
+                raise CardError("reader_unavailable", str(e)) from None
 
     def reset(self) -> None:
         self._call(self.transact, P.Cmd.RESET)
@@ -319,7 +324,10 @@ class CardReader:
         """30 01 / 30 10 -> (text, photo, fingerprint) bytearrays."""
         cmd = P.Cmd.READ_BASE_FP if fingerprint else P.Cmd.READ_BASE
         reply = self._call(self.transact, cmd, retries=retries)
-        return split_base_payload(reply.data, fingerprint)
+        try:
+            return split_base_payload(reply.data, fingerprint)
+        finally:
+            reply.wipe()
 
     def read_new_address(self) -> bytearray:
         """30 03: the newest appended address as raw UTF-16LE bytes (blank = none)."""
@@ -362,6 +370,10 @@ class CardReader:
         photo_decoder_unavailable, reader_unavailable."""
         if self._decoder is None:
             raise CardError("reader_unavailable", "reader not opened")
+        with self._lock:      # find/select/read is one uninterrupted sequence
+            return self._read_card(fingerprint)
+
+    def _read_card(self, fingerprint: bool) -> CardRead:
         tries = self.cfg.retries + 1
         for attempt in range(tries):
             try:
