@@ -393,20 +393,227 @@ class LockstepPeer:
                 "paired_frames": len(self.pairs)}
 
 
-# ------------------------------------------------------------------ daemon figures
-def daemon_figures() -> dict:
-    """Start-to-READY, daemon RSS and last-challenge-to-outbox, from a real `kyc-edge run` subprocess.
+# ------------------------------------------------------------------ session + daemon figures
+BLINK_VIDEO = REPO.parent / "shared" / "data" / "blink" / "demo_old.mp4"
 
-    Lives in device/evaluate/bench_daemon.py (needs mosquitto and the daemon); null with a reason when
-    it cannot run here."""
+
+def _blink_card_photo(video: Path) -> np.ndarray:
+    """The blink video's subject as a card photo (a head-and-shoulders crop of frame 60), as tests/faces.py."""
+    import cv2
+    cap = cv2.VideoCapture(str(video))
     try:
-        from device.evaluate import bench_daemon
-    except ImportError as e:
-        why = f"daemon bench not available: {e}"
-        return {"start_to_ready_ms": None, "start_to_ready_why": why,
-                "last_challenge_to_outbox_ms": None, "last_challenge_to_outbox_why": why,
-                "daemon_rss_mb": None, "daemon_rss_why": why}
-    return bench_daemon.measure()
+        for _ in range(61):
+            ok, bgr = cap.read()
+            if not ok:
+                raise ValueError(f"{video}: fewer than 61 frames")
+    finally:
+        cap.release()
+    return np.ascontiguousarray(bgr[180:620, 470:830, ::-1])
+
+
+def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 3) -> dict:
+    """Last challenge frame -> verdict signed and in the durable outbox, from `Session.last_challenge_to_stored_ms`.
+
+    In process, on the daemon's own parts: VisionSuite, replay camera (pace fast) on the blink video, a
+    fabricated resident card with the subject's photo, and the daemon's sink (Ed25519 sign + SQLite outbox put,
+    synchronous=FULL) in a temporary state dir. One blink challenge; `runs` sessions on one suite."""
+    import tempfile
+    from device import config as C
+    from device.camera import open_source
+    from device.link.outbox import Outbox
+    from device.offline import fabricated_card
+    from device.session import Session
+    from device.verdict import Signer
+    if not BLINK_VIDEO.is_file():
+        return {"last_challenge_to_outbox_ms": None, "last_challenge_to_outbox_why": f"{BLINK_VIDEO} missing"}
+    load_dir, _, _ = resolve_models(models_dir, model_set)
+    cfg = C.replace(C.from_dict({}), **{
+        "camera.backend": "replay", "camera.replay.path": str(BLINK_VIDEO), "camera.replay.pace": "fast",
+        "camera.replay.loop": False, "camera.stall_s": 30.0, "camera.lost_s": 60.0, "models.dir": str(load_dir),
+        "models.set": model_set, "models.threads": threads})
+    from device.vision.suite import VisionSuite
+    suite = VisionSuite.create(cfg, load_dir)
+    photo = _blink_card_photo(BLINK_VIDEO)
+    lat, sink_ms, timings, results = [], [], [], []
+    with tempfile.TemporaryDirectory(prefix="kyc-bench-state-") as state:
+        signer = Signer.load_or_create(state)
+        outbox = Outbox(Path(state) / "outbox.sqlite", 1000)
+        try:
+            for _ in range(runs):
+                def sink(v):
+                    s0 = time.perf_counter()
+                    outbox.put(signer.sign(v))
+                    sink_ms.append((time.perf_counter() - s0) * 1000.0)
+                with open_source(cfg.camera) as cam:
+                    sess = Session(cfg, reader=None, camera=cam, vision=suite, sink=sink, challenges=["blink"])
+                    v = sess.run(card=fabricated_card(photo.copy()))
+                results.append(v["result"] + (":" + ",".join(v["reasons"]) if v["reasons"] else ""))
+                timings.append({k: round(float(x), 1) for k, x in v["timings_ms"].items()})
+                if sess.last_challenge_to_stored_ms is not None:
+                    lat.append(sess.last_challenge_to_stored_ms)
+        finally:
+            outbox.close()
+    out = {"last_challenge_to_outbox_ms": stats(lat), "sessions": runs, "results": results,
+           "sink_sign_put_ms": stats(sink_ms), "verdict_timings_ms": timings,
+           "what": "Session.last_challenge_to_stored_ms: monotonic clock from the frame that passed the last "
+                   "challenge to the signed verdict committed in the outbox (decision incl. top-k + identity "
+                   "embeddings, verdict build, sign, SQLite put)"}
+    if not lat:
+        out["last_challenge_to_outbox_why"] = f"no session passed its challenge ({results})"
+    return out
+
+
+class _NotifySock:
+    """The systemd side of sd_notify, owned by the bench: records (monotonic time, field) per datagram."""
+
+    def __init__(self, path: Path):
+        import socket
+        import threading
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        import socket
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            self.messages += [(now, m) for m in data.decode(errors="replace").split("\n") if m]
+
+    def first(self, field: str, timeout: float, alive=lambda: True) -> float | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and alive():
+            for t, m in list(self.messages):
+                if m.startswith(field):
+                    return t
+            time.sleep(0.01)
+        return None
+
+    def close(self):
+        self._stop.set()
+        self.sock.close()
+
+
+def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int = 3) -> dict:
+    """`kyc-edge run` as a real subprocess: mosquitto, the pty card-reader simulator, the replay camera on
+    the blink video, our own NOTIFY_SOCKET. Start (Popen) -> READY=1, `starts` times; RSS idle after READY
+    and through one session (a card with the subject's photo goes in; sampled every 20 ms until the verdict
+    arrives over MQTT)."""
+    import tempfile
+    from device.cardreader.photo import card_photo_jpeg
+    from device.cardreader.simulator import FakeCard, Simulator
+    from device.demo import VerdictSubscriber, start_local_broker, write_config
+    if not BLINK_VIDEO.is_file():
+        why = f"{BLINK_VIDEO} missing"
+        return {"start_to_ready_ms": None, "start_to_ready_why": why, "daemon_rss_mb": None, "daemon_rss_why": why}
+    load_dir, _, _ = resolve_models(models_dir, model_set)
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="kyc-bench-daemon-") as tmp:
+        tmp = Path(tmp)
+        try:
+            broker, url = start_local_broker(tmp)
+        except RuntimeError as e:
+            why = f"no broker: {e}"
+            return {"start_to_ready_ms": None, "start_to_ready_why": why, "daemon_rss_mb": None, "daemon_rss_why": why}
+        sim = Simulator(card=None)
+        port = sim.start_pty()
+        sub = VerdictSubscriber(url, "kyc/v1/+/+/verdict")
+        procs = []
+        try:
+            cfg = {
+                "device": {"id": "counter-bench", "site": "bench", "state_dir": str(tmp / "state")},
+                "camera": {"backend": "replay", "stall_s": 2.0, "lost_s": 5.0},
+                "camera.replay": {"path": str(BLINK_VIDEO), "pace": "realtime", "loop": True},
+                "reader": {"port": port, "poll_s": 0.1, "photo_decoder": "auto"},
+                "models": {"dir": str(load_dir), "set": model_set, "threads": threads},
+                "liveness": {"challenges": ["blink"], "count": 1, "challenge_timeout_s": 8.0},
+                "session": {"capture_timeout_s": 30.0},
+                "mqtt": {"url": url, "connect_timeout_s": 5.0},
+                "log": {"level": "warning", "target": "stderr"},
+            }
+            cfg_path = write_config(tmp / "config.toml", cfg)
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "JOURNAL_STREAM")}
+            ready_ms, idle_rss = [], None
+            session_rss: list[float] = []
+            hwm = None
+            for i in range(starts):
+                ns = _NotifySock(tmp / f"notify{i}.sock")
+                env["NOTIFY_SOCKET"] = ns.path
+                log = open(tmp / f"daemon{i}.log", "wb")
+                t0 = time.monotonic()
+                proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(cfg_path)],
+                                        cwd=REPO, env=env, stdout=log, stderr=log)
+                procs.append(proc)
+                t_ready = ns.first("READY=1", 60.0, alive=lambda: proc.poll() is None)
+                if t_ready is None:
+                    log.close()
+                    tail = (tmp / f"daemon{i}.log").read_text(errors="replace")[-300:]
+                    out["start_to_ready_why"] = (f"daemon exited {proc.returncode} before READY=1" if proc.poll() is not None
+                                                 else "no READY=1 within 60 s") + f"; log tail: {tail}"
+                    ns.close()
+                    break
+                ready_ms.append((t_ready - t0) * 1000.0)
+                # where the start-up time goes: each STATUS= step, ms after Popen
+                out.setdefault("start_status_steps_ms", []).append(
+                    [[round((t - t0) * 1000.0), m[7:40]] for t, m in ns.messages if m.startswith(("STATUS=", "READY="))])
+                if i == starts - 1:
+                    time.sleep(2.0)            # idle: camera running, no session
+                    idle_rss = _proc_status_mb(proc.pid)
+                    photo = _blink_card_photo(BLINK_VIDEO)
+                    n0 = len(sub.payloads)
+                    sim.insert(FakeCard.resident(photo_bytes=card_photo_jpeg(photo)))
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline and len(sub.payloads) <= n0 and proc.poll() is None:
+                        r = rss_mb(proc.pid)
+                        if r:
+                            session_rss.append(r)
+                        time.sleep(0.02)
+                    hwm = _proc_status_mb(proc.pid).get("VmHWM")
+                    sim.remove()
+                    got = [p for p in sub.payloads[n0:] if "verdict" in p]
+                    out["session_verdict"] = (got[0]["verdict"]["result"] + ":" + ",".join(got[0]["verdict"]["reasons"])
+                                              if got else "no verdict within 60 s")
+                    if got:
+                        out["session_verdict_timings_ms"] = got[0]["verdict"].get("timings_ms")
+                proc.send_signal(__import__("signal").SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                log.close()
+                ns.close()
+            out["start_to_ready_ms"] = stats(ready_ms)
+            out["start_to_ready_runs_ms"] = [round(x, 1) for x in ready_ms]
+            out["start_to_ready_what"] = ("Popen of `python -m device.cli run` -> READY=1 on our NOTIFY_SOCKET; models, "
+                                          "broker (local mosquitto) and the pty reader available")
+            out["daemon_rss_mb"] = {"idle_after_ready": (idle_rss or {}).get("VmRSS"),
+                                    "in_session_max": max(session_rss) if session_rss else None,
+                                    "peak_vmhwm": hwm}
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            sub.close()
+            sim.stop()
+            broker.terminate()
+            try:
+                broker.wait(5)
+            except subprocess.TimeoutExpired:
+                broker.kill()
+    return out
 
 
 # ------------------------------------------------------------------ entry point
@@ -452,10 +659,20 @@ def bench_frames(args) -> dict:
             out["vs_mediapipe"] = r
             out["summary"]["vs_mediapipe_ratio"] = r["median_of_medians"]
             out["summary"]["vs_mediapipe_ratio_mean"] = r["mean_of_means"]
-    out["daemon"] = daemon_figures() if not getattr(args, "no_daemon", False) and limit == 0 else {
-        "start_to_ready_ms": None, "start_to_ready_why": "skipped with --limit (smoke run)",
-        "last_challenge_to_outbox_ms": None, "last_challenge_to_outbox_why": "skipped with --limit (smoke run)",
-        "daemon_rss_mb": None, "daemon_rss_why": "skipped with --limit (smoke run)"}
+    if limit == 0:
+        out["session"] = session_latency(models_dir, model_set, threads)
+        out["daemon"] = daemon_figures(models_dir, model_set, threads)
+    else:
+        why = "skipped with --limit (a smoke run)"
+        out["session"] = {"last_challenge_to_outbox_ms": None, "last_challenge_to_outbox_why": why}
+        out["daemon"] = {"start_to_ready_ms": None, "start_to_ready_why": why, "daemon_rss_mb": None,
+                         "daemon_rss_why": why}
+    lat = out["session"].get("last_challenge_to_outbox_ms")
+    out["summary"]["last_challenge_to_outbox_median_ms"] = lat["median"] if lat else None
+    ready = out["daemon"].get("start_to_ready_ms")
+    out["summary"]["start_to_ready_median_ms"] = ready["median"] if ready else None
+    drss = out["daemon"].get("daemon_rss_mb")
+    out["summary"]["daemon_rss_mb"] = drss
     out["conditions_end"] = {"loadavg": [round(x, 2) for x in os.getloadavg()]}
     out["bench_wall_s"] = round(time.perf_counter() - t_start, 2)
     return out
