@@ -122,7 +122,7 @@ def cmd_simulate(args) -> int:
 
 # ---------------------------------------------------------------- bench
 def add_bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n", type=int, default=50, help="cards to read")
+    p.add_argument("--n", "--count", dest="n", type=int, default=50, help="cards to read")
     p.add_argument("--baud", type=int, default=115200, choices=sorted(P.BAUD_COMMANDS))
 
 
@@ -147,7 +147,7 @@ def bench_cardreader(args) -> dict:
     from device.cardreader.reader import CardReader
     from device.config import ReaderConfig
 
-    n = int(getattr(args, "n", 50) or 50)
+    n = int(getattr(args, "n", 0) or getattr(args, "count", 0) or getattr(args, "limit", 0) or 50)
     baud = int(getattr(args, "baud", 115200) or 115200)
     card = FakeCard.resident()
     cmd_bytes = 3 * len(P.encode_command(P.Cmd.FIND_CARD))
