@@ -200,7 +200,7 @@ def test_picamera2_probe_and_open_errors(monkeypatch):
 # ---------------------------------------------------------------- fake cv2.VideoCapture
 class V4L2World:
     def __init__(self, devices):
-        self.devices = dict(devices)   # path -> "ok" | "nodata"
+        self.devices = dict(devices)   # what VideoCapture gets (index or pipeline) -> "ok" | "nodata"
         self.unplugged: set = set()
         self.opened: list = []         # (src, api)
         self.sets: list = []           # (src, prop, value) in call order
@@ -248,13 +248,13 @@ def v4l2_cfg(**vc) -> CameraConfig:
 
 
 def test_v4l2_asks_fourcc_before_size_and_rate_and_converts_bgr(monkeypatch):
-    world = V4L2World({"/dev/video0": "ok"})
+    world = V4L2World({0: "ok"})
     install_videocapture(monkeypatch, world)
     with open_source(v4l2_cfg()) as src:
         assert isinstance(src, V4L2Source)
         f = src.read(1.0)
         assert src.actual["width"] == 320 and src.actual["fourcc"] == "MJPG"
-    assert world.opened[0] == ("/dev/video0", cv2.CAP_V4L2)
+    assert world.opened[0] == (0, cv2.CAP_V4L2)   # by index: OpenCV's V4L2 backend refuses paths
     props = [p for _, p, _ in world.sets]
     assert props[:4] == [cv2.CAP_PROP_FOURCC, cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT, cv2.CAP_PROP_FPS]
     assert world.sets[0][2] == cv2.VideoWriter_fourcc(*"MJPG")
@@ -264,11 +264,11 @@ def test_v4l2_asks_fourcc_before_size_and_rate_and_converts_bgr(monkeypatch):
 
 
 def test_v4l2_usb_unplug_and_replug_recovers_without_restart(monkeypatch):
-    world = V4L2World({"/dev/video0": "ok"})
+    world = V4L2World({0: "ok"})
     install_videocapture(monkeypatch, world)
     with open_source(v4l2_cfg()) as src:
         first = src.read(1.0)
-        world.unplugged.add("/dev/video0")       # read() -> False at once, reopen fails
+        world.unplugged.add(0)       # read() -> False at once, reopen fails
         assert wait_for(lambda: src.health == "stalled", 1.0)
         assert wait_for(lambda: src.health == "lost", 2.0)
         n_open = len(world.opened)
@@ -301,10 +301,29 @@ def test_v4l2_open_errors_name_the_device(monkeypatch):
     with pytest.raises(CameraError) as e:
         open_source(v4l2_cfg(device="/dev/video7"))
     assert e.value.reason == "camera_unavailable" and "/dev/video7" in str(e.value)
-    install_videocapture(monkeypatch, V4L2World({"/dev/video0": "ok"}))
+    install_videocapture(monkeypatch, V4L2World({0: "ok"}))
     with pytest.raises(CameraError) as e:
         open_source(v4l2_cfg(fourcc="MJPEG"))
     assert "fourcc" in str(e.value)
+
+
+def test_v4l2_by_id_link_is_followed_to_a_new_node_after_replug(monkeypatch, tmp_path):
+    (tmp_path / "video2").touch()
+    (tmp_path / "video3").touch()
+    link = tmp_path / "usb-Cam_123-video-index0"
+    link.symlink_to(tmp_path / "video2")
+    world = V4L2World({2: "ok"})
+    install_videocapture(monkeypatch, world)
+    with open_source(v4l2_cfg(device=str(link))) as src:
+        first = src.read(1.0)
+        world.unplugged.add(2)             # pulled ...
+        assert wait_for(lambda: src.health == "stalled", 1.0)
+        link.unlink()                      # ... and back as video3 (udev re-points the link)
+        link.symlink_to(tmp_path / "video3")
+        world.devices[3] = "ok"
+        assert wait_for(lambda: src.health == "ok", 2.0)
+        assert src.read(1.0).n > first.n
+    assert world.opened[0][0] == 2 and world.opened[-1][0] == 3
 
 
 # ---------------------------------------------------------------- auto
@@ -329,7 +348,7 @@ def test_auto_falls_back_to_the_first_video_node_that_delivers(monkeypatch, tmp_
     install_picamera2(monkeypatch, PiWorld(cameras=0))
     v0, v1, v2, v10 = fake_nodes(monkeypatch, tmp_path, ["video10", "video2", "video1", "video0"])[::-1]
     # video0: opens but never delivers (a USB camera's metadata node); video1 absent; video2 works
-    install_videocapture(monkeypatch, V4L2World({v0: "nodata", v2: "ok", v10: "ok"}))
+    install_videocapture(monkeypatch, V4L2World({0: "nodata", 2: "ok", 10: "ok"}))
     assert camera.video_devices() == [v0, v1, v2, v10]
     with open_source(CameraConfig(width=320, height=240, **FAST)) as src:
         assert isinstance(src, V4L2Source) and src.device == v2

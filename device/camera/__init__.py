@@ -61,7 +61,7 @@ def open_source(cfg) -> FrameSource:
         try:
             return src.open()
         except CameraError as e:
-            tried.append(f"picamera2 ({e.detail or e.reason})")
+            tried.append(f"picamera2 ({(e.detail or e.reason).split(': ', 1)[-1]})")
     else:
         tried.append(f"picamera2 ({why})")
     from device.camera.v4l2 import V4L2Source
@@ -73,7 +73,7 @@ def open_source(cfg) -> FrameSource:
         try:
             src.open()
         except CameraError as e:
-            tried.append(f"{dev} ({e.detail or e.reason})")
+            tried.append(f"{dev} ({(e.detail or e.reason).split(': ', 1)[-1]})")
             continue
         if src.wait_first_frame(timeout=max(1.0, min(cfg.stall_s, 3.0))):
             log.info("camera auto: using %s", dev)

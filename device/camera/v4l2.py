@@ -1,6 +1,7 @@
 """V4L2 (USB webcam, /dev/videoN) or GStreamer (Jetson CSI) source through OpenCV's VideoCapture.
 
-USB cameras: ``cfg.v4l2.device`` (a /dev/videoN node or a stable /dev/v4l/by-id/... link), the
+USB cameras: ``cfg.v4l2.device`` (a /dev/videoN node or a stable /dev/v4l/by-id/... link, resolved
+to the index N at every (re)open because OpenCV's V4L2 backend does not open by path), the
 FOURCC (MJPG: most USB webcams only reach 720p30 in MJPG) is set before the size and rate, and the
 driver queue is shrunk to one buffer so a slow consumer sees fresh frames.
 
@@ -11,6 +12,8 @@ JetPack's OpenCV (python3-opencv from apt in a --system-site-packages venv). Thi
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 
 import cv2
@@ -20,7 +23,25 @@ from device.errors import CameraError
 
 log = logging.getLogger("kyc_edge.camera")
 
-READ_TIMEOUT_MS = 1000  # asked of the backend where OpenCV supports it (bounds a hung read)
+READ_TIMEOUT_MS = 1000  # CAP_PROP_READ_TIMEOUT_MSEC: honoured by the FFmpeg/GStreamer backends
+
+# OpenCV's V4L2 backend ignores CAP_PROP_READ_TIMEOUT_MSEC and waits in select() for
+# OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT seconds (default 10) per frame of a stalled camera; it reads
+# the variable once, at the first V4L2 capture, so setting it at import is early enough. 1 s keeps
+# the recovery loop (and the `progress` heartbeat) moving. An operator's own value wins.
+os.environ.setdefault("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", "1")
+
+
+def cv_target(device: str):
+    """What to hand cv2.VideoCapture with CAP_V4L2: the index N of /dev/videoN.
+
+    OpenCV's V4L2 backend refuses device paths ("can't be used to capture by name"), so the path
+    is resolved first: a stable /dev/v4l/by-id/... link is followed at every (re)open, and a
+    camera that comes back on another /dev/videoN after a replug is found again.
+    """
+    real = os.path.realpath(device)
+    m = re.fullmatch(r"video(\d+)", os.path.basename(real))
+    return int(m.group(1)) if m else device
 
 
 def gstreamer_available() -> bool:
@@ -58,11 +79,11 @@ class V4L2Source(FrameSource):
                                   "on a Jetson use JetPack's OpenCV (apt python3-opencv, venv with --system-site-packages)")
             cap = cv2.VideoCapture(self.pipeline, cv2.CAP_GSTREAMER)
         else:
-            cap = cv2.VideoCapture(self.device, cv2.CAP_V4L2)
+            cap = cv2.VideoCapture(cv_target(self.device), cv2.CAP_V4L2)
         if cap is None or not cap.isOpened():
             if cap is not None:
                 cap.release()
-            raise CameraError("camera_unavailable", f"cannot open {self.describe()}")
+            raise CameraError("camera_unavailable", "cannot open (no such device, busy, or no permission: video group?)")
         if not self.pipeline:
             fcc = (self.vc.fourcc or "").strip()
             if fcc:
