@@ -86,11 +86,23 @@ def _round(x: Any, nd: int) -> Any:
 
 
 # ---------------------------------------------------------------- schema
+_VALID_CACHE: "dict[bytes, None]" = {}     # digests of canonical forms validated recently
+
+
 def validate(v: dict) -> None:
-    """Raise VerdictError unless `v` is a schema-valid verdict (closed schema)."""
+    """Raise VerdictError unless `v` is a schema-valid verdict (closed schema).
+
+    build -> sign -> outbox.put each validate; the canonical JSON fully determines what is
+    signed, stored and published, so a digest of it memoises the schema check (bounded)."""
     if not isinstance(v, dict):
         raise VerdictError("$: expected an object")
     _check_finite(v)
+    try:
+        digest = hashlib.sha256(canonical(v)).digest()
+    except VerdictError:
+        digest = None
+    if digest is not None and digest in _VALID_CACHE:
+        return
     errors = sorted(_VALIDATOR.iter_errors(v), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
@@ -102,6 +114,10 @@ def validate(v: dict) -> None:
         raise VerdictError("$.decided_at: earlier than started_at")
     if len(canonical(v)) > MAX_VERDICT_BYTES:
         raise VerdictError(f"$: larger than {MAX_VERDICT_BYTES} bytes")
+    if digest is not None:
+        if len(_VALID_CACHE) >= 512:
+            _VALID_CACHE.pop(next(iter(_VALID_CACHE)), None)
+        _VALID_CACHE[digest] = None
 
 
 def build(*, device: str, site: str, result: str, reasons: list[str], scores: dict, card: dict,

@@ -1,10 +1,23 @@
-"""Start a real mosquitto on a free loopback port for tests (plain, or TLS + ACL)."""
+"""Start a real mosquitto on a free loopback port for tests (plain, or TLS + ACL + passwords).
+
+    Mosquitto(workdir, extra_conf=...)                 plain, anonymous unless extra_conf says otherwise
+    pki = make_pki(dir, ["dev1", "dev2", "operator"])  CA + server (127.0.0.1/localhost) + client certs
+    Mosquitto.secure(workdir, pki, passwords={"dev1": "pw"}, acl=ACL_TEXT)   TLS + certs + passwords + ACL
+    b.kill() (SIGKILL), b.stop() (SIGTERM), b.start() again on the same port; persistence=True keeps
+    sessions and queued messages across restarts.
+"""
 from __future__ import annotations
 
+import datetime as _dt
+import ipaddress
+import os
 import shutil
+import signal
 import socket
+import ssl
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -22,20 +35,63 @@ def mosquitto_bin() -> str:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None):
+    def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None, *,
+                 tls: bool = False, persistence: bool = False):
         self.dir = Path(workdir) / f"mosq-{id(self)}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.extra_conf = extra_conf
+        self.tls = tls
+        self.persistence = persistence
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def conf_text(self) -> str:
         base = self.extra_conf or "allow_anonymous true\n"
-        return f"listener {self.port} 127.0.0.1\n{base}persistence false\n"
+        if self.persistence:
+            tail = (f"persistence true\npersistence_location {self.dir}/\n"
+                    "autosave_interval 1\nautosave_on_changes true\n")
+        else:
+            tail = "persistence false\n"
+        if hasattr(os, "geteuid") and os.geteuid() == 0 and "\nuser " not in "\n" + base:
+            # as root mosquitto drops to user `mosquitto`, which cannot read 0600 files in tmp_path
+            tail += "user root\n"
+        return f"listener {self.port} 127.0.0.1\n{base}{tail}"
+
+    @classmethod
+    def secure(cls, workdir: Path, pki: "Pki", *, passwords: dict[str, str] | None = None,
+               acl: str | None = None, require_certificate: bool = True, **kw) -> "Mosquitto":
+        """TLS listener with the test CA; client certificates required; optional password file
+        and ACL file (mosquitto acl_file syntax)."""
+        d = Path(workdir)
+        conf = (f"cafile {pki.ca_cert}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
+                f"require_certificate {'true' if require_certificate else 'false'}\n"
+                "tls_version tlsv1.2\n")
+        if passwords is not None:
+            pw = d / "mosquitto.passwd"
+            write_password_file(pw, passwords)
+            conf += f"allow_anonymous false\npassword_file {pw}\n"
+        else:
+            conf += "allow_anonymous true\n"
+        if acl is not None:
+            af = d / "mosquitto.acl"
+            af.write_text(acl)
+            conf += f"acl_file {af}\n"
+        return cls(d, conf, tls=True, **kw)
+
+    def log_text(self) -> str:
+        p = self.dir / "mosquitto.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, no persistence save, no will suppression."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
 
     def start(self) -> "Mosquitto":
         conf = self.dir / "mosquitto.conf"
@@ -68,3 +124,113 @@ class Mosquitto:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# ---------------------------------------------------------------- passwords
+def write_password_file(path: Path, users: dict[str, str]) -> None:
+    """mosquitto password file. Uses mosquitto_passwd when installed, else the $6$ (salted
+    SHA-512) format mosquitto 2 reads."""
+    path = Path(path)
+    path.write_text("")
+    tool = shutil.which("mosquitto_passwd")
+    for user, pw in users.items():
+        if tool:
+            subprocess.run([tool, "-b", str(path), user, pw], check=True, capture_output=True)
+        else:
+            import base64
+            import hashlib
+            salt = os.urandom(12)
+            h = hashlib.sha512(pw.encode() + salt).digest()
+            with path.open("a") as f:
+                f.write(f"{user}:$6${base64.b64encode(salt).decode()}${base64.b64encode(h).decode()}\n")
+    os.chmod(path, 0o600)
+
+
+# ---------------------------------------------------------------- test PKI
+@dataclass
+class Pki:
+    dir: Path
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    clients: dict[str, tuple[Path, Path]] = field(default_factory=dict)   # name -> (cert, key)
+
+    def client(self, name: str) -> tuple[Path, Path]:
+        return self.clients[name]
+
+
+def make_pki(directory: Path, clients: list[str] | tuple[str, ...] = ("dev1",), *,
+             other_ca_clients: tuple[str, ...] = ()) -> Pki:
+    """A throw-away CA, a server cert for 127.0.0.1/localhost, and one client cert per name
+    (CN = name). `other_ca_clients` get certs from a second, untrusted CA. Keys stay in
+    `directory` (tmp_path), never in the repo."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    now = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(minutes=5)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write_key(key, path: Path) -> Path:
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        os.chmod(path, 0o600)
+        return path
+
+    def make_ca(cn: str):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(name(cn))
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now).not_valid_after(now + _dt.timedelta(days=2))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                             content_commitment=False, key_encipherment=False,
+                                             data_encipherment=False, key_agreement=False,
+                                             encipher_only=False, decipher_only=False), critical=True)
+                .sign(key, hashes.SHA256()))
+        return key, cert
+
+    def issue(ca_key, ca_cert, cn: str, server: bool):
+        key = ec.generate_private_key(ec.SECP256R1())
+        b = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca_cert.subject)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now).not_valid_after(now + _dt.timedelta(days=2))
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
+                                                   else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+        if server:
+            b = b.add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return key, b.sign(ca_key, hashes.SHA256())
+
+    def write_cert(cert, path: Path) -> Path:
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    ca_key, ca_cert = make_ca("kyc-edge test CA")
+    pki = Pki(d, write_cert(ca_cert, d / "ca.crt"), Path(), Path())
+    sk, sc = issue(ca_key, ca_cert, "localhost", True)
+    pki.server_cert, pki.server_key = write_cert(sc, d / "server.crt"), write_key(sk, d / "server.key")
+    for cn in clients:
+        k, c = issue(ca_key, ca_cert, cn, False)
+        pki.clients[cn] = (write_cert(c, d / f"{cn}.crt"), write_key(k, d / f"{cn}.key"))
+    if other_ca_clients:
+        rk, rc = make_ca("rogue CA")
+        for cn in other_ca_clients:
+            k, c = issue(rk, rc, cn, False)
+            pki.clients[cn] = (write_cert(c, d / f"{cn}.rogue.crt"), write_key(k, d / f"{cn}.rogue.key"))
+    return pki
+
+
+def client_tls_context(pki: Pki, name: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca_cert))
+    if name:
+        cert, key = pki.client(name)
+        ctx.load_cert_chain(str(cert), str(key))
+    return ctx

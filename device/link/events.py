@@ -11,7 +11,7 @@ import jsonschema
 
 from device.verdict import REASONS, VerdictError, rfc3339
 
-EVENTS = ("ready", "card_detected", "card_read", "face_wait", "face_found", "challenge",
+EVENTS = ("state", "liveness", "ready", "card_detected", "card_read", "face_wait", "face_found", "challenge",
           "challenge_passed", "challenge_failed", "capturing", "deciding", "verdict", "aborted",
           "idle", "refused")
 PROMPTS = ("insert_card", "hold_card", "remove_card", "look_at_camera", "move_closer", "move_back",
@@ -37,6 +37,8 @@ SESSION_EVENT_SCHEMA: dict = {
         "prompt": {"enum": list(PROMPTS)},
         "challenge": {"enum": list(CHALLENGES)},
         "step": {"type": "integer", "minimum": 0, "maximum": 16},
+        "index": {"type": "integer", "minimum": 0, "maximum": 16},
+        "t": {"type": "number", "minimum": 0, "maximum": 3600},
         "of": {"type": "integer", "minimum": 0, "maximum": 16},
         "deadline_s": {"type": "number", "minimum": 0, "maximum": 3600},
         "result": {"enum": ["pass", "fail"]},

@@ -15,7 +15,10 @@ re-sends on its own: the outbox is the single source of (re)transmission. On eve
 the drain starts again at the oldest row, in order; a row is deleted only when its PUBACK
 carries a success reason code (< 0x80). A failure code (e.g. 0x87 Not authorized from an ACL)
 keeps the row, raises the `publish_denied` alarm and is logged; denied rows are retried after
-`reconnect_max_s` or on the next reconnect. Subscribers deduplicate by verdict_id.
+`reconnect_max_s` or on the next reconnect. Acknowledged rows are kept `replay_window_s`; after
+an unexpected disconnect the ones acknowledged within that window before it are sent again,
+because a broker that crashes (kill -9, OOM, power) can lose messages it already acknowledged.
+Subscribers deduplicate by verdict_id.
 """
 from __future__ import annotations
 
@@ -131,6 +134,10 @@ class Link:
         self._seen_kicks = 0
         self._next_poll = 0.0
         self._inflight: dict[int, Row] = {}
+        self._acked: list[str] = []
+        self._replay_since: float | None = None     # wall time; replay rows acked since then
+        self._connected_mono = 0.0
+        self._next_purge = 0.0
         self._other_inflight: dict[int, str] = {}
         self._last_seq = 0
         self._denied: dict[str, int] = {}
@@ -142,7 +149,7 @@ class Link:
         self._next_status = 0.0
         self.alarms: set[str] = set()
         self.stats = {"connects": 0, "disconnects": 0, "published": 0, "acked": 0, "denied": 0,
-                      "refused_connects": 0, "commands": 0, "bad_commands": 0}
+                      "refused_connects": 0, "commands": 0, "bad_commands": 0, "replayed": 0}
 
     # ------------------------------------------------------------ public API
     @property
@@ -313,6 +320,7 @@ class Link:
         try:
             while True:
                 rc = c.loop(timeout=0.2 if self._connected.is_set() else 0.05)
+                self._flush_acks()
                 if self._conn_refused is not None:
                     break
                 if rc != mqtt.MQTT_ERR_SUCCESS:
@@ -331,8 +339,12 @@ class Link:
         except Exception as e:  # noqa: BLE001 - keep the link alive whatever paho raises
             log.warning("mqtt: connection loop error: %s", type(e).__name__)
         finally:
-            if self._connected.is_set():
+            self._flush_acks()
+            if was_connected:
                 self.stats["disconnects"] += 1
+                if not self._stop.is_set() and self.m.replay_window_s > 0:
+                    since = time.time() - self.m.replay_window_s
+                    self._replay_since = since if self._replay_since is None else min(since, self._replay_since)
             self._connected.clear()
             self._client = None
             try:
@@ -347,6 +359,14 @@ class Link:
                     except OSError:
                         pass
         return was_connected
+
+    def _flush_acks(self) -> None:
+        if self._acked:
+            ids, self._acked = self._acked, []
+            try:
+                self.outbox.ack_many(ids)
+            except Exception as e:  # noqa: BLE001 - rows stay; they are re-sent and deduplicated
+                log.error("outbox: ack failed: %s", type(e).__name__)
 
     def _graceful_close(self, c: mqtt.Client) -> None:
         st = self.status_payload("stopping")
@@ -428,6 +448,13 @@ class Link:
             self._retry_denied_at = now + self.m.reconnect_max_s
             self._last_seq = 0           # resend from the oldest row (the denied ones)
             self._seen_kicks = 0
+        if (now >= self._next_purge and self._replay_since is None
+                and now - self._connected_mono >= self.m.replay_window_s):
+            self._next_purge = now + 1.0
+            try:
+                self.outbox.purge(time.time() - self.m.replay_window_s)
+            except Exception as e:  # noqa: BLE001
+                log.warning("outbox: purge failed: %s", type(e).__name__)
         if now >= self._next_poll:       # rows put by another process / without kick()
             self._next_poll = now + 1.0
             self._seen_kicks = 0
@@ -453,9 +480,10 @@ class Link:
         kicks = self._kicks
         if room <= 0 or kicks == self._seen_kicks:
             return
-        rows = self.outbox.rows(limit=room, after_seq=self._last_seq)
+        rows = self.outbox.rows(limit=room, after_seq=self._last_seq, acked_since=self._replay_since)
         if len(rows) < room:
             self._seen_kicks = kicks     # drained up to this kick
+            self._replay_since = None    # replay pass (if any) complete
         for row in rows:
             info = c.publish(self.topics["verdict"], row.payload, qos=1, retain=False,
                              properties=self._verdict_props(row))
@@ -465,6 +493,8 @@ class Link:
             self._inflight[info.mid] = row
             self._last_seq = row.seq
             self.stats["published"] += 1
+            if row.acked:
+                self.stats["replayed"] += 1
 
     # ------------------------------------------------------------ paho callbacks (I/O thread)
     def _on_connect(self, c, userdata, flags, reason_code, properties) -> None:
@@ -474,6 +504,7 @@ class Link:
             log.error("mqtt: broker refused the connection: %s", _rc_str(reason_code))
             return
         self.stats["connects"] += 1
+        self._connected_mono = time.monotonic()
         subs = [(self.topics["cmd"], 1)] + [(t, 1) for t in self.fleet_topics]
         c.subscribe(subs)
         self._connected.set()
@@ -514,7 +545,7 @@ class Link:
             if not self._retry_denied_at or self._retry_denied_at < time.monotonic():
                 self._retry_denied_at = time.monotonic() + self.m.reconnect_max_s
             return
-        self.outbox.ack(row.verdict_id)
+        self._acked.append(row.verdict_id)      # deleted in one transaction after this loop round
         self.stats["acked"] += 1
         if self._denied.pop(row.verdict_id, None) is not None and not self._denied:
             self.alarms.discard("publish_denied")
