@@ -257,6 +257,9 @@ class UpdateAgent:
             dup = self._active.get(m["nonce"])
             if dup is not None and dup.envelope == env:
                 return          # the same manifest via a second topic / QoS 1 redelivery
+            if tv in (self.bundle_version, (self._staged or {}).get("version")) and self.nonces.seen(m["nonce"]):
+                log.info("fleet: %s is already staged/running; ignored", mf.short_id(m))
+                return          # e.g. a canary device that is also in the widened group
             try:
                 mf.check_window(m, self.clock(), self.fcfg.clock_skew_s)
                 if not self.nonces.add(m["nonce"], m["expires"], self.clock()):

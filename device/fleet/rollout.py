@@ -70,8 +70,10 @@ class FleetClient:
 
     def __init__(self, url: str, prefix: str = "kyc/v1", *, username: str | None = None,
                  password: str | None = None, ca_file: str | None = None, cert_file: str | None = None,
-                 key_file: str | None = None):
+                 key_file: str | None = None, watch: tuple[str, ...] = ()):
         u = urlsplit(url)
+        self.watch = tuple(watch)
+        self.log: list[tuple[float, str, Any]] = []     # every message received, in order
         self.prefix = prefix.rstrip("/")
         self.status: dict[str, dict] = {}      # "site/device" -> health status
         self.updates: dict[str, dict] = {}     # "site/device" -> update status
@@ -110,7 +112,8 @@ class FleetClient:
         self.client.loop_stop()
 
     def _on_connect(self, c, userdata, flags, rc, props) -> None:
-        c.subscribe([(f"{self.prefix}/+/+/status", 1), (f"{self.prefix}/+/+/update/status", 1)])
+        c.subscribe([(f"{self.prefix}/+/+/status", 1), (f"{self.prefix}/+/+/update/status", 1)]
+                    + [(t, 1) for t in self.watch])
         self._ready.set()
 
     def _on_message(self, c, userdata, msg) -> None:
@@ -119,6 +122,9 @@ class FleetClient:
             obj = json.loads(msg.payload) if msg.payload else None
         except ValueError:
             return
+        with self._cond:
+            self.log.append((time.monotonic(), msg.topic, obj))
+            self._cond.notify_all()
         if not isinstance(obj, dict) or len(parts) < 3:
             return
         dev = f"{parts[0]}/{parts[1]}"
