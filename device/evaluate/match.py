@@ -1,0 +1,220 @@
+"""`kyc-edge eval match`: the 1:1 face match measured on LFW-style pairs with the device's own path.
+
+Each pair goes through exactly what a session does: detect -> align (both images), one embedder call
+with the batch of 2 (live, card), cosine similarity. `--card-style` first turns the pair's first
+image into a chip-like photo: a 102x126 head-and-shoulders crop, JPEG-compressed to at most 1,024
+bytes, which then takes the card path (`prepare_card_face`, with its padded retry).
+
+A pair whose face is not found in either image counts as a rejection (score -1) and is reported in
+`failure_to_enrol`. Accuracy follows the LFW protocol: for each fold the accuracy-maximising
+threshold on the other folds is applied to it. TAR/FAR figures pool all selected folds.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from device.evaluate import common
+from device.vision.align import align_face
+from device.vision.detect import MODEL_FILES, DetectorOptions, FaceDetector
+from device.vision.embed import EmbedderOptions, FaceEmbedder, cosine, prepare_card_face
+
+CARD_W, CARD_H = 102, 126
+CARD_MAX_BYTES = 1024
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------ chip-like photo
+def card_style(rgb: np.ndarray, face=None, max_bytes: int = CARD_MAX_BYTES) -> np.ndarray:
+    """A chip-like photo of `rgb`: 102x126 head-and-shoulders crop on a light background,
+    JPEG-compressed (optimised Huffman tables, the highest quality that fits max_bytes), decoded to RGB.
+
+    The crop is built around the detected face (box and eyes): face box about 62 % of the photo's
+    width, eyes about 42 % down, as on ID photos, but never larger than the image (on LFW's tight
+    150x150 crops the face then fills about 78 % of the width). Without a face, a centred crop.
+    """
+    h, w = rgb.shape[:2]
+    wmax = min(w, h * CARD_W / CARD_H)       # the largest 102:126 crop that fits the image
+    if face is not None:
+        x0, y0, x1, y1 = face.box
+        eyes = face.keypoints[:2].mean(0)
+        cw = min((x1 - x0) / 0.62, wmax)
+        ch = cw * CARD_H / CARD_W
+        left, top = float(eyes[0]) - cw / 2, float(eyes[1]) - 0.42 * ch
+    else:
+        cw = wmax
+        ch = cw * CARD_H / CARD_W
+        left, top = (w - cw) / 2, (h - ch) / 2
+    # keep the crop inside the image: padding would add hard edges the tiny JPEG cannot afford
+    left = min(max(left, 0.0), w - cw)
+    top = min(max(top, 0.0), h - ch)
+    sx = CARD_W / cw
+    m = np.array([[sx, 0, -left * sx], [0, sx, -top * sx]], np.float64)
+    crop = cv2.warpAffine(rgb, m, (CARD_W, CARD_H), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    bgr = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
+    lo, hi, best = 1, 95, None
+    while lo <= hi:                       # highest quality whose file fits
+        q = (lo + hi) // 2
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, q, cv2.IMWRITE_JPEG_OPTIMIZE, 1])
+        if ok and len(buf) <= max_bytes:
+            best, lo = buf, q + 1
+        else:
+            hi = q - 1
+    if best is None:                      # even q=1 too big: grey (never the case at 102x126)
+        grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        _, best = cv2.imencode(".jpg", grey, [cv2.IMWRITE_JPEG_QUALITY, 1])
+    out = cv2.imdecode(best, cv2.IMREAD_COLOR)
+    return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
+
+
+# ------------------------------------------------------------------ models
+def default_model_dir() -> Path:
+    for cand in (os.environ.get("KYC_EDGE_MODEL_DIR"), REPO / "models" / "store",
+                 os.environ.get("KYC_EDGE_MODEL_MIRROR"), REPO.parent / "shared" / "models"):
+        if cand and (Path(cand) / "face_detection_short_range.tflite").exists():
+            return Path(cand)
+    return REPO / "models" / "store"
+
+
+def _find(name: str | None, default: str, dirs) -> str:
+    n = name or default
+    p = Path(n)
+    if p.is_file():
+        return str(p)
+    for d in dirs:
+        for q in (Path(d) / n, Path(d) / "alternatives" / n):
+            if q.is_file():
+                return str(q)
+    return str(Path(dirs[0]) / n)     # load_interpreter names the missing file
+
+
+def read_pairs(path, folds=None, limit: int = 0) -> list[dict]:
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            fold = int(r["fold"])
+            if folds and fold not in folds:
+                continue
+            rows.append({"fold": fold, "img1": r["img1"], "img2": r["img2"], "same": int(r["same"])})
+    if limit and limit < len(rows):
+        # keep both classes and all folds: an even spread over the file
+        idx = np.linspace(0, len(rows) - 1, limit).round().astype(int)
+        rows = [rows[i] for i in idx]
+    return rows
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+# ------------------------------------------------------------------ scoring
+class PairScorer:
+    """The device's match path for one pair of images: returns (similarity | None, live_ok, card_ok)."""
+
+    def __init__(self, detector: FaceDetector, embedder: FaceEmbedder, card_style_first: bool = False):
+        self.det, self.emb, self.card = detector, embedder, card_style_first
+
+    def live_face(self, rgb):
+        f = self.det.detect(rgb).largest()
+        return None if f is None else align_face(rgb, f.keypoints)
+
+    def score(self, img1: np.ndarray, img2: np.ndarray):
+        if self.card:
+            f = self.det.detect(img1).largest()
+            card = prepare_card_face(self.det, card_style(img1, f))
+        else:
+            card = prepare_card_face(self.det, img1)
+        live = self.live_face(img2)
+        if live is None:                # the live side gets the same padded retry as the eval images are tight crops
+            live = prepare_card_face(self.det, img2)
+        if card is None or live is None:
+            return None, live is not None, card is not None
+        res = self.emb.embed(live, card)
+        s = res.similarity()
+        res.wipe()
+        return s, True, True
+
+
+def run_match_eval(args) -> dict:
+    """args: pairs, images, folds ('1-5'), card_style, plot, model, detector_model, detector,
+    models_dir, threads, flip_tta, limit. Returns the JSON-able result dict."""
+    folds = common.parse_folds(getattr(args, "folds", None) or "1-5")
+    rows = read_pairs(args.pairs, folds, getattr(args, "limit", 0) or 0)
+    if not rows:
+        raise ValueError(f"no pairs in {args.pairs} for folds {folds}")
+    images = Path(args.images)
+    mdir = Path(getattr(args, "models_dir", None) or default_model_dir())
+    dirs = [mdir, REPO / "models" / "build", REPO.parent / "shared" / "models"]
+    variant = getattr(args, "detector", None) or "short_range"
+    det_path = _find(getattr(args, "detector_model", None), MODEL_FILES[variant], dirs)
+    emb_path = _find(getattr(args, "model", None), "mobilefacenet.tflite", dirs)
+    threads = int(getattr(args, "threads", 1) or 1)
+    det = FaceDetector.create(DetectorOptions(det_path, variant=variant, threads=threads))
+    emb = FaceEmbedder.create(EmbedderOptions(emb_path, threads=threads, flip_tta=bool(getattr(args, "flip_tta", False))))
+    scorer = PairScorer(det, emb, card_style_first=bool(getattr(args, "card_style", False)))
+
+    scores, labels, fold_of = [], [], []
+    fte_pairs = fte_card = fte_live = 0
+    t_total = 0.0
+    with common.Progress(len(rows), "eval match") as bar:
+        for r in rows:
+            img1, img2 = _load_rgb(images / r["img1"]), _load_rgb(images / r["img2"])
+            t0 = time.perf_counter()
+            s, live_ok, card_ok = scorer.score(img1, img2)
+            t_total += time.perf_counter() - t0
+            if s is None:
+                fte_pairs += 1
+                fte_card += not card_ok
+                fte_live += not live_ok
+                s = -1.0
+            scores.append(s)
+            labels.append(r["same"])
+            fold_of.append(r["fold"])
+            bar.update()
+    s, y = np.array(scores), np.array(labels)
+    m = common.summary(s, y, folds=np.array(fold_of))
+    out = {
+        "pairs": len(rows),
+        "folds": f"{folds[0]}-{folds[-1]}" if folds == list(range(folds[0], folds[-1] + 1)) else ",".join(map(str, folds)),
+        "card_style": bool(getattr(args, "card_style", False)),
+        "model": Path(emb_path).name,
+        "detector": Path(det_path).name,
+        "flip_tta": bool(getattr(args, "flip_tta", False)),
+        "accuracy": m["accuracy"],
+        "accuracy_std": m["accuracy_std"],
+        "tar_at_far_1e-2": m["tar_at_far_1e-2"],
+        "tar_at_far_1e-3": m["tar_at_far_1e-3"],
+        "eer": m["eer"],
+        "auc": m["auc"],
+        "threshold_at_far_1e-3": m["threshold_at_far_1e-3"],
+        "threshold_at_far_1e-2": m["threshold_at_far_1e-2"],
+        "failure_to_enrol": {"pairs": fte_pairs, "rate": fte_pairs / len(rows), "card_side": fte_card,
+                             "live_side": fte_live},
+        "ms_per_pair": 1000.0 * t_total / len(rows),
+        "same_pairs": int(y.sum()),
+        "different_pairs": int((1 - y).sum()),
+    }
+    thr = getattr(args, "threshold", None)
+    if thr is not None:
+        out["at_threshold"] = {"threshold": thr, "tar": float((s[y == 1] >= thr).mean()),
+                               "far": float((s[y == 0] >= thr).mean())}
+    if getattr(args, "plot", None):
+        t = m["threshold_at_far_1e-3"]
+        far = float((s[y == 0] >= t).mean())
+        frr = float((s[y == 1] < t).mean())
+        label = f"{out['model']}{' card-style' if out['card_style'] else ''}{' flip' if out['flip_tta'] else ''}"
+        pts = [(f"FAR=1e-3 threshold {t:.3f}", far, frr)]
+        if thr is not None:
+            pts.append((f"configured threshold {thr:.3f}", out["at_threshold"]["far"], 1 - out["at_threshold"]["tar"]))
+        common.plot_det(args.plot, [(label, s, y)], pts,
+                        title=f"DET, LFW folds {out['folds']} ({len(rows)} pairs)")
+        out["plot"] = str(args.plot)
+    return out
