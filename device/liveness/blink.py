@@ -11,6 +11,11 @@ Signals: the FaceMesh EAR and, when the iris model runs, the iris-contour EAR (m
 FaceMesh's lids barely move on long closures). Each signal is divided by its own baseline and the
 smaller ratio is used. Closed below `close_ratio`, open again above `open_ratio` (hysteresis).
 
+Sampling check: a closure counts only when every frame gap from the last open frame before it to
+the reopening frame is <= `max_frame_gap_s` (0.25 s). A blink lasts 0.1-0.4 s; seen at 2 fps a
+one-frame landmark glitch looks exactly like one (NUAA print replays at ~0.45 s per frame produced 8
+such "blinks" before this rule). A live camera at >= 5 fps is unaffected.
+
 Anti-print check: tilting a flat photo about its horizontal axis also shortens the eyes. A genuine
 blink does not change the face's vertical proportions, so a closure during which the ratio
 (eyes-to-mouth distance / inter-ocular distance) falls below `geom_min_ratio` x its open baseline is
@@ -39,7 +44,7 @@ class BlinkDetector:
     def __init__(self, min_s: float = 0.04, max_s: float = 1.5, *, close_ratio: float = 0.80,
                  open_ratio: float = 0.88, window_s: float = 3.0, min_baseline_samples: int = 3,
                  min_open_mesh: float = 0.18, min_open_iris: float = 0.22, max_gap_s: float = 0.5,
-                 geom_min_ratio: float = 0.90, percentile: float = 70.0):
+                 geom_min_ratio: float = 0.90, percentile: float = 70.0, max_frame_gap_s: float = 0.25):
         self.min_s, self.max_s = min_s, max_s
         self.close_ratio, self.open_ratio = close_ratio, open_ratio
         self.window_s = window_s
@@ -48,6 +53,7 @@ class BlinkDetector:
         self.max_gap_s = max_gap_s
         self.geom_min_ratio = geom_min_ratio
         self.percentile = percentile
+        self.max_frame_gap_s = max_frame_gap_s
         self.reset()
 
     def reset(self) -> None:
@@ -57,7 +63,9 @@ class BlinkDetector:
         self._depth = 1.0
         self._geom_min = 1.0
         self._last_t: float | None = None
+        self._max_gap = 0.0
         self.rejected = 0
+        self.rejected_sparse = 0
         self.ratio: float | None = None
 
     def _baseline(self, k: int) -> float | None:
@@ -74,6 +82,7 @@ class BlinkDetector:
                 self.closed = False
             self.ratio = None
             return None
+        gap = 0.0 if self._last_t is None else t - self._last_t
         self._last_t = t
         ratios = []
         for k, v in ((0, ear_mesh), (1, ear_iris)):
@@ -92,11 +101,14 @@ class BlinkDetector:
                 self._depth = min(self._depth, ratio)
             if g is not None:
                 self._geom_min = min(self._geom_min, g)
+            self._max_gap = max(self._max_gap, gap)
             if ratio is None or ratio > self.open_ratio:
                 self.closed = False
                 dur = t - self._t_close
                 if self.min_s <= dur <= self.max_s and ratio is not None:
-                    if self._geom_min >= self.geom_min_ratio:
+                    if self._max_gap > self.max_frame_gap_s:
+                        self.rejected_sparse += 1
+                    elif self._geom_min >= self.geom_min_ratio:
                         out = Blink(self._t_close, t, self._depth)
                     else:
                         self.rejected += 1
@@ -105,6 +117,7 @@ class BlinkDetector:
             self._t_close = t
             self._depth = ratio
             self._geom_min = 1.0 if g is None else g
+            self._max_gap = gap
         if not self.closed and (ratio is None or ratio > self.open_ratio):
             # open-eye frame: learn the baseline
             for k, v in ((0, ear_mesh), (1, ear_iris), (2, geom)):

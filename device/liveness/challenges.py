@@ -18,7 +18,9 @@ in order; an action done before its challenge was asked does not count:
   closing started after the challenge was asked;
 - turn_left / turn_right: after the challenge is asked, the smoothed yaw must first be seen near
   frontal (|yaw| < turn_yaw_deg / 2, so an already-turned head does not pass at once) and then reach
-  +turn_yaw_deg (turn_left: subject's own left) or -turn_yaw_deg (turn_right);
+  +turn_yaw_deg (turn_left: subject's own left) or -turn_yaw_deg (turn_right) and hold it for
+  `turn_hold_s` (0.2 s) on frames no more than `max_frame_gap_s` (0.25 s) apart: a one-frame pose
+  glitch (a bent photo, a landmark jump at a low frame rate) is not a turn;
 - nod: after a near-frontal pitch sample, the pitch must drop at least `nod_pitch_deg` (default
   turn_yaw_deg * 0.8) below the frontal reference and come back within half of it.
 
@@ -62,12 +64,15 @@ def draw(pool, count: int, rng) -> list[str]:
 
 
 class ChallengeRunner:
-    def __init__(self, cfg, rng=None, sequence: list[str] | None = None, nod_pitch_deg: float | None = None):
+    def __init__(self, cfg, rng=None, sequence: list[str] | None = None, nod_pitch_deg: float | None = None,
+                 turn_hold_s: float = 0.2, max_frame_gap_s: float = 0.25):
         """cfg: device.config.LivenessConfig. `sequence` forces the challenges (tests, evaluation)."""
         self.cfg = cfg
         self.rng = rng or random.SystemRandom()
         self._forced = list(sequence) if sequence is not None else None
         self.nod_pitch_deg = nod_pitch_deg if nod_pitch_deg is not None else 0.8 * cfg.turn_yaw_deg
+        self.turn_hold_s = turn_hold_s
+        self.max_frame_gap_s = max_frame_gap_s
         self.sequence: list[str] = []
         self.results: list[ChallengeResult] = []
         self._i = 0
@@ -106,6 +111,8 @@ class ChallengeRunner:
         r = self.results[self._i]
         r.t_start, r.state = t, "active"
         self._neutral_seen = False
+        self._beyond_since = None
+        self._t_last = None
         self._pitch_ref = None
         self._nod_down = False
         return self._event(r, t, "started")
@@ -152,10 +159,20 @@ class ChallengeRunner:
         thr = self.cfg.turn_yaw_deg
         if name in TURNS:
             sign = 1.0 if name == "turn_left" else -1.0
+            gap_ok = self._t_last is None or obs.t - self._t_last <= self.max_frame_gap_s
+            self._t_last = obs.t
             if abs(obs.yaw) < thr / 2:
                 self._neutral_seen = True
+                self._beyond_since = None
                 return False
-            return self._neutral_seen and sign * obs.yaw >= thr
+            if not (self._neutral_seen and sign * obs.yaw >= thr) or not gap_ok:
+                self._beyond_since = None
+                if self._neutral_seen and sign * obs.yaw >= thr:
+                    self._beyond_since = obs.t      # restart the hold after a frame gap
+                return False
+            if self._beyond_since is None:
+                self._beyond_since = obs.t
+            return obs.t - self._beyond_since >= self.turn_hold_s
         if name == "nod":
             if self._pitch_ref is None:
                 if abs(obs.yaw) < thr / 2:

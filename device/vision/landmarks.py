@@ -11,7 +11,7 @@ Head pose (`head_pose`) is cv2.solvePnP of six landmarks against a generic 3-D f
 (subject's own directions, camera not mirrored):
 - yaw   > 0: the subject turned to THEIR left (nose moves to the image's right);
 - pitch > 0: the subject looks up;
-- roll  > 0: the head tilts towards the subject's left shoulder (image clockwise... see `head_pose`).
+- roll  > 0: the eye line rotates clockwise in the image (see `head_pose`).
 """
 from __future__ import annotations
 
@@ -152,7 +152,17 @@ def head_pose(lm: np.ndarray, frame_shape) -> tuple[float, float, float]:
     f = float(max(w, h))
     cam = np.array([[f, 0, w / 2.0], [0, f, h / 2.0], [0, 0, 1]], np.float64)
     img = lm[list(_MODEL_IDX), :2].astype(np.float64)
-    ok, rvec, tvec = cv2.solvePnP(_MODEL_3D, img, cam, None, flags=cv2.SOLVEPNP_ITERATIVE)
+    # SQPNP finds the global minimum; plain ITERATIVE without a guess flips to a mirrored solution
+    # on strongly turned heads (measured on the head-pose clips: yaw -51 reported as +66, roll 177).
+    ok, rvec, tvec = False, None, None
+    if hasattr(cv2, "SOLVEPNP_SQPNP"):
+        ok, rvec, tvec = cv2.solvePnP(_MODEL_3D, img, cam, None, flags=cv2.SOLVEPNP_SQPNP)
+    if not ok:
+        io = float(np.linalg.norm(img[3] - img[2])) or 1.0
+        tz = f * 450.0 / io
+        t0 = np.array([(img[0, 0] - w / 2) * tz / f, (img[0, 1] - h / 2) * tz / f, tz]).reshape(3, 1)
+        ok, rvec, tvec = cv2.solvePnP(_MODEL_3D, img, cam, None, np.zeros((3, 1)), t0, True,
+                                      cv2.SOLVEPNP_ITERATIVE)
     if not ok:
         return 0.0, 0.0, 0.0
     r, _ = cv2.Rodrigues(rvec)

@@ -1,0 +1,111 @@
+"""`kyc-edge eval pad | liveness | sessions` (wired into cli.py by register_eval).
+
+Model directory: --model-dir, else $KYC_EDGE_MODEL_DIR, else models/store, else ../shared/models.
+Files are looked up by their float names; for an int8 build directory (scripts/build-models --out
+models/build) each role takes the int8 file when the manifest names one that exists there and
+falls back to the float file of the next directory otherwise (as device.models.resolve does).
+The iris model (optional, sharper blink signal) is searched as iris_landmark.tflite in the model
+directory, its alternatives/ folder, and the ../shared/models mirror.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_MODELS = Path(os.environ.get("KYC_EDGE_SHARED", REPO.parent / "shared")) / "models"
+FLOAT = {"detector": "face_detection_short_range.tflite", "landmarks": "face_landmark.tflite",
+         "antispoof_v2": "minifasnet_v2_2.7_80x80.tflite", "antispoof_v1se": "minifasnet_v1se_4.0_80x80.tflite"}
+IRIS = "iris_landmark.tflite"
+
+
+def _float_dirs() -> list[Path]:
+    c = [os.environ.get("KYC_EDGE_MODEL_DIR"), REPO / "models" / "store", os.environ.get("KYC_EDGE_MODEL_MIRROR"),
+         SHARED_MODELS]
+    return [Path(p) for p in c if p and (Path(p) / FLOAT["detector"]).exists()]
+
+
+def resolve_model_dir(arg: str | None) -> Path:
+    if arg:
+        p = Path(arg)
+        if not p.is_dir():
+            raise SystemExit(f"model dir not found: {p}")
+        return p
+    dirs = _float_dirs()
+    if not dirs:
+        raise SystemExit("no model directory: pass --model-dir or run `kyc-edge models install`")
+    return dirs[0]
+
+
+def model_files(model_dir: Path) -> dict[str, Path]:
+    """role -> file: int8 build entries of the manifest first, then float names, then the float dirs."""
+    model_dir = Path(model_dir)
+    out: dict[str, Path] = {}
+    try:
+        from device import models as models_mod
+        built = {e.role: e.file for e in models_mod.entries() if e.precision == "int8"}
+    except Exception:   # manifest unreadable: float names only
+        built = {}
+    for role, name in FLOAT.items():
+        for cand in ([model_dir / built[role]] if role in built else []) + [model_dir / name] + \
+                [d / name for d in _float_dirs()]:
+            if cand.exists():
+                out[role] = cand
+                break
+        else:
+            raise SystemExit(f"model for {role} not found in {model_dir}")
+    for cand in (model_dir / IRIS, model_dir / "alternatives" / IRIS, SHARED_MODELS / "alternatives" / IRIS):
+        if cand.exists():
+            out["iris"] = cand
+            break
+    return out
+
+
+def make_tracker(model_dir: Path, pad: bool = True, iris: bool = True, threads: int = 1, **kw):
+    from device.liveness.tracking import FaceTracker, TrackerOptions
+    f = model_files(model_dir)
+    return FaceTracker.create(TrackerOptions(
+        detector_path=str(f["detector"]), landmark_path=str(f["landmarks"]),
+        pad_paths=(str(f["antispoof_v2"]), str(f["antispoof_v1se"])) if pad else None,
+        iris_path=str(f["iris"]) if (iris and "iris" in f) else None, threads=threads, **kw))
+
+
+def _common(p) -> None:
+    p.add_argument("--model-dir", help="model directory (float store, or models/build for int8)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--plot", help="write a PNG here")
+
+
+def register_eval(sub) -> None:
+    from device.evaluate import liveness as lv_mod, pad as pad_mod, sessions as ss_mod
+
+    p = sub.add_parser("pad", help="frame-level PAD (ISO/IEC 30107-3: APCER per attack type, BPCER, ACER, EER)")
+    p.add_argument("--labels", required=True, help="CSV with path,label (nuaa: live/print; celeba: live/spoof)")
+    p.add_argument("--root", help="image root (default: the CSV's folder)")
+    p.add_argument("--threshold", type=float, default=0.5, help="accept as bona fide when p_real >= this")
+    p.add_argument("--box-expand", type=float, default=1.0, help="widen the detector box before the crop")
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--stride", type=int, default=1, help="use every k-th row")
+    _common(p)
+    p.set_defaults(func=pad_mod.run)
+
+    p = sub.add_parser("liveness", help="blinks and head turns found in a video or frame folder")
+    p.add_argument("--video", required=True, help="video file, folder with frames.csv, or image folder")
+    p.add_argument("--fps", type=float, default=15.0, help="frame rate for plain image folders")
+    p.add_argument("--turn-deg", type=float, default=18.0)
+    p.add_argument("--tilt-deg", type=float, default=20.0)
+    p.add_argument("--nod-deg", type=float, default=15.0)
+    p.add_argument("--no-iris", action="store_true", help="FaceMesh EAR only (no iris model)")
+    _common(p)
+    p.set_defaults(func=lv_mod.run)
+
+    p = sub.add_parser("sessions", help="session-level replay: NUAA print attempts (must all fail), genuine blink video")
+    shared_data = SHARED_MODELS.parent / "data"
+    p.add_argument("--nuaa", default=str(shared_data / "nuaa-train"), help="NUAA folder with labels.csv ('' to skip)")
+    p.add_argument("--blink", default=str(shared_data / "blink" / "demo_old.mp4"), help="genuine video ('' to skip)")
+    p.add_argument("--src-fps", type=float, default=20.0, help="NUAA capture rate: t = picNo / this")
+    p.add_argument("--no-live", action="store_true", help="skip the NUAA live sequences")
+    p.add_argument("--no-iris", action="store_true")
+    p.add_argument("--per-attempt", action="store_true", help="include every attempt's details")
+    _common(p)
+    p.set_defaults(func=ss_mod.run)
