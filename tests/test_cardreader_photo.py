@@ -154,3 +154,21 @@ def test_bmp_decoder_and_corrupt_photos():
         with pytest.raises(CardError) as ei:
             dec.decode(bad)
         assert ei.value.reason == "card_read_failed"
+
+
+def test_wlt_card_over_the_pty_with_the_standin_library(wlt_lib):
+    from device.cardreader.reader import CardReader
+    from device.cardreader.simulator import FakeCard, Simulator
+    wlt = wlt_photo(9)
+    with Simulator(FakeCard.permit_hmt(photo_bytes=wlt)) as sim:
+        r = CardReader(ReaderConfig(port=sim.port, photo_decoder="wlt", wlt_library=wlt_lib)).open()
+        try:
+            cr = r.read_card()
+            assert cr.record.card_type == "permit_hmt"
+            assert np.array_equal(cr.photo, expected_standin(wlt))
+            sim.insert(FakeCard.resident())            # a JPEG photo where WLT is configured
+            with pytest.raises(CardError) as ei:
+                r.read_card()
+            assert ei.value.reason == "card_read_failed"
+        finally:
+            r.close()

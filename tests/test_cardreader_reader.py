@@ -148,6 +148,24 @@ def test_slow_reply_beyond_timeout_gives_card_read_failed(sim, reader):
     assert reason(reader.read_card) == "card_read_failed"
 
 
+def test_late_reply_to_an_earlier_command_is_not_taken_for_the_next(sim, reader):
+    # find answers after the host gave up on it; that late 9F reply and the retry's reply must
+    # not be mistaken for the answers to select / read.
+    sim.add_fault(Fault("slow", cmd=P.Cmd.FIND_CARD, delay_s=0.4))
+    cr = reader.read_card()
+    assert cr.record.card_type == "resident" and bytes(cr.record._raw["number"]) == \
+        bytes(sim.card.text[122:158])
+    assert reader.stats["timeouts"] >= 1
+
+
+@pytest.mark.parametrize("cmd", [P.Cmd.FIND_CARD, P.Cmd.SELECT_CARD])
+def test_duplicate_late_reply_is_discarded_as_stale(sim, reader, cmd):
+    sim.add_fault(Fault("duplicate", cmd=cmd))
+    cr = reader.read_card()
+    assert cr.record.card_type == "resident" and cr.record.number_valid()
+    assert reader.stats["stale"] == 1 and reader.stats["retries"] == 0
+
+
 def test_card_removed_mid_read(sim, reader):
     sim.add_fault(Fault("card_removed"))
     assert reason(reader.read_card) == "card_removed"

@@ -68,9 +68,10 @@ class CardRead:
 
 
 # expected data length of a successful reply, per command (None = any); used to reject stale replies
-_OK_LEN = {P.Cmd.RESET: 0, P.Cmd.STATUS: 0, P.Cmd.MODULE_ID: None, P.Cmd.FIND_CARD: None,
+_OK_LEN = {P.Cmd.RESET: 0, P.Cmd.STATUS: 0, P.Cmd.MODULE_ID: None, P.Cmd.FIND_CARD: 4,
            P.Cmd.SELECT_CARD: 8, P.Cmd.READ_BASE: 4 + TEXT_LEN + PHOTO_LEN,
-           P.Cmd.READ_NEW_ADDRESS: None, P.Cmd.READ_BASE_FP: None}
+           P.Cmd.READ_NEW_ADDRESS: 70, P.Cmd.READ_BASE_FP: None}
+_SUCCESS = (P.SW3.OK, P.SW3.FOUND)
 _OK_SW3 = {P.Cmd.FIND_CARD: P.SW3.FOUND}
 _REPLY_BYTES = {P.Cmd.READ_BASE: 1295, P.Cmd.READ_BASE_FP: 1295 + 2 + 1024}
 
@@ -283,8 +284,9 @@ class CardReader:
             for fr in self._parser.feed(chunk):
                 reply = P.decode_reply(fr)
                 fr[:] = b"\x00" * len(fr)
-                if reply.sw3 == ok_sw3 and want_len is not None and len(reply.data) != want_len:
-                    self.stats["stale"] += 1     # a late reply to an earlier command
+                if reply.sw3 in _SUCCESS and (reply.sw3 != ok_sw3 or (
+                        want_len is not None and len(reply.data) != want_len)):
+                    self.stats["stale"] += 1     # a late success reply to an earlier command
                     reply.wipe()
                     continue
                 return reply

@@ -36,7 +36,7 @@ from device.cardreader.records import build_text, gb11643_check_char
 from device.cardreader.photo import PHOTO_FIELD_LEN, card_photo_jpeg
 
 FAULT_KINDS = ("noise", "bad_checksum", "truncated", "bad_length", "slow", "no_reply",
-               "card_removed", "disconnect")
+               "duplicate", "card_removed", "disconnect")
 
 _TERMIOS_BAUD = {getattr(termios, f"B{b}"): b for b in (9600, 19200, 38400, 57600, 115200)}
 
@@ -196,6 +196,7 @@ class Simulator:
         self.bytes_out = 0
         self.plugged = False
         self._replug_timer: threading.Timer | None = None
+        self._late: bytes = b""      # `duplicate` fault: a copy sent before the next answer
 
     # ------------------------------------------------------------ lifecycle
     def start_pty(self) -> str:
@@ -354,6 +355,9 @@ class Simulator:
 
     def _respond(self, c: P.Command) -> None:
         reply = self._answer(c)
+        if self._late:
+            self._write(self._late)
+            self._late = b""
         fault = self._take_fault(c.cmd)
         if fault is not None:
             k = fault.kind
@@ -370,6 +374,8 @@ class Simulator:
                 time.sleep(fault.delay_s or 0)
             elif k == "no_reply":
                 reply = b""
+            elif k == "duplicate":
+                self._late = reply
             elif k == "card_removed":
                 self._write(reply[: max(8, len(reply) * 2 // 5)])
                 self.remove()
