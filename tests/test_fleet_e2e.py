@@ -252,3 +252,222 @@ def test_canary_failure_aborts_rollout(tmp_path, broker, fleet_key, factory, fc,
     assert res["failed"] == {"s1/c1": "failed:self_test_failed"}
     time.sleep(1.0)
     assert states_of(fc, n, 2) == [] and n.version() == 0 and c.version() == 0
+
+
+class _TruncatingHandler(http.server.BaseHTTPRequestHandler):
+    """Announces the whole file, sends half of it, closes: a truncated download."""
+    root: Path = Path("/nonexistent")
+
+    def do_GET(self):  # noqa: N802
+        data = (self.root / self.path.lstrip("/")).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *a):
+        pass
+
+
+def _resign(b: Path, key, edit, **kw) -> dict:
+    """Edit the unsigned body (bypassing the CLI's own checks, as a buggy or hostile tool would), sign."""
+    body = json.loads((b / "manifest.unsigned.json").read_text())
+    edit(body)
+    (b / "manifest.unsigned.json").write_text(json.dumps(body))
+    return sign_bundle(b, str(key), ["*"], **kw)
+
+
+def test_each_bad_input_has_its_reason_and_the_old_bundle_keeps_serving(tmp_path, broker, fleet_key, factory, fc,
+                                                                        devices):
+    key, pub = fleet_key
+    d = Dev(tmp_path, broker, "d1", pub, factory, fleet="max_bundle_bytes = 1000000")
+    devices.append(d)
+    d.start()
+    online(fc, d)
+    good2 = apply_good(fc, d, tmp_path, key, factory, 2)
+    slot_before = slots.current_slot(d.state)
+    models_before = {p.name: p.read_bytes() for p in (slots.active_bundle(d.state) / "models").iterdir()}
+    other_key, _, _ = mf.keygen(tmp_path / "otherkey")
+
+    def nb(v, **kw):   # a bundle without self-test vectors (fast) for inputs refused before the self-test
+        return make_bundle(tmp_path, key, factory, v, vectors=False, **kw)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TruncatingHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    cases: list[tuple[str, int, dict, Path | None]] = []
+
+    b = nb(10)
+    env = envelope(b)
+    env["manifest"]["expires"] += 1                                   # tampered after signing
+    cases.append(("bad_signature", 10, env, b / "artifacts"))
+    b = nb(11)
+    cases.append(("unknown_key", 11, mf.sign(envelope(b)["manifest"], mf.load_private_key(other_key)), b / "artifacts"))
+    b = nb(12)
+    art = b / "artifacts" / "face_detection_short_range.tflite"
+    data = bytearray(art.read_bytes())
+    data[1000] ^= 0xFF                                                # same size, one byte flipped in transit
+    art.write_bytes(bytes(data))
+    cases.append(("hash_mismatch", 12, envelope(b), b / "artifacts"))
+    b = nb(13)
+    env = sign_bundle(b, str(key), ["*"], url_base=f"file://{b / 'artifacts'}")
+    art = b / "artifacts" / "face_detection_short_range.tflite"
+    art.write_bytes(art.read_bytes()[:50000])                         # partial file behind a file:// URL
+    cases.append(("truncated", 13, env, None))
+    b = nb(14)
+    _TruncatingHandler.root = b / "artifacts"
+    env = sign_bundle(b, str(key), ["*"], url_base=f"http://127.0.0.1:{srv.server_address[1]}")
+    cases.append(("truncated", 14, env, None))                        # HTTP connection closed early
+    b = tmp_path / "garbage"
+    (b / "src").mkdir(parents=True)
+    (b / "src" / "face_detection_short_range.tflite").write_bytes(os.urandom(20000))
+    build_bundle(b / "src", b, 15, vectors=False)
+    cases.append(("self_test_failed", 15, sign_bundle(b, str(key), ["*"]), b / "artifacts"))  # does not load
+    b = make_bundle(tmp_path, key, factory, 16)
+
+    def skew(body):
+        body["vectors"][0]["outputs"][0]["sample"][0] += 1.0          # loads, but computes the wrong output
+    cases.append(("self_test_failed", 16, _resign(b, key, skew), b / "artifacts"))
+    b = nb(17)
+    cases.append(("config_invalid", 17, _resign(b, key, lambda body: body.update(config_patch={"match": {"threshold": 5}})),
+                  b / "artifacts"))
+    b = nb(18)
+    cases.append(("expired", 18, sign_bundle(b, str(key), ["*"], valid_days=-1), b / "artifacts"))
+    b = nb(19)
+    m = mf.make_manifest(bundle_version=19, artifacts=envelope(b)["manifest"]["artifacts"], not_before=int(time.time()) + 3600)
+    cases.append(("not_yet_valid", 19, mf.sign(m, mf.load_private_key(key)), b / "artifacts"))
+    b = nb(1)
+    cases.append(("downgrade_refused", 1, envelope(b), b / "artifacts"))
+    b = nb(20, pad=900_000)                                           # 1.13 MB > fleet.max_bundle_bytes
+    cases.append(("too_large", 20, envelope(b), b / "artifacts"))
+    b = nb(21)
+    cases.append(("daemon_too_old", 21, _resign(b, key, lambda body: body.update(min_daemon_version="99.0")),
+                  b / "artifacts"))
+
+    for reason, v, env, arts in cases:
+        fc.publish(env, arts, f"{SITE}/{d.name}")
+        u = wait_update(fc, d, lambda u: u.get("target_version") == v and u["state"] == "failed", timeout=20)
+        assert u["reason"] == reason, (v, u)
+        assert u["bundle_version"] == 2 and d.alive() and d.version() == 2
+        assert slots.current_slot(d.state) == slot_before
+    srv.shutdown()
+    assert "downloading" not in states_of(fc, d, 20)                  # refused before any byte was fetched
+    assert {p.name: p.read_bytes() for p in (slots.active_bundle(d.state) / "models").iterdir()} == models_before
+    # still serving: a session runs to its verdict
+    fc.client.publish(f"kyc/v1/{SITE}/{d.name}/cmd/test_session", json.dumps({"action": "start"}), qos=1)
+    fc.client.publish(f"kyc/v1/{SITE}/{d.name}/cmd/test_session", json.dumps({"action": "end"}), qos=1)
+    assert fc.wait_for(lambda: any(t.endswith(f"{d.name}/session") and o.get("event") == "verdict"
+                                   for _, t, o in fc.log), 10)
+    # and still updatable; then the classic replay: re-send the old signed v2 manifest
+    apply_good(fc, d, tmp_path, key, factory, 3)
+    fc.publish(envelope(good2), good2 / "artifacts", f"{SITE}/{d.name}")
+    u = wait_update(fc, d, lambda u: u.get("target_version") == 2 and u["state"] == "failed")
+    assert u["reason"] == "replayed_nonce" and u["bundle_version"] == 3 and d.version() == 3
+
+
+def test_disk_full_while_receiving_is_refused_and_device_keeps_running(tmp_path, broker, fleet_key, factory, fc,
+                                                                       devices):
+    key, pub = fleet_key
+    d = Dev(tmp_path, broker, "df", pub, factory)
+    devices.append(d)
+    d.start(limit_fsize=150_000)          # RLIMIT_FSIZE: writes past 150 kB fail (EFBIG), like a full disk
+    online(fc, d)
+    b = make_bundle(tmp_path, key, factory, 2, vectors=False)
+    fc.publish(envelope(b), b / "artifacts", f"{SITE}/{d.name}")
+    u = wait_update(fc, d, lambda u: u["state"] == "failed")
+    assert u["reason"] == "disk_full" and u["bundle_version"] == 0 and u["target_version"] == 2
+    time.sleep(0.3)
+    assert d.alive() and d.version() == 0 and not list((d.state / "bundles").glob(".incoming/*"))
+
+
+def test_update_during_a_session_is_applied_only_after_its_verdict(tmp_path, broker, fleet_key, factory, fc, devices):
+    key, pub = fleet_key
+    d = Dev(tmp_path, broker, "ds", pub, factory)
+    devices.append(d)
+    d.start()
+    online(fc, d)
+    cmd = f"kyc/v1/{SITE}/{d.name}/cmd/test_session"
+    fc.client.publish(cmd, json.dumps({"action": "start"}), qos=1).wait_for_publish(5)
+    time.sleep(0.3)
+    b = make_bundle(tmp_path, key, factory, 2)
+    fc.publish(envelope(b), b / "artifacts", f"{SITE}/{d.name}")
+    wait_update(fc, d, lambda u: u["state"] == "staged")
+    time.sleep(1.5)                                   # staged, but the customer is still at the counter
+    assert fc.updates[d.key]["state"] == "staged" and d.version() == 0
+    fc.client.publish(cmd, json.dumps({"action": "end"}), qos=1)
+    wait_update(fc, d, lambda u: u["state"] == "applied" and u["bundle_version"] == 2)
+    t_verdict = next(t for t, topic, o in fc.log if topic.endswith("/session") and o.get("event") == "verdict")
+    t_applied = next(t for t, topic, o in fc.log if topic.endswith("/update/status") and o.get("state") == "applied")
+    assert t_verdict < t_applied
+    assert d.version() == 2
+
+
+def _sha_variant(factory: Path, pad: int) -> str:
+    return hashlib.sha256((factory / "face_detection_short_range.tflite").read_bytes() + b"\0" * pad).hexdigest()
+
+
+def test_model_that_crashes_the_daemon_after_the_switch_is_rolled_back(tmp_path, broker, fleet_key, factory, fc,
+                                                                       devices):
+    key, pub = fleet_key
+    d = Dev(tmp_path, broker, "dc", pub, factory)
+    devices.append(d)
+    d.supervise(env={"STANDIN_CRASH_SHA": _sha_variant(factory, 3)})
+    online(fc, d)
+    apply_good(fc, d, tmp_path, key, factory, 2)
+    b = make_bundle(tmp_path, key, factory, 3)        # passes its self-test, crashes the live pipeline
+    fc.publish(envelope(b), b / "artifacts", f"{SITE}/{d.name}")
+    u = wait_update(fc, d, lambda u: u["state"] == "rolled_back", timeout=60)
+    assert u["reason"] == "crash_loop" and u["bundle_version"] == 2 and u["target_version"] == 3
+    online(fc, d)
+    assert d.version() == 2 and slots.read_state(d.state).get("trial") is None
+    assert d.exits == [-signal.SIGABRT] * 3, d.exits   # crash on apply, then 2 crashing restarts; the 3rd rolls back
+
+
+def test_failed_health_probe_after_the_switch_rolls_back_without_restart(tmp_path, broker, fleet_key, factory, fc,
+                                                                         devices):
+    key, pub = fleet_key
+    d = Dev(tmp_path, broker, "dh", pub, factory)
+    devices.append(d)
+    d.start(env={"STANDIN_PROBE_FAIL_SHA": _sha_variant(factory, 3)})
+    online(fc, d)
+    apply_good(fc, d, tmp_path, key, factory, 2)
+    b = make_bundle(tmp_path, key, factory, 3)
+    fc.publish(envelope(b), b / "artifacts", f"{SITE}/{d.name}")
+    u = wait_update(fc, d, lambda u: u["state"] == "rolled_back")
+    assert u["reason"] == "health_probe_failed" and u["bundle_version"] == 2 and u["target_version"] == 3
+    assert d.alive() and d.starts == 1 and d.version() == 2
+    assert "applied" not in states_of(fc, d, 3)
+
+
+STEPS = {"stage_written": 0, "staged": 0, "journaled": 2, "switched": 2, "applied": 2, "committed": 2}
+
+
+def test_power_cut_at_each_switch_step_leaves_a_bootable_slot(tmp_path, broker, fleet_key, factory, fc, devices):
+    key, pub = fleet_key
+    devs = {step: Dev(tmp_path, broker, f"p-{step}", pub, factory) for step in STEPS}
+    devices.extend(devs.values())
+    for step, d in devs.items():
+        d.start(env={slots.KILL_ENV: step})
+    for d in devs.values():
+        online(fc, d, timeout=40)
+    b = make_bundle(tmp_path, key, factory, 2)
+    fc.publish(envelope(b), b / "artifacts", "*")
+    for step, d in devs.items():
+        assert d.proc.wait(30) == -signal.SIGKILL, (step, d.logs())
+    for d in devs.values():
+        d.start()                                     # power back: plain start, no fault injection
+    for step, d in devs.items():
+        online(fc, d, timeout=40)
+        want = STEPS[step]
+        if want:
+            u = wait_update(fc, d, lambda u: u["state"] == "applied" and u["bundle_version"] == 2)
+        ab = slots.active_bundle(d.state)
+        assert d.version() == want, step
+        assert (ab is None) == (want == 0)
+        if ab is not None:   # the slot is complete and byte-identical to the manifest
+            m = json.loads((ab / "manifest.json").read_text())["manifest"]
+            for a in m["artifacts"]:
+                assert hashlib.sha256((ab / "models" / a["name"]).read_bytes()).hexdigest() == a["sha256"]
+        assert not [p for p in (d.state / "bundles").iterdir() if p.name.startswith((".stage", ".incoming", ".current"))]
+        assert fc.status[d.key]["state"] == "online" and d.alive()

@@ -448,9 +448,10 @@ class UpdateAgent:
             trial["committed"] = True
             trial["committed_at"] = time.time()
             st["trial"] = trial
-            slots.write_state(self.state_dir, st)
+        st["last"] = {"state": "applied", "target_version": tv}
+        slots.write_state(self.state_dir, st)     # one write: committed + what to report after a restart
         slots.killpoint("committed")
-        self._report("applied", tv, persist=True)
+        self._report("applied", tv)
 
     def _rollback(self, reason: str, detail: str) -> None:
         st = slots.read_state(self.state_dir)

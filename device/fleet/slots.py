@@ -295,7 +295,13 @@ def boot_guard(state_dir: str | os.PathLike, fcfg: Any, now: float | None = None
     if not trial:
         return None
     if trial.get("slot") != cur:
-        # journal written but the switch never happened (power cut), or already rolled back
+        # journal written but the switch never happened (power cut): the slot passed its
+        # self-test, so hand it back to the agent as staged; it switches when no session runs
+        slot = trial.get("slot")
+        if cur != trial.get("from_slot") or slot not in SLOTS or not is_complete(d / slot):
+            pass
+        elif slot_version(d / slot) == trial.get("version"):
+            st["staged"] = {"slot": slot, "version": trial["version"]}
         st["trial"] = None
         write_state(state_dir, st)
         return {"action": "cleared"}
