@@ -188,6 +188,11 @@ class Daemon:
             self.status(f"start-up failed: {e.reason}")
             self._shutdown()
             return EXIT_CONFIG if e.reason == "photo_decoder_unavailable" else EXIT_FAIL
+        except Exception:  # noqa: BLE001 - a bug at start-up: say so, exit non-zero, systemd restarts
+            log.exception("start-up failed unexpectedly")
+            self.status("start-up failed: internal_error")
+            self._shutdown()
+            return EXIT_FAIL
         self.notifier.ready(self._ready_text())
         log.info("ready")
         try:
