@@ -167,7 +167,7 @@ class MqttConfig:
 @dataclass(frozen=True)
 class OutboxConfig:
     max_rows: int = opt(10000, "Outbox capacity; when full new sessions are refused (`outbox_full`).", lo=1, hi=10_000_000)
-    path: str = opt("", "SQLite outbox file (empty = <state_dir>/outbox.db).")
+    path: str = opt("", "SQLite outbox file (empty = <state_dir>/outbox.sqlite).")
 
 
 @dataclass(frozen=True)

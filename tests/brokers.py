@@ -234,3 +234,57 @@ def client_tls_context(pki: Pki, name: str | None) -> ssl.SSLContext:
         cert, key = pki.client(name)
         ctx.load_cert_chain(str(cert), str(key))
     return ctx
+
+
+# ---------------------------------------------------------------- MQTT test subscriber
+class Sub:
+    """A paho MQTT 5 (or 3.1.1) subscriber collecting (topic, payload, properties, retain)."""
+
+    def __init__(self, url_or_port, topic: str = "kyc/#", *, protocol: str = "5",
+                 tls_context: ssl.SSLContext | None = None, username: str = "", password: str = "",
+                 client_id: str = ""):
+        import threading
+        import paho.mqtt.client as mqtt
+        port = url_or_port if isinstance(url_or_port, int) else int(str(url_or_port).rsplit(":", 1)[1])
+        self.msgs: list = []
+        self.cv = threading.Condition()
+        self.subscribed = threading.Event()
+        proto = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
+        if username:
+            self.c.username_pw_set(username, password)
+        if tls_context is not None:
+            self.c.tls_set_context(tls_context)
+        self.c.on_message = self._on_message
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.c.on_subscribe = lambda *a: self.subscribed.set()
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        if not self.subscribed.wait(10):
+            raise RuntimeError("test subscriber could not subscribe")
+
+    def _on_message(self, c, u, m) -> None:
+        with self.cv:
+            self.msgs.append((m.topic, bytes(m.payload), getattr(m, "properties", None), bool(m.retain)))
+            self.cv.notify_all()
+
+    def on(self, suffix: str) -> list:
+        with self.cv:
+            return [m for m in self.msgs if m[0].endswith(suffix)]
+
+    def wait_for(self, pred, timeout: float = 10.0) -> bool:
+        end = time.monotonic() + timeout
+        with self.cv:
+            while not pred():
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cv.wait(min(left, 0.1))
+            return True
+
+    def publish(self, topic: str, payload, **kw):
+        return self.c.publish(topic, payload, **kw).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()

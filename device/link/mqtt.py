@@ -593,7 +593,7 @@ class Link:
 
 
 def outbox_path(cfg: Config) -> Path:
-    return Path(cfg.outbox.path) if cfg.outbox.path else Path(cfg.device.state_dir) / "outbox.db"
+    return Path(cfg.outbox.path) if cfg.outbox.path else Path(cfg.device.state_dir) / "outbox.sqlite"
 
 
 def open_outbox(cfg: Config) -> Outbox:
