@@ -224,3 +224,18 @@ def test_record_parser_mutated_cards_only_typed_errors(kind, pos, val, data):
         return
     assert r.card_type in ("resident", "permit_hmt", "foreign")
     r.number_valid(), r.expired(dt.date(2026, 1, 1))
+
+
+def test_parser_adversarial_fake_preambles_are_bounded_and_recover():
+    import time
+    fake = P.PREAMBLE + (P.MAX_FRAME_LEN).to_bytes(2, "big")          # claims a maximal frame
+    good = P.encode_reply(P.SW3.OK, b"xyz")
+    stream = fake * 2000 + good
+    p = P.FrameParser()
+    t = time.perf_counter()
+    out = []
+    for i in range(0, len(stream), 512):
+        out += p.feed(stream[i:i + 512])
+        assert p.pending() <= P.HEADER_LEN + P.MAX_FRAME_LEN + 512
+    assert time.perf_counter() - t < 5.0
+    assert out == [good]
