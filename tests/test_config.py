@@ -66,7 +66,7 @@ def test_check_config_cli_exit_codes(tmp_path):
 
 def test_example_config_is_complete_and_current():
     text = (REPO / "systemd" / "config.example.toml").read_text()
-    assert text == C.example_toml(), "regenerate: kyc-edge check-config --example > systemd/config.example.toml"
+    assert text == C.example_toml(), "example config is stale: run scripts/sync-readme"
     for key, *_ in C.reference():
         assert key.rsplit(".", 1)[-1] + " = " in text
 
@@ -77,3 +77,10 @@ def test_run_with_bad_config_exits_2_without_traceback(tmp_path):
     r = cli("run", "--config", str(bad))
     assert r.returncode == 2
     assert r.stderr.strip() == "config: reader.retries = 99: expected an integer in 0..10"
+
+
+def test_readme_config_reference_is_current():
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- BEGIN CONFIG REFERENCE", 1)[1].split("\n", 1)[1].split("<!-- END CONFIG REFERENCE -->")[0]
+    r = cli("check-config", "--reference")
+    assert block == r.stdout, "README config reference is stale: run scripts/sync-readme"
