@@ -379,6 +379,7 @@ def test_disk_full_while_receiving_is_refused_and_device_keeps_running(tmp_path,
     assert u["reason"] == "disk_full" and u["bundle_version"] == 0 and u["target_version"] == 2
     time.sleep(0.3)
     assert d.alive() and d.version() == 0 and not list((d.state / "bundles").glob(".incoming/*"))
+    assert "File too large" in d.logs()    # the real write failed (EFBIG), not the free-space pre-check
 
 
 def test_update_during_a_session_is_applied_only_after_its_verdict(tmp_path, broker, fleet_key, factory, fc, devices):
