@@ -73,3 +73,11 @@ def test_bench_reports_wire_and_host_time():
     assert res["read_ms_paced"]["median"] >= res["paced_reply_wire_ms"]   # pacing really happened
     for k in ("median", "p95", "max"):
         assert k in res["host_beyond_wire_ms"] and k in res["read_ms_unpaced"]
+
+
+def test_fuzz_runner_counts_inputs_and_outcomes():
+    from device.cardreader.fuzz import run
+    res = run(600, seed=3)
+    assert res["inputs"] == 600 == res["frame_inputs"] + res["record_inputs"] + res["payload_inputs"]
+    assert res["crashes"] == 0 and res["ok"] > 0 and res["typed_errors"] > 0
+    assert res["ok"] + res["typed_errors"] == 600
