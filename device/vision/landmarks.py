@@ -166,13 +166,11 @@ def head_pose(lm: np.ndarray, frame_shape) -> tuple[float, float, float]:
     if not ok:
         return 0.0, 0.0, 0.0
     r, _ = cv2.Rodrigues(rvec)
-    # the model's axes expressed in camera coordinates: x (subject's right->left), y (down), z (back)
-    # forward (out of the face towards the camera) = -z_model
-    fwd = -r[:, 2]
-    yaw = math.degrees(math.atan2(fwd[0], -fwd[2]))       # nose towards image right -> +
-    pitch = math.degrees(math.atan2(-fwd[1], math.hypot(fwd[0], fwd[2])))  # nose up -> +
-    xa = r[:, 0]
-    roll = math.degrees(math.atan2(xa[1], xa[0]))
+    # R = Rz(roll) . Rx(pitch') . Ry(yaw'): yaw about the head's own vertical axis first, roll about
+    # the camera axis last, so tilting the head (or the camera) changes roll only, not yaw/pitch.
+    yaw = math.degrees(math.atan2(r[2, 0], r[2, 2]))                 # nose towards image right -> +
+    pitch = -math.degrees(math.asin(max(-1.0, min(1.0, r[2, 1]))))   # nose up -> +
+    roll = math.degrees(math.atan2(-r[0, 1], r[1, 1]))               # eye line clockwise -> +
     return yaw, pitch, roll
 
 
