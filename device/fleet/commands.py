@@ -162,7 +162,7 @@ def cmd_publish(a) -> int:
     with _client(a) as fc:
         res = staged_rollout(fc, env, bundle / "artifacts", a.target, canary_count=a.canary_count,
                              abort_failure_rate=a.abort_failure_rate, min_reports=a.min_reports,
-                             expect=a.expect, timeout=a.timeout, settle_s=a.settle,
+                             expect=a.expect, timeout=a.timeout, settle_s=a.settle, rate=a.rate,
                              log=lambda s: print(s, file=sys.stderr))
     print(json.dumps(res, indent=1))
     return 0 if res["result"] == "completed" and not res["failed"] else 1
@@ -219,6 +219,7 @@ def register(subparsers) -> None:
     s.add_argument("--expect", type=int, default=0, help="devices expected in total (0: wait until quiet)")
     s.add_argument("--timeout", type=float, default=600.0)
     s.add_argument("--settle", type=float, default=3.0)
+    s.add_argument("--rate", type=float, default=400.0, help="inline chunk messages per second")
     s.set_defaults(func=cmd_publish)
 
     s = sub.add_parser("status", help="table of devices from the retained status topics")

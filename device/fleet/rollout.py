@@ -137,11 +137,21 @@ class FleetClient:
             self._cond.notify_all()
 
     # ------------------------------------------------------------------ publishing
-    def publish(self, envelope: dict, artifacts_dir: Path | None, target: str, timeout: float = 60.0) -> int:
+    def publish(self, envelope: dict, artifacts_dir: Path | None, target: str, timeout: float = 600.0,
+                rate: float = 400.0) -> int:
+        """Manifest then chunks, QoS 1, paced at `rate` messages/s: the device link queues at most
+        64 commands, so a burst faster than a slow SD card can write would be dropped (and the
+        download would end `truncated`)."""
         topic = update_topic(self.prefix, target)
         msgs = messages(envelope, artifacts_dir)
-        infos = [self.client.publish(topic, m, qos=1) for m in msgs]
         deadline = time.monotonic() + timeout
+        t0 = time.monotonic()
+        infos = []
+        for n, m in enumerate(msgs):
+            infos.append(self.client.publish(topic, m, qos=1))
+            ahead = t0 + n / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
         for i in infos:
             i.wait_for_publish(max(0.1, deadline - time.monotonic()))
         return len(msgs)
@@ -184,7 +194,7 @@ class FleetClient:
 
 def staged_rollout(fc: FleetClient, envelope: dict, artifacts_dir: Path | None, stages: list[str], *,
                    canary_count: int = 1, abort_failure_rate: float = 0.2, min_reports: int = 1,
-                   expect: int = 0, timeout: float = 600.0, settle_s: float = 3.0,
+                   expect: int = 0, timeout: float = 600.0, settle_s: float = 3.0, rate: float = 400.0,
                    log: Callable[[str], None] = lambda s: None) -> dict:
     """Publish to stages[0] (canary); wait for `canary_count` APPLIED; then each further stage.
     Abort (publish no further stage) when failed/(applied+failed) > abort_failure_rate once at least
@@ -211,7 +221,7 @@ def staged_rollout(fc: FleetClient, envelope: dict, artifacts_dir: Path | None, 
                 "failed": failed, "in_progress": sorted(busy)}
 
     for i, target in enumerate(stages):
-        n = fc.publish(envelope, artifacts_dir, target)
+        n = fc.publish(envelope, artifacts_dir, target, rate=rate)
         log(f"stage {i + 1}/{len(stages)}: published v{v} to {target} ({n} messages)")
         if i == 0 and len(stages) > 1:
             ok = fc.wait_for(lambda: should_abort() or len(counts()[0]) >= canary_count,
