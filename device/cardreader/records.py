@@ -71,7 +71,10 @@ def _as_date(now) -> _dt.date:
         return now.date()
     if isinstance(now, _dt.date):
         return now
-    return _dt.datetime.fromtimestamp(float(now)).date()   # device local time (CST on site)
+    try:
+        return _dt.datetime.fromtimestamp(float(now)).date()   # device local time (CST on site)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError("clock value out of range") from None
 
 
 class CardRecord:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+from collections import deque
 import os
 import random
 import select
@@ -192,7 +193,7 @@ class Simulator:
         self._dir = tempfile.mkdtemp(prefix="kyc-sim-")
         self.port = os.path.join(self._dir, "ttyUSB0")
         self.pts: str | None = None
-        self.commands: list[int] = []       # every command received, in order (for tests)
+        self.commands: deque[int] = deque(maxlen=10_000)   # commands received, in order (for tests)
         self.bytes_out = 0
         self.plugged = False
         self._replug_timer: threading.Timer | None = None
