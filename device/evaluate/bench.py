@@ -82,14 +82,19 @@ def conditions() -> dict:
         cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:
         cpus = None
-    cpu_model = None
+    info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "model\t")):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
+            key, sep, val = line.partition(":")
+            if sep:
+                info.setdefault(key.strip().lower(), val.strip())
     except OSError:
         pass
+    # x86: "model name"; Raspberry Pi: "Model" (board) and "Hardware"; Jetson: "model name" or none
+    cpu_model = info.get("model name") or info.get("hardware")
+    board = info.get("model") if info.get("model", "").lower().startswith(("raspberry", "nvidia", "jetson")) else None
+    flags = set(info.get("flags", info.get("features", "")).split())
+    simd = sorted(flags & {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "neon", "asimd", "asimddp", "f16c"})
     import cv2
     from device.vision import runtime
     rt = runtime.runtime_name()
@@ -98,7 +103,8 @@ def conditions() -> dict:
         rt_ver = version(rt)
     except Exception:  # noqa: BLE001 - only informative
         rt_ver = None
-    return {"cpu_affinity": cpus, "cpu_count": os.cpu_count(), "cpu_model": cpu_model,
+    return {"cpu_affinity": cpus, "cpu_count": os.cpu_count(), "cpu_model": cpu_model, "board": board,
+            "simd": simd,
             "machine": platform.machine(), "python": platform.python_version(),
             "loadavg": [round(x, 2) for x in os.getloadavg()],
             "runtime": f"{rt} {rt_ver}" if rt_ver else rt, "opencv": cv2.__version__,
@@ -215,6 +221,7 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
     peer_wait = 0.0
     try:
         wall0 = time.perf_counter()
+        cpu0 = time.process_time()
         mark = {k: 0 for k in tr.timings}
         for rgb, t, dec_ms in iter_frames(frames, limit):
             f0 = time.perf_counter()
@@ -247,6 +254,7 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
                 peer.step(row["detect_landmarks"] if n > 1 else None, no_pad if n > 1 else None)
                 peer_wait += time.perf_counter() - w0
         wall_s = time.perf_counter() - wall0 - peer_wait
+        cpu_s = time.process_time() - cpu0
     finally:
         suite_mod.align_face = orig_align
     if n == 0:
@@ -292,6 +300,9 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
         "sustained_fps": round((n - 1) / max(wall_s - (first or {}).get("per_frame_total", 0) / 1000.0, 1e-9), 2)
         if n > 1 else None,
         "path_fps": round(1000.0 / path_mean, 1) if path_mean else None,
+        # CPU time this process got / wall time of our frame loop: ~1.0 = the core was ours; lower = other
+        # processes on the same core took turns (the figures above then include their time slices)
+        "cpu_share": round(cpu_s / max(wall_s, 1e-9), 3),
         "rss_mb": {"before_models": rss_before, "models_loaded": rss_loaded, "end": rss_mb(),
                    "peak": peak_rss_mb()},
     }
@@ -681,6 +692,7 @@ def bench_frames(args) -> dict:
         "per_frame_path_p95_ms": st["per_frame_path"]["p95"] if st["per_frame_path"] else None,
         "sustained_fps": ours["sustained_fps"],
         "peak_rss_mb": ours["rss_mb"]["peak"],
+        "cpu_share": ours["cpu_share"],
         "vs_mediapipe_ratio": None,
     }
     if mp is not None:
