@@ -368,6 +368,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> dict:
     g = lambda k, d: getattr(args, k, d) if getattr(args, k, None) is not None else d  # noqa: E731
+    # names used by device/cli.py's shared `bench` parser: --count, --broker-kills
+    if getattr(args, "count", 0) and getattr(args, "verdicts", None) is None:
+        args.verdicts = args.publisher_verdicts = args.count
+    if getattr(args, "broker_kills", None) is not None and getattr(args, "kills", None) is None:
+        args.kills = args.broker_kills
     seed = g("seed", 0) or random.randrange(1, 2**31)
     only = g("only", "all")
     keep = g("workdir", "")

@@ -73,6 +73,7 @@ def register(subparsers) -> None:
     keys = subparsers.add_parser("keys", help="the device's verdict-signing key")
     ks = keys.add_subparsers(dest="keys_cmd", required=True)
     show = ks.add_parser("show", help="print the Ed25519 public key (creates the key on first use)")
+    show.add_argument("--config", "-c", default=None, help="config file (default /etc/kyc-edge/config.toml)")
     show.add_argument("--state-dir", default=None, help="override device.state_dir")
     show.add_argument("--format", choices=("b64", "json", "pem"), default="b64")
     show.set_defaults(func=cmd_keys_show)

@@ -210,6 +210,11 @@ def run_listen(args) -> int:
                    client_id=args.client_id or "", session_expiry_s=args.session_expiry,
                    username=args.username or "", password=password, ca_file=args.ca_file or "",
                    cert_file=args.cert_file or "", key_file=args.key_file or "").start()
+    if lst.wait_subscribed(args.timeout if args.timeout and args.timeout > 0 else 30):
+        print(f"kyc-edge verdicts listen: subscribed to {args.topic} on {args.broker}", file=sys.stderr, flush=True)
+    else:
+        print(f"kyc-edge verdicts listen: not subscribed yet ({args.broker} unreachable?), retrying",
+              file=sys.stderr, flush=True)
     try:
         done.wait(args.timeout if args.timeout and args.timeout > 0 else None)
     except KeyboardInterrupt:

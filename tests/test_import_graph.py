@@ -1,0 +1,115 @@
+"""Import rule (docs/ARCHITECTURE.md): device.link and device.fleet (and device.verdict, which they
+use) import only device.verdict, device.config, device.errors, the standard library and network /
+crypto libraries -- never the biometric side, not even transitively."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FORBIDDEN = ("device.camera", "device.vision", "device.liveness", "device.cardreader", "device.session",
+             "device.daemon", "device.evaluate")
+ALLOWED_DEVICE = {"device", "device.verdict", "device.config", "device.errors"}
+PACKAGES = ("device.link", "device.fleet")
+# third-party modules that would mean biometric code or image handling got pulled in
+FORBIDDEN_THIRD_PARTY = ("cv2", "numpy", "ai_edge_litert", "tflite_runtime", "PIL", "serial", "picamera2")
+
+
+def modules_of(pkg: str) -> list[str]:
+    path = REPO / pkg.replace(".", "/")
+    if not path.is_dir():
+        return []
+    mods = [pkg]
+    for m in pkgutil.walk_packages([str(path)], prefix=pkg + "."):
+        mods.append(m.name)
+    return sorted(mods)
+
+
+ALL = [m for p in PACKAGES for m in modules_of(p)] + ["device.verdict"]
+
+
+def test_there_is_something_to_check():
+    assert "device.link.mqtt" in ALL and "device.link.outbox" in ALL and "device.link.commands" in ALL
+
+
+def test_importing_link_and_fleet_loads_no_biometric_module():
+    code = (
+        "import importlib, json, sys\n"
+        f"mods = {ALL!r}\n"
+        "failed = {}\n"
+        "for m in mods:\n"
+        "    try:\n"
+        "        importlib.import_module(m)\n"
+        "    except Exception as e:\n"
+        "        failed[m] = type(e).__name__ + ': ' + str(e)[:200]\n"
+        "print(json.dumps({'loaded': sorted(sys.modules), 'failed': failed}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["failed"] == {}, res["failed"]
+    loaded = res["loaded"]
+    bad = [m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
+    assert bad == [], f"biometric modules imported transitively: {bad}"
+    third = [m for m in loaded if m.split(".")[0] in FORBIDDEN_THIRD_PARTY]
+    assert third == [], f"image/ML/serial libraries imported transitively: {sorted(set(third))[:10]}"
+    device_mods = {m for m in loaded if m == "device" or m.startswith("device.")}
+    unexpected = {m for m in device_mods - ALLOWED_DEVICE
+                  if not any(m == p or m.startswith(p + ".") for p in PACKAGES)}
+    assert unexpected == set(), f"device modules outside the allowed set: {sorted(unexpected)}"
+
+
+def _imports(path: Path, module: str | None = None) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:                                   # relative import: resolve
+                parts = module.split(".") if module else path.relative_to(REPO).with_suffix("").parts
+                pkg = ".".join(parts[:-node.level])
+                base = pkg + ("." + node.module if node.module else "")
+            else:
+                base = node.module or ""
+            out.append((node.lineno, base))
+            out += [(node.lineno, f"{base}.{a.name}") for a in node.names]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                "import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
+            out.append((node.lineno, str(node.args[0].value)))
+    return out
+
+
+@pytest.mark.parametrize("pkg", PACKAGES + ("device.verdict",))
+def test_source_has_no_biometric_imports(pkg):
+    root = REPO / pkg.replace(".", "/")
+    files = sorted(root.rglob("*.py")) if root.is_dir() else [root.with_suffix(".py")]
+    assert files
+    bad = []
+    for f in files:
+        for line, name in _imports(f):
+            if any(name == x or name.startswith(x + ".") for x in FORBIDDEN) or \
+                    name.split(".")[0] in FORBIDDEN_THIRD_PARTY:
+                bad.append(f"{f.relative_to(REPO)}:{line}: {name}")
+        text = f.read_text(encoding="utf-8")
+        for x in FORBIDDEN:          # also `from device import camera`-style, caught by the AST too
+            short = x.split(".")[1]
+            if f"from device import {short}" in text:
+                bad.append(f"{f.relative_to(REPO)}: from device import {short}")
+    assert bad == [], "\n".join(bad)
+
+
+def test_the_checker_itself_catches_a_violation(tmp_path):
+    f = tmp_path / "probe.py"
+    f.write_text("from device import camera\nimport device.vision.detect as d\nfrom ..liveness import x\n"
+                 "importlib.import_module('device.cardreader')\n")
+    names = [n for _, n in _imports(f, "device.link.probe")]
+    assert {"device.camera", "device.vision.detect", "device.liveness.x", "device.cardreader"} <= set(names)
