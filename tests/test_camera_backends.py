@@ -202,6 +202,7 @@ class V4L2World:
     def __init__(self, devices):
         self.devices = dict(devices)   # what VideoCapture gets (index or pipeline) -> "ok" | "nodata"
         self.unplugged: set = set()
+        self.hung = False              # read() blocks inside the "driver" while set
         self.opened: list = []         # (src, api)
         self.sets: list = []           # (src, prop, value) in call order
         self.live: list = []
@@ -230,6 +231,8 @@ def install_videocapture(monkeypatch, world: V4L2World, gstreamer="YES (1.20.3)"
 
         def read(self):
             time.sleep(0.01)
+            while world.hung:
+                time.sleep(0.01)
             if self.released or self.src in world.unplugged or world.devices.get(self.src) != "ok":
                 return False, None
             w, h = int(self.props[cv2.CAP_PROP_FRAME_WIDTH]), int(self.props[cv2.CAP_PROP_FRAME_HEIGHT])
@@ -278,6 +281,26 @@ def test_v4l2_usb_unplug_and_replug_recovers_without_restart(monkeypatch):
         world.unplugged.clear()
         assert wait_for(lambda: src.health == "ok", 2.0)
         assert src.read(1.0).n > first.n
+    assert [(a, b) for _, a, b in src.transitions] == [("ok", "stalled"), ("stalled", "lost"), ("lost", "ok")]
+
+
+def test_hung_driver_read_shows_in_health_and_stops_the_progress_heartbeat(monkeypatch):
+    """A read() that never returns: health still goes stalled -> lost (it is derived from the
+    frame clock, not from the stuck thread) and `progress` stops, so the daemon's watchdog fires."""
+    world = V4L2World({0: "ok"})
+    install_videocapture(monkeypatch, world)
+    with open_source(v4l2_cfg()) as src:
+        src.read(1.0)
+        world.hung = True
+        time.sleep(0.1)
+        p0 = src.progress
+        assert wait_for(lambda: src.health == "lost", 2.0)
+        with pytest.raises(CameraError):
+            src.read(0.1)
+        assert src.progress == p0 and time.monotonic() - src.progress > 0.5
+        world.hung = False
+        assert wait_for(lambda: src.health == "ok", 2.0)
+        assert time.monotonic() - src.progress < 0.3
     assert [(a, b) for _, a, b in src.transitions] == [("ok", "stalled"), ("stalled", "lost"), ("lost", "ok")]
 
 

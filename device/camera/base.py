@@ -32,7 +32,7 @@ HEALTH_STATES = ("ok", "stalled", "lost")
 MAX_EMPTY_GRABS = 50
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Frame:
     """One frame. ``rgb`` is H x W x 3 uint8 RGB (C-contiguous, owned by this frame).
 
@@ -81,6 +81,9 @@ class FrameSource:
     on) -> ``ok`` as soon as a frame arrives again. A device error (exception in a read) closes and
     reopens the device at once, but health still follows the frame clock above.
 
+    Staleness: outside replay ``fast``, a frame that waited in the slot for ``cfg.stall_s`` or more
+    is discarded (counted in ``dropped``) instead of returned.
+
     Lost-camera behaviour: ``read()`` raises ``CameraError('camera_lost')`` while ``health`` is
     ``lost`` (also if it becomes lost during the wait). While ``ok``/``stalled`` it returns ``None``
     on timeout. A replay that played ``loop=False`` to the end sets ``eof`` and then ``read()``
@@ -101,6 +104,7 @@ class FrameSource:
         self._clock = clock
         self._cond = threading.Condition()
         self._slot: Frame | None = None
+        self._slot_at = 0.0
         self._returned_n = -1
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -266,6 +270,11 @@ class FrameSource:
                 if not self._open:
                     raise CameraError("camera_unavailable", "frame source is not open")
                 f = self._slot
+                if (f is not None and not self.lossless
+                        and self._clock() - self._slot_at >= self.cfg.stall_s):
+                    self._slot = None  # older than stall_s: stale, never handed out
+                    self.dropped += 1
+                    f = None
                 if f is not None and f.n > self._returned_n:
                     self._returned_n = f.n
                     self._slot = None
@@ -301,6 +310,7 @@ class FrameSource:
             self._slot = frame
             self.captured += 1
             now = self._clock()
+            self._slot_at = now
             self._last_frame_at = now
             if self._prev_frame_at is not None:
                 dt = now - self._prev_frame_at
