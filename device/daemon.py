@@ -238,7 +238,7 @@ class Daemon:
             return
         start = self.pending_start
         self.pending_start = None
-        if start and time.monotonic() - start[2] > self.cfg.session.card_max_age_s:
+        if start and time.monotonic() - start[2] > self.cfg.session.start_ttl_s:
             start = None
         self._abort_session = False
 

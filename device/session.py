@@ -227,7 +227,7 @@ class Session:
         lv = self.cfg.liveness
         runner = self.vision.challenge_runner(lv, self.rng, self.challenges)
         deadline = self.clock() + self.cfg.session.capture_timeout_s
-        t0 = last_face_t = None
+        t0 = last_face_t = hold_until = None
         started = False
         while True:
             self.tick()
@@ -274,8 +274,18 @@ class Session:
                     self._emit_challenge(e)
                     if e.get("state") == "passed" and runner.done:
                         ev.last_challenge_t = self.clock()
-                if runner.done or runner.failed_reason:
+                if runner.failed_reason:
                     break
+                if runner.done:
+                    if len(best) > 0:
+                        break
+                    # challenges done but no frame passed the quality gate yet (a blur during the
+                    # turn, a dropped frame under load): ask the customer to hold still, briefly
+                    if hold_until is None:
+                        hold_until = t + self.cfg.session.hold_still_s
+                        self._emit({"event": "capturing", "prompt": "hold_still"})
+                    elif t > hold_until:
+                        break
         if not ev.face_seen:
             raise SessionFailed("no_face")
         return runner
