@@ -35,12 +35,13 @@ def test_bench_frame_video_emits_keys(capsys, blink_video, model_dir, monkeypatc
         assert key in out
     ours = out["ours"]
     assert ours["frames"] == 6 and ours["model_set"] == "float" and ours["threads"] == 1
-    assert set(ours["stages_ms"]) >= STAGE_KEYS
+    assert set(ours["stages_ms"]) >= STAGE_KEYS and set(ours["stages_cpu_ms"]) >= STAGE_KEYS
     for k in ("decode", "landmarks", "per_frame_path", "per_frame_total", "detect_landmarks"):
         assert set(ours["stages_ms"][k]) >= {"median", "p95", "mean", "n"}, k
     assert ours["detect_ran_frames"] >= 1 and ours["frames_with_face"] >= 1
     assert ours["rss_mb"]["peak"] > 0 and ours["rss_mb"]["models_loaded"] > 0
     assert set(out["summary"]) >= {"per_frame_path_median_ms", "per_frame_path_p95_ms", "sustained_fps",
+                                   "per_frame_path_cpu_median_ms", "cpu_share",
                                    "peak_rss_mb", "vs_mediapipe_ratio"}
     assert "error" in out["mediapipe"] and out["summary"]["vs_mediapipe_ratio"] is None
     # smoke runs never start the daemon; the figures say so instead of inventing numbers
@@ -70,8 +71,9 @@ def test_mediapipe_peer_lockstep(tmp_path, blink_video, monkeypatch):
         pytest.skip("no .venv-mediapipe (optional: scripts/bench-mediapipe-venv)")
     peer = bench.LockstepPeer(blink_video, 3)
     for i in range(3):
-        peer.step(1.0 if i else None)
+        peer.step((1.0, 1.0) if i else None, (2.0, 2.0) if i else None)
     mp = peer.finish()
     assert "error" not in mp, mp.get("error")
     assert mp["frames"] == 3 and mp["process_ms"]["n"] == 2
-    assert peer.ratios()["paired_frames"] == 2
+    r = peer.ratios()
+    assert r["wall"]["paired_frames"] == 2 and r["cpu"]["paired_frames"] == 2
