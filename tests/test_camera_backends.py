@@ -39,8 +39,11 @@ def wait_for(pred, timeout):
 
 # ---------------------------------------------------------------- fake picamera2
 class PiWorld:
-    def __init__(self, cameras=1, controls=("AfMode", "AeEnable", "ExposureTime"), old_api=False):
-        self.cameras = [{"Model": "fake", "Num": i} for i in range(cameras)]
+    def __init__(self, cameras=1, controls=("AfMode", "AeEnable", "ExposureTime"), old_api=False, usb=0):
+        self.cameras = ([{"Model": "uvcvideo", "Id": f"/base/axi/pcie@120000/rp1/usb@200000-1:1.0-046d:0825-{i}"}
+                         for i in range(usb)] +
+                        [{"Model": "imx708", "Id": f"/base/axi/pcie@120000/rp1/i2c@88000/imx708@1a-{i}"}
+                         for i in range(cameras)])
         self.controls = {k: (0, 1, 0) for k in controls}
         self.old_api = old_api
         self.unplugged = False
@@ -133,6 +136,14 @@ def test_picamera2_configures_stream_and_controls_and_swaps_rgb888(monkeypatch):
     assert cam.closed and not cam.started
 
 
+def test_picamera2_skips_usb_webcams_listed_by_libcamera(monkeypatch):
+    world = PiWorld(cameras=1, usb=1)      # e.g. a Pi 5 with a CSI camera and a USB webcam
+    install_picamera2(monkeypatch, world)
+    with open_source(CameraConfig(width=320, height=240, **FAST)) as src:   # auto
+        assert isinstance(src, Picamera2Source) and src.read(1.0) is not None
+    assert world.instances[-1].num == 1    # the CSI camera, not the UVC one at index 0
+
+
 def test_picamera2_fixed_focus_sensor_and_manual_exposure(monkeypatch):
     world = PiWorld(controls=("AeEnable", "ExposureTime"))   # e.g. a fixed-focus IMX219
     install_picamera2(monkeypatch, world)
@@ -193,6 +204,10 @@ def test_picamera2_probe_and_open_errors(monkeypatch):
     assert e.value.reason == "camera_unavailable" and "python3-picamera2" in str(e.value)
     install_picamera2(monkeypatch, PiWorld(cameras=0))
     assert probe() == "no camera attached"
+    install_picamera2(monkeypatch, PiWorld(cameras=0, usb=1))   # libcamera lists a USB webcam only
+    assert probe().startswith("no CSI camera")
+    with pytest.raises(CameraError):
+        open_source(pi_cfg())
     install_picamera2(monkeypatch, PiWorld())
     assert probe() is None
 
@@ -392,3 +407,26 @@ def test_auto_with_nothing_names_everything_it_tried(monkeypatch, tmp_path):
         open_source(CameraConfig(**FAST))
     assert "no " + str(tmp_path / "none*") in str(e.value)
     assert not [t for t in threading.enumerate() if t.name.startswith("camera-") and t.is_alive()]
+
+
+# ---------------------------------------------------------------- YUV420 with padded strides
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from device.camera.picamera2 import yuv420_to_rgb  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(w2=st.integers(8, 40), h4=st.integers(2, 12), pad2=st.integers(0, 16), seed=st.integers(0, 99))
+def test_yuv420_with_row_padding_equals_unpadded(w2, h4, pad2, seed):
+    """libcamera pads each row to its stride; the conversion must ignore the padding bytes."""
+    w, h, stride = 2 * w2, 4 * h4, 2 * w2 + 2 * pad2
+    rgb = scene(h, w, seed)
+    i420 = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)              # (h*3/2, w), planes packed
+    y, u, v = i420[:h], i420[h:h + h // 4].reshape(h // 2, w // 2), i420[h + h // 4:].reshape(h // 2, w // 2)
+    rng = np.random.default_rng(seed)
+
+    def pad(a, width):  # garbage in the padding, as real buffers have
+        return np.concatenate([a, rng.integers(0, 256, (a.shape[0], width - a.shape[1]), dtype=np.uint8)], axis=1)
+    buf = np.concatenate([pad(y, stride).ravel(), pad(u, stride // 2).ravel(),
+                          pad(v, stride // 2).ravel()]).reshape(h * 3 // 2, stride)
+    assert np.array_equal(yuv420_to_rgb(buf, w, h), cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420))

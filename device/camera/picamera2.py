@@ -31,8 +31,17 @@ def _import():
     return Picamera2
 
 
+def csi_cameras(infos) -> list[int]:
+    """Indices of the CSI cameras in Picamera2.global_camera_info().
+
+    libcamera also lists USB (UVC) webcams, e.g. on a Pi 5; those are left to the v4l2 backend
+    (picamera2 gives them no RGB888/YUV420 stream). Their `Id` holds the USB path.
+    """
+    return [i for i, c in enumerate(infos or []) if "usb" not in str(c.get("Id", "")).lower()]
+
+
 def probe() -> str | None:
-    """None if picamera2 imports and lists at least one camera, else why not (no PII)."""
+    """None if picamera2 imports and lists at least one CSI camera, else why not (no PII)."""
     try:
         Picamera2 = _import()
     except CameraError:
@@ -41,7 +50,11 @@ def probe() -> str | None:
         infos = Picamera2.global_camera_info()
     except Exception as e:  # noqa: BLE001
         return f"camera list failed: {type(e).__name__}"
-    return None if infos else "no camera attached"
+    if not infos:
+        return "no camera attached"
+    if not csi_cameras(infos):
+        return f"no CSI camera ({len(infos)} USB camera(s) left to v4l2)"
+    return None
 
 
 def _af_continuous():
@@ -72,7 +85,7 @@ def yuv420_to_rgb(buf: np.ndarray, width: int, height: int) -> np.ndarray:
 class Picamera2Source(FrameSource):
     name = "picamera2"
 
-    def __init__(self, cfg, *, camera_num: int = 0, **kw):
+    def __init__(self, cfg, *, camera_num: int | None = None, **kw):
         super().__init__(cfg, **kw)
         self.pc = cfg.picamera2
         self.camera_num = camera_num
@@ -82,13 +95,19 @@ class Picamera2Source(FrameSource):
         self.applied_controls: dict = {}
 
     def describe(self) -> str:
-        return f"picamera2 cam{self.camera_num} {self.pc.format}"
+        num = "" if self.camera_num is None else self.camera_num
+        return f"picamera2 cam{num} {self.pc.format}"
 
     def _open_device(self) -> None:
         Picamera2 = _import()
         infos = Picamera2.global_camera_info()
-        if len(infos) <= self.camera_num:
-            raise CameraError("camera_unavailable", "picamera2: no camera attached")
+        if self.camera_num is None:
+            csi = csi_cameras(infos)
+            if not csi:
+                raise CameraError("camera_unavailable", "picamera2: no CSI camera attached")
+            self.camera_num = csi[0]
+        elif len(infos) <= self.camera_num:
+            raise CameraError("camera_unavailable", f"picamera2: no camera {self.camera_num}")
         cam = Picamera2(self.camera_num)
         try:
             frame_us = int(round(1_000_000 / self.cfg.fps))
