@@ -14,8 +14,8 @@ What counts as a finding:
   floats     a JSON array of >= 16 numbers (or an object with >= 16 float values), or a run of
              >= 16 decimal numbers in text (embeddings, landmarks). Raw binary float32 vectors are
              not searched (model files and SQLite pages would drown them in false positives).
-  forbidden  each forbidden string (case-insensitive) in UTF-8, UTF-16-LE and GB18030, and ID-number
-             digits also with separators removed
+  forbidden  each forbidden string (case-insensitive) in UTF-8, UTF-16-LE and GB18030, as JSON
+             \\uXXXX escapes and as a bytes repr; ID-number digits also with separators removed
 """
 from __future__ import annotations
 
@@ -142,6 +142,9 @@ def _variants(s: str) -> list[bytes]:
         forms.add(digits)
     out = []
     for f in forms:
+        if not f.isascii():
+            out.append(json.dumps(f)[1:-1].encode())               # JSON \uXXXX escapes
+            out.append(repr(f.encode("utf-8"))[2:-1].encode())     # repr(bytes) in a log line
         for enc in ("utf-8", "utf-16-le", "gb18030"):
             try:
                 b = f.encode(enc)

@@ -4,6 +4,7 @@ free text: strings are enums or short identifier-like tokens without spaces."""
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Any
 
@@ -108,12 +109,14 @@ def update_status(status: dict, now: float | None = None) -> dict:
     return st
 
 
-_SAFE_STR = 64
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:@/+=-]{0,64}")
+_DIGIT_RUN = re.compile(r"[0-9]{9}")
 
 
 def sanitize_health(obj: Any, depth: int = 0) -> Any:
     """Health dicts from the daemon go into the retained status. Keep only JSON scalars, short
-    strings without whitespace runs, and small nested objects/lists of them; drop the rest."""
+    ASCII identifier-like strings (no spaces, no 9-digit runs), and small nested objects/lists of
+    them; everything else is dropped."""
     if obj is None or isinstance(obj, bool):
         return obj
     if isinstance(obj, int):
@@ -121,7 +124,8 @@ def sanitize_health(obj: Any, depth: int = 0) -> Any:
     if isinstance(obj, float):
         return round(obj, 3) if math.isfinite(obj) else None
     if isinstance(obj, str):
-        return obj[:_SAFE_STR]
+        # identifier-like tokens only: no spaces (free text), no non-ASCII (names), no long digit runs
+        return obj if _SAFE_TOKEN.fullmatch(obj) and not _DIGIT_RUN.search(obj) else None
     if depth >= 3:
         return None
     if isinstance(obj, dict):
