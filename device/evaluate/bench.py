@@ -72,6 +72,16 @@ def rss_mb(pid: int | str = "self") -> float | None:
     return _proc_status_mb(pid).get("VmRSS")
 
 
+def proc_cpu_ms(pid: int) -> float | None:
+    """utime + stime of a process (all its threads) in ms, from /proc/PID/stat (10 ms ticks)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+        fields = raw[raw.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
@@ -636,7 +646,7 @@ def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int =
             cfg_path = write_config(tmp / "config.toml", cfg)
             env = {k: v for k, v in os.environ.items()
                    if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "JOURNAL_STREAM")}
-            ready_ms, idle_rss = [], None
+            ready_ms, ready_cpu_ms, idle_rss = [], [], None
             session_rss: list[float] = []
             hwm = None
             for i in range(starts):
@@ -656,6 +666,9 @@ def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int =
                     ns.close()
                     break
                 ready_ms.append((t_ready - t0) * 1000.0)
+                c = proc_cpu_ms(proc.pid)      # read right after READY=1: CPU the daemon used to get there
+                if c is not None:
+                    ready_cpu_ms.append(c)
                 # where the start-up time goes: each STATUS= step, ms after Popen
                 out.setdefault("start_status_steps_ms", []).append(
                     [[round((t - t0) * 1000.0), m[7:40]] for t, m in ns.messages if m.startswith(("STATUS=", "READY="))])
@@ -688,6 +701,9 @@ def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int =
                 ns.close()
             out["start_to_ready_ms"] = stats(ready_ms)
             out["start_to_ready_runs_ms"] = [round(x, 1) for x in ready_ms]
+            out["start_to_ready_cpu_ms"] = stats(ready_cpu_ms)
+            out["start_to_ready_cpu_what"] = ("CPU time (user+sys, 10 ms ticks) the daemon had used when READY=1 "
+                                              "arrived: the start-up cost without other load's time slices")
             out["start_to_ready_what"] = ("Popen of `python -m device.cli run` -> READY=1 on our NOTIFY_SOCKET; models, "
                                           "broker (local mosquitto) and the pty reader available")
             out["daemon_rss_mb"] = {"idle_after_ready": (idle_rss or {}).get("VmRSS"),
@@ -770,6 +786,8 @@ def bench_frames(args) -> dict:
     out["summary"]["last_challenge_to_outbox_median_ms"] = lat["median"] if lat else None
     ready = out["daemon"].get("start_to_ready_ms")
     out["summary"]["start_to_ready_median_ms"] = ready["median"] if ready else None
+    rc = out["daemon"].get("start_to_ready_cpu_ms")
+    out["summary"]["start_to_ready_cpu_median_ms"] = rc["median"] if rc else None
     drss = out["daemon"].get("daemon_rss_mb")
     out["summary"]["daemon_rss_mb"] = drss
     out["conditions_end"] = {"loadavg": [round(x, 2) for x in os.getloadavg()]}
