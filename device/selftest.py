@@ -134,6 +134,32 @@ def bundle_self_test(cfg, threads: int = 1):
     return lambda bundle_dir: run_bundle(Path(bundle_dir), cfg, threads)
 
 
+def canned_verification(vision, cfg) -> float:
+    """The daemon's `health_probe` after a switch: one verification through the live pipeline on
+    fabricated inputs (SHAKE-256 noise frames and a fabricated aligned face; no real person).
+    Every stage must run and return finite values; the fabricated face must match itself at the
+    live config's threshold. Returns the similarity; raises SelfTestError (or the model's error)."""
+    def noise(shape, tag):
+        n = int(np.prod(shape))
+        return np.frombuffer(hashlib.shake_256(tag.encode()).digest(n), np.uint8).reshape(shape).copy()
+    frame = noise((480, 640, 3), "kyc-edge-probe-frame")
+    try:
+        for i in range(2):
+            vision.observe(frame, float(i) / 15)
+        vision.card_face(noise((126, 102, 3), "kyc-edge-probe-card"))
+        yy, xx = np.mgrid[0:112, 0:112]
+        face = np.stack([(xx * 2) % 256, (yy * 2) % 256, (xx + yy) % 256], -1).astype(np.uint8)
+        sim, ident, vecs = vision.match(face, [face.copy()], face.copy(), face.copy())
+        vecs.fill(0)
+    finally:
+        vision.reset()
+    if not (np.isfinite(sim) and ident is not None and np.isfinite(ident)):
+        raise SelfTestError("probe: non-finite similarity")
+    if sim < cfg.match.threshold or sim < 0.99:
+        raise SelfTestError(f"probe: fabricated face does not match itself ({sim:.3f} < {cfg.match.threshold})")
+    return float(sim)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m device.selftest")
     sub = p.add_subparsers(dest="cmd", required=True)

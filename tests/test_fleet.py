@@ -138,9 +138,15 @@ def test_selftest_vectors_pass_on_the_model_and_fail_on_another(model_dir, tmp_p
 
 
 def test_fleet_cli_keygen_bundle_sign(tmp_path, model_dir):
-    def cli(*args):
-        return subprocess.run([PY, "-m", "device.cli", "fleet", *args], cwd=REPO, capture_output=True, text=True,
-                              timeout=120)
+    from device.cli import main
+
+    def cli(*args):     # the real `kyc-edge` entry point, in-process (bundle still runs its selftest subprocess)
+        import contextlib
+        import io
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(["fleet", *args])
+        return SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
     assert cli("keygen", "--out", str(tmp_path / "k")).returncode == 0
     with pytest.raises(FileExistsError):
         mf.keygen(tmp_path / "k")                  # never overwrites a signing key
