@@ -217,3 +217,21 @@ def test_decide_reason_codes():
     # no frontal frame scored at all is not a pass
     assert decide(_R(["blink"], True), [], 1, False, None, cfg).reasons == ["spoof_suspected"]
     assert decide(_R(["blink"], True), [], 1, False, None, dataclasses.replace(cfg, pad_enabled=False)).ok
+
+
+def test_eval_sessions_command_genuine_only(shared_data, model_dir, capsys, tmp_path):
+    import argparse
+    import json
+
+    from device.evaluate.commands_liveness import register_eval
+    from tests.conftest import need
+    p = argparse.ArgumentParser()
+    register_eval(p.add_subparsers(dest="cmd"))
+    args = p.parse_args(["sessions", "--nuaa", "", "--blink", str(need(shared_data / "blink" / "demo_old.mp4")),
+                         "--model-dir", str(model_dir), "--plot", str(tmp_path / "s.png")])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    g = out["genuine_blink_video"]
+    assert g["blink_only_pass"] is True and g["blinks_found"] == 10
+    assert g["runs"]["blink+turn_left"]["ok"] and g["runs"]["turn_left+blink"]["ok"]
+    assert out["challenge_sequences"] and "print_attacks" not in out

@@ -47,7 +47,8 @@ def model_files(model_dir: Path) -> dict[str, Path]:
     except Exception:   # manifest unreadable: float names only
         built = {}
     for role, name in FLOAT.items():
-        for cand in ([model_dir / built[role]] if role in built else []) + [model_dir / name] + \
+        int8_name = name.replace(".tflite", "_int8.tflite")
+        for cand in ([model_dir / built[role]] if role in built else []) + [model_dir / int8_name, model_dir / name] + \
                 [d / name for d in _float_dirs()]:
             if cand.exists():
                 out[role] = cand
@@ -96,6 +97,7 @@ def register_eval(sub) -> None:
     p.add_argument("--tilt-deg", type=float, default=20.0)
     p.add_argument("--nod-deg", type=float, default=15.0)
     p.add_argument("--no-iris", action="store_true", help="FaceMesh EAR only (no iris model)")
+    p.add_argument("--reference-dir", help="also compare FaceMesh landmarks with this model dir's (e.g. int8 vs float)")
     _common(p)
     p.set_defaults(func=lv_mod.run)
 

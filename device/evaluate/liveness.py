@@ -151,6 +151,40 @@ def analyse(frames, tracker, turn_deg: float = 18.0, tilt_deg: float = 20.0, nod
     }
 
 
+def landmark_agreement(frames, model_dir: Path, reference_dir: Path, threads: int = 1) -> dict:
+    """FaceMesh of model_dir vs reference_dir on the same detector ROI per frame (e.g. int8 vs float).
+
+    NME = mean point distance / outer-eye-corner distance; also |EAR| and |yaw| differences."""
+    from device.evaluate.commands_liveness import model_files
+    from device.vision.detect import DetectorOptions, FaceDetector
+    from device.vision.landmarks import (FaceLandmarker, LandmarkerOptions, eye_aspect_ratio, head_pose,
+                                         roi_from_keypoints)
+    fa, fb = model_files(model_dir), model_files(reference_dir)
+    det = FaceDetector.create(DetectorOptions(str(fb["detector"]), threads=threads))
+    la = FaceLandmarker.create(LandmarkerOptions(str(fa["landmarks"]), threads=threads))
+    lb = FaceLandmarker.create(LandmarkerOptions(str(fb["landmarks"]), threads=threads))
+    nme, dear, dyaw, dpres = [], [], [], []
+    for t, load in frames:
+        rgb = load()
+        faces = det.detect(rgb).faces
+        if not faces:
+            continue
+        f = max(faces, key=lambda f: f.width)
+        roi = roi_from_keypoints(f.box, f.keypoints)
+        a, b = la.detect(rgb, roi), lb.detect(rgb, roi)
+        io = float(np.linalg.norm(b.landmarks[263, :2] - b.landmarks[33, :2]))
+        nme.append(float(np.linalg.norm(a.landmarks[:, :2] - b.landmarks[:, :2], axis=1).mean() / max(io, 1e-6)))
+        dear.append(abs(eye_aspect_ratio(a.landmarks) - eye_aspect_ratio(b.landmarks)))
+        dyaw.append(abs(head_pose(a.landmarks, rgb.shape)[0] - head_pose(b.landmarks, rgb.shape)[0]))
+        dpres.append(abs(a.presence - b.presence))
+    if not nme:
+        return {"frames": 0}
+    return {"frames": len(nme), "landmarks": str(fa["landmarks"].name), "reference": str(fb["landmarks"].name),
+            "nme_mean": float(np.mean(nme)), "nme_p95": float(np.percentile(nme, 95)),
+            "ear_abs_diff_mean": float(np.mean(dear)), "yaw_abs_diff_mean_deg": float(np.mean(dyaw)),
+            "yaw_abs_diff_max_deg": float(np.max(dyaw)), "presence_abs_diff_max": float(np.max(dpres))}
+
+
 def plot(path, results: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -189,6 +223,11 @@ def run(args) -> int:
                                                for k, v in results.items()}}
     out["totals"] = {"blinks": sum(len(v["blinks"]) for v in results.values()),
                      "turns": sum(len(v["turns"]) for v in results.values())}
+    from device.evaluate.commands_liveness import model_files
+    out["models"] = {k: v.name for k, v in model_files(md).items()}
+    if args.reference_dir:
+        out["landmark_agreement"] = {name: landmark_agreement(frames, md, Path(args.reference_dir), args.threads)
+                                     for name, frames in cl}
     if args.plot:
         plot(args.plot, results)
         out["plot"] = str(args.plot)

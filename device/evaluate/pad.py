@@ -53,8 +53,9 @@ def read_labels(csv_path: Path, root: Path | None = None, limit: int = 0, stride
 
 
 def model_paths(model_dir: Path) -> tuple[Path, tuple[Path, Path]]:
-    d = Path(model_dir)
-    return d / DET, (d / PAD[0], d / PAD[1])
+    from device.evaluate.commands_liveness import model_files
+    f = model_files(Path(model_dir))
+    return f["detector"], (f["antispoof_v2"], f["antispoof_v1se"])
 
 
 class FramePad:
@@ -167,7 +168,10 @@ def run(args) -> int:
     rows = read_labels(Path(args.labels), Path(args.root) if args.root else None, args.limit, args.stride)
     md = resolve_model_dir(args.model_dir)
     res, scores = evaluate(rows, md, args.threshold, args.threads, args.box_expand)
-    res = {"command": "eval pad", "labels": str(args.labels), "model_dir": str(md), **res}
+    from device.evaluate.commands_liveness import model_files
+    files = model_files(md)
+    res = {"command": "eval pad", "labels": str(args.labels), "model_dir": str(md),
+           "models": {k: files[k].name for k in ("detector", "antispoof_v2", "antispoof_v1se")}, **res}
     if args.plot:
         plot(args.plot, rows, scores, title=f"PAD DET: {Path(args.labels).parent.name}")
         res["plot"] = str(args.plot)

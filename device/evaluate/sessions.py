@@ -225,7 +225,9 @@ def run(args) -> int:
     cfg = LivenessConfig()
     res = run_sessions(tracker, Path(args.nuaa) if args.nuaa else None, Path(args.blink) if args.blink else None,
                        cfg, args.src_fps, live=not args.no_live)
-    res = {"command": "eval sessions", "model_dir": str(md), **res}
+    from device.evaluate.commands_liveness import model_files
+    res = {"command": "eval sessions", "model_dir": str(md),
+           "models": {k: v.name for k, v in model_files(md).items()}, **res}
     if args.plot:
         plot(args.plot, res)
         res["plot"] = str(args.plot)
