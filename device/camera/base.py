@@ -326,17 +326,6 @@ class FrameSource:
             self._eof = True
             self._cond.notify_all()
 
-    def _sleep(self, seconds: float) -> bool:
-        """Interruptible sleep in slices that keep `progress` fresh. False if stopping."""
-        end = self._clock() + seconds
-        while True:
-            self.progress = now = self._clock()
-            left = end - now
-            if left <= 0:
-                return not self._stop.is_set()
-            if self._stop.wait(min(left, 0.1)):
-                return False
-
     def _device_failed(self, why: str) -> None:
         self.last_error = why[:120]
         log.warning("camera %s: %s; closing for reopen", self.describe(), self.last_error)
