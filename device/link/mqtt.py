@@ -237,7 +237,7 @@ class Link:
             log.warning("health callback failed: %s", type(e).__name__)
             h = {}
         for k, v in _events.sanitize_health({**h, **self._status_extra}).items():
-            if k not in ("state", "device", "site", "at"):
+            if k not in ("state", "device", "site", "at") and not (v is None and st.get(k) is not None):
                 st[k] = v
         return st
 
