@@ -46,10 +46,15 @@ def is_update_topic(name: str) -> bool:
     return n in ("update", "cmd/update") or n.endswith("/cmd/update")
 
 
+class _Stopping(Exception):
+    """The agent is closing: abandon the job silently (it is re-sent or re-signed later)."""
+
+
 class _Spool:
     """Inline artifacts arriving as chunks: {"chunk": {"nonce", "name", "offset", "data"}}."""
 
-    def __init__(self, d: Path, artifacts: list[dict]):
+    def __init__(self, d: Path, artifacts: list[dict], stop: threading.Event | None = None):
+        self.stop = stop or threading.Event()
         self.dir = d
         self.cond = threading.Condition()
         self.error: FleetError | None = None
@@ -89,6 +94,8 @@ class _Spool:
         with self.cond:
             f = self.files[name]
             while self.error is None and f["bytes"] < f["size"]:
+                if self.stop.is_set():
+                    raise _Stopping()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise FleetError("truncated", f"{name}: {f['bytes']} of {f['size']} bytes arrived in time")
@@ -163,7 +170,7 @@ class UpdateAgent:
     def close(self) -> None:
         self._stop.set()
         self._jobs.put(None)
-        self._worker.join(5)
+        self._worker.join(2)
 
     def on_command(self, name: str, payload: Any, props: Any = None) -> bool:
         """Feed every command here; returns True if it was an update command (handled)."""
@@ -190,13 +197,25 @@ class UpdateAgent:
         if session_active:
             return
         with self._lock:
-            if self._probe_pending:
-                self._probe_pending = False
-                self._probe_and_commit()
-            staged = self._staged
-            if staged is not None:
-                self._staged = None
-                self._switch(staged)
+            try:
+                if self._probe_pending:
+                    self._probe_pending = False
+                    self._probe_and_commit()
+                staged = self._staged
+                if staged is not None:
+                    self._staged = None
+                    self._switch(staged)
+            except Exception as e:  # noqa: BLE001 - never into the daemon's main loop
+                log.exception("fleet: switch failed")
+                reason = "disk_full" if slots.disk_error(e) else "internal_error"
+                try:
+                    if (slots.read_state(self.state_dir).get("trial") or {}).get("slot") == \
+                            slots.current_slot(self.state_dir):
+                        self._rollback(reason, type(e).__name__)
+                        return
+                except Exception:  # noqa: BLE001
+                    log.exception("fleet: rollback after a failed switch failed; the boot guard decides")
+                self._report("failed", None, reason=reason, detail=type(e).__name__)
 
     # ------------------------------------------------------------------ reporting
     def _report(self, state: str, target: int | None, *, reason: str | None = None, detail: str = "",
@@ -278,7 +297,7 @@ class UpdateAgent:
                     raise FleetError("disk_full", f"{free} bytes free, {total} + reserve needed")
                 d = self.bdir / ".incoming" / m["nonce"]
                 try:
-                    spool = _Spool(d, m["artifacts"])
+                    spool = _Spool(d, m["artifacts"], self._stop)
                 except OSError as e:
                     raise FleetError("disk_full" if slots.disk_error(e) else "internal_error", str(e.strerror)) from None
             except FleetError as e:
@@ -298,6 +317,8 @@ class UpdateAgent:
             tv = job.m["bundle_version"]
             try:
                 self._process(job)
+            except _Stopping:
+                log.info("fleet: v%s abandoned: agent closing", tv)
             except FleetError as e:
                 self._report("failed", tv, reason=e.reason, detail=e.detail, persist=True)
             except OSError as e:
@@ -318,8 +339,9 @@ class UpdateAgent:
     def _process(self, job: _Job) -> None:
         m, tv = job.m, job.m["bundle_version"]
         deadline = job.t_queued + self.fcfg.download_timeout_s
-        while self._trial_open() and not self._stop.is_set():   # keep the rollback slot intact
-            time.sleep(0.1)
+        while self._trial_open():                                # keep the rollback slot intact
+            if self._stop.wait(0.1):
+                raise _Stopping()
         if not self._jobs.empty():
             nxt = self._jobs.queue[0]
             if nxt is not None and nxt.m["bundle_version"] > tv:
@@ -387,6 +409,8 @@ class UpdateAgent:
                 if n is not None and n.isdigit() and int(n) > size:
                     raise FleetError("hash_mismatch", f"{a['name']}: server offers {n} bytes, manifest {size}")
                 while True:
+                    if self._stop.is_set():
+                        raise _Stopping()
                     if time.monotonic() > deadline:
                         raise FleetError("truncated", f"{a['name']}: download timed out at {got} of {size} bytes")
                     buf = r.read(65536)
