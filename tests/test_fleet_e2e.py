@@ -357,6 +357,11 @@ def test_each_bad_input_has_its_reason_and_the_old_bundle_keeps_serving(tmp_path
     fc.publish(envelope(good2), good2 / "artifacts", f"{SITE}/{d.name}")
     u = wait_update(fc, d, lambda u: u.get("target_version") == 2 and u["state"] == "failed")
     assert u["reason"] == "replayed_nonce" and u["bundle_version"] == 3 and d.version() == 3
+    # an explicit, signed downgrade is allowed
+    b = make_bundle(tmp_path, key, factory, 2, targets=[d.name], allow_downgrade=True)
+    fc.publish(envelope(b), b / "artifacts", f"{SITE}/{d.name}")
+    u = wait_update(fc, d, lambda u: u["state"] == "applied" and u.get("target_version") == 2)
+    assert u["bundle_version"] == 2 and d.version() == 2
 
 
 def test_disk_full_while_receiving_is_refused_and_device_keeps_running(tmp_path, broker, fleet_key, factory, fc,
