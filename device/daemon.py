@@ -39,6 +39,9 @@ class Daemon:
         self.session = None
         self.started = time.monotonic()
         self.camera = self.reader = self.vision = self.link = self.outbox = self.signer = None
+        self.agent = None
+        self.base_cfg: config_mod.Config | None = None
+        self.boot_guard: dict | None = None
         self.reader_state = "starting"
         self.pending_start: tuple | None = None   # (response_topic, correlation, t) from cmd/start
         self.hmac_key: bytes | None = None
@@ -60,6 +63,7 @@ class Daemon:
             "outbox_full": bool(self.outbox and self.outbox.full()),
             "models": dict(self.vision.versions) if self.vision else {},
             "verdicts": self.verdicts,
+            "bundle_version": self.agent.bundle_version if self.agent else 0,
             "cpu_temp_c": _cpu_temp(),
         }
 
@@ -95,8 +99,16 @@ class Daemon:
                 log.error("reload refused, keeping the old config: %s", line)
             self.status("ready; config reload refused (see log)")
             return
+        from device.fleet import slots
+        try:
+            merged = slots.merged_config(new, slots.active_bundle(new.device.state_dir))
+        except config_mod.ConfigError as e:
+            for line in e.problems:
+                log.error("reload refused (with the update bundle's config patch): %s", line)
+            return
         old = self.cfg
-        self.cfg = new
+        self.base_cfg, self.cfg = new, merged
+        new = merged
         logs.setup(new.log.level, new.log.target)
         if new.match != old.match or new.quality != old.quality or new.liveness != old.liveness \
                 or new.session != old.session:
@@ -109,6 +121,8 @@ class Daemon:
 
     # ------------------------------------------------------------------ commands from MQTT
     def on_command(self, name: str, payload: dict, props=None) -> None:
+        if self.agent is not None and self.agent.on_command(name, payload, props):
+            return
         if name == "start":
             rt = getattr(props, "ResponseTopic", None) if props is not None else None
             corr = getattr(props, "CorrelationData", None) if props is not None else None
@@ -135,14 +149,24 @@ class Daemon:
             except OSError as e:
                 log.error("privacy.card_number_hmac_key_file unreadable (%s): verdicts carry no card number hash",
                           e.strerror)
+        # fleet: count this start against a fresh switch (crash-loop rollback) before loading anything
+        from device.fleet import slots
+        self.boot_guard = slots.boot_guard(state, cfg.fleet)
+        if self.boot_guard and self.boot_guard.get("action") == "rolled_back":
+            log.error("fleet: rolled back to bundle %s (%s)", self.boot_guard.get("bundle_version"),
+                      self.boot_guard.get("reason"))
+        self.factory_models = config_mod.models_dir(cfg)
+        bundle = slots.active_bundle(state)
+        self.cfg = cfg = slots.merged_config(self.base_cfg, bundle)
+        self.model_dir = slots.model_dir(bundle, self.factory_models)
         self.outbox = Outbox(state / "outbox.sqlite", cfg.outbox.max_rows)
         self.link = Link(cfg, self.outbox, health=self.health, on_command=self.on_command)
         self.link.start()
 
         self.status("loading models")
         from device.vision.suite import VisionSuite
-        model_dir = config_mod.models_dir(cfg)
-        self.vision = VisionSuite.create(cfg, model_dir)
+        self.vision = VisionSuite.create(cfg, self.model_dir)
+        self._start_fleet(state)
 
         self.status("opening camera")
         from device.camera import open_source
@@ -167,10 +191,31 @@ class Daemon:
                         cfg.mqtt.connect_timeout_s)
         return EXIT_OK
 
+    # ------------------------------------------------------------------ fleet updates
+    def _start_fleet(self, state: Path) -> None:
+        """The update agent gets what it needs from the biometric side as callables (import rule)."""
+        from device.fleet.agent import UpdateAgent
+        from device.selftest import bundle_self_test, canned_verification
+        self.agent = UpdateAgent(
+            self.base_cfg, state, publish_status=self.link.publish_update_status,
+            self_test=bundle_self_test(self.base_cfg, self.base_cfg.models.threads),
+            health_probe=lambda: canned_verification(self.vision, self.cfg),
+            apply=self._apply_bundle, factory_models=self.factory_models)
+
+    def _apply_bundle(self, bundle_dir: Path | None) -> None:
+        """Hot swap between sessions (the agent calls this from poll(), on the main loop)."""
+        from device.fleet import slots
+        from device.vision.suite import VisionSuite
+        new_cfg = slots.merged_config(self.base_cfg, bundle_dir)
+        model_dir = slots.model_dir(bundle_dir, self.factory_models)
+        vision = VisionSuite.create(new_cfg, model_dir)     # raises: the agent rolls back
+        self.vision, self.cfg, self.model_dir = vision, new_cfg, model_dir
+        log.info("fleet: pipeline swapped to bundle %s", getattr(self.agent, "bundle_version", "?"))
+
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         try:
-            self.cfg = config_mod.load(self.config_path)
+            self.cfg = self.base_cfg = config_mod.load(self.config_path)
         except config_mod.ConfigError as e:
             import sys
             for line in e.problems:
@@ -212,6 +257,8 @@ class Daemon:
             self.tick()
             if self._reload:
                 self._reload_config()
+            if self.agent is not None:
+                self.agent.poll(session_active=self.session is not None)
             now = time.monotonic()
             if now - last_status > 5.0:
                 last_status = now
@@ -270,6 +317,8 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
+        if self.agent is not None:
+            self.agent.close()
         for name in ("camera", "reader"):
             part = getattr(self, name)
             if part is not None:
