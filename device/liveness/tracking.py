@@ -206,6 +206,7 @@ class FaceTracker:
         self.frames += 1
         self._frame += 1
         face = None
+        dets = []
         ran_detector = False
         if self._roi is None or (o.redetect_every and self._frame % o.redetect_every == 0):
             dets = self._detect(rgb)
@@ -220,8 +221,9 @@ class FaceTracker:
                 ref = face.width if face is not None else max(f.width for f in dets)
                 self._faces = self._count(dets, ref)
             else:
+                # a periodic re-detection that misses (motion blur, a turned head) does not end the
+                # track: the landmarks' presence decides below
                 self._faces = 0
-                self._roi = None
         lm_res = None
         if self._roi is not None:
             lm_res = self._landmarks(rgb, self._roi)
@@ -229,8 +231,8 @@ class FaceTracker:
             dets = self._detect(rgb)
             ran_detector = True
             self._faces = self._count(dets, max((f.width for f in dets), default=0.0)) if dets else 0
-            if dets:
-                face = max(dets, key=lambda f: f.width * f.height)
+        if (lm_res is None or lm_res.presence < o.min_presence) and face is None and dets:
+            face = max(dets, key=lambda f: f.width * f.height)
         if (lm_res is None or lm_res.presence < o.min_presence) and face is not None:
             lm_res = self._landmarks(rgb, roi_from_keypoints(face.box, face.keypoints))
         obs.detected = ran_detector
