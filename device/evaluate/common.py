@@ -199,17 +199,21 @@ def plot_det(path, curves, points=(), title: str = "DET") -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 6))
+    lo = 0.5
     for label, s, y in curves:
         far, tar, _ = roc(s, y)
         frr = 1 - tar
-        ax.plot(_probit(far), _probit(frr), label=label, lw=1.5)
+        n_imp = int((np.asarray(y) == 0).sum())
+        lo = min(lo, 0.5 / max(n_imp, 1))
+        keep = (far > 0) & (frr > 0)          # 0 has no place on normal-deviate axes
+        ax.plot(_probit(far[keep]), _probit(frr[keep]), label=label, lw=1.5, drawstyle="steps-post")
     for label, far, frr in points:
         ax.plot(_probit(far), _probit(frr), "o", ms=8, label=f"{label} (FAR {far:.1e}, FRR {frr:.3f})")
     ticks = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]
     names = ["0.01%", "0.1%", "1%", "5%", "20%", "50%"]
     ax.set_xticks(_probit(ticks), names)
     ax.set_yticks(_probit(ticks), names)
-    lim = _probit([5e-5, 0.6])
+    lim = _probit([max(lo, 5e-5), 0.6])
     ax.set_xlim(*lim)
     ax.set_ylim(*lim)
     ax.set_xlabel("false accept rate (FAR)")

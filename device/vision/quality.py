@@ -29,14 +29,19 @@ class QualityResult:
     brightness: float
 
 
+# the inner face of the 112x112 ArcFace crop (brows to chin, cheek to cheek): the crop's corners
+# hold background, hair or the black border of a warp past the frame edge, whose edges would
+# swamp the Laplacian and bias the mean
+_INNER = (slice(24, 104), slice(24, 88))
+
+
 def sharpness(aligned: np.ndarray) -> float:
-    grey = cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY)
+    grey = cv2.cvtColor(np.ascontiguousarray(aligned[_INNER]), cv2.COLOR_RGB2GRAY)
     return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 
 def brightness(aligned: np.ndarray) -> float:
-    # centre of the aligned face only: the black border of a warped edge face would bias it
-    grey = cv2.cvtColor(aligned[16:104, 20:92], cv2.COLOR_RGB2GRAY)
+    grey = cv2.cvtColor(np.ascontiguousarray(aligned[_INNER]), cv2.COLOR_RGB2GRAY)
     return float(grey.mean())
 
 
