@@ -219,7 +219,7 @@ def register(subparsers) -> None:
     s.add_argument("--expect", type=int, default=0, help="devices expected in total (0: wait until quiet)")
     s.add_argument("--timeout", type=float, default=600.0)
     s.add_argument("--settle", type=float, default=3.0)
-    s.add_argument("--rate", type=float, default=400.0, help="inline chunk messages per second")
+    s.add_argument("--rate", type=float, default=200.0, help="inline chunk messages per second (the device link queues 64 commands; too fast -> truncated)")
     s.set_defaults(func=cmd_publish)
 
     s = sub.add_parser("status", help="table of devices from the retained status topics")

@@ -138,7 +138,7 @@ class FleetClient:
 
     # ------------------------------------------------------------------ publishing
     def publish(self, envelope: dict, artifacts_dir: Path | None, target: str, timeout: float = 600.0,
-                rate: float = 400.0) -> int:
+                rate: float = 200.0) -> int:
         """Manifest then chunks, QoS 1, paced at `rate` messages/s: the device link queues at most
         64 commands, so a burst faster than a slow SD card can write would be dropped (and the
         download would end `truncated`)."""
@@ -194,7 +194,7 @@ class FleetClient:
 
 def staged_rollout(fc: FleetClient, envelope: dict, artifacts_dir: Path | None, stages: list[str], *,
                    canary_count: int = 1, abort_failure_rate: float = 0.2, min_reports: int = 1,
-                   expect: int = 0, timeout: float = 600.0, settle_s: float = 3.0, rate: float = 400.0,
+                   expect: int = 0, timeout: float = 600.0, settle_s: float = 3.0, rate: float = 200.0,
                    log: Callable[[str], None] = lambda s: None) -> dict:
     """Publish to stages[0] (canary); wait for `canary_count` APPLIED; then each further stage.
     Abort (publish no further stage) when failed/(applied+failed) > abort_failure_rate once at least
