@@ -286,3 +286,27 @@ def test_link_survives_a_broken_health_callback_and_never_connects_to_nothing(tm
     t0 = time.monotonic()
     link.stop()
     assert time.monotonic() - t0 < 3
+
+
+def test_a_tampered_outbox_row_is_never_published(broker, env):
+    state, signer, ob = env
+    good = signer.sign(verdict_for_device())
+    ob.put(good)
+    bad = signer.sign(verdict_for_device())
+    ob.put(bad)
+    # someone edits the database behind the outbox's back: adds a field to the stored verdict
+    row = json.loads(ob.rows(2)[1].payload)
+    row["verdict"]["name"] = "x"
+    ob._db.execute("UPDATE outbox SET payload = ? WHERE verdict_id = ?",
+                   (json.dumps(row).encode(), bad["verdict"]["verdict_id"]))
+    sub = Sub(broker.port, BASE + "/verdict")
+    link = Link(cfg_for(broker.url, state), ob, signer=signer).start()
+    try:
+        assert link.wait_connected(10)
+        assert sub.wait_for(lambda: ob.depth() == 0, 5)
+        time.sleep(0.2)
+        assert [json.loads(m[1])["verdict"]["verdict_id"] for m in sub.msgs] == [good["verdict"]["verdict_id"]]
+        assert "outbox_invalid_row" in link.alarms
+    finally:
+        link.stop()
+        sub.close()

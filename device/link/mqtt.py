@@ -42,6 +42,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from device.config import Config
 from device.link import events as _events
 from device.link.outbox import Outbox, Row
+from device import verdict as _verdict
 from device.verdict import SCHEMA_VERSION, VerdictError, rfc3339
 
 log = logging.getLogger("kyc_edge.link")
@@ -485,6 +486,15 @@ class Link:
             self._seen_kicks = kicks     # drained up to this kick
             self._replay_since = None    # replay pass (if any) complete
         for row in rows:
+            try:                         # the validator runs before every publish, too
+                _verdict.check_signed_shape(_verdict.parse(row.payload))
+            except VerdictError as e:
+                log.error("outbox: row %s is not a valid signed verdict (%s); dropped, never published",
+                          row.seq, e.detail)
+                self.alarms.add("outbox_invalid_row")
+                self._last_seq = row.seq
+                self.outbox.ack_many([row.verdict_id])
+                continue
             info = c.publish(self.topics["verdict"], row.payload, qos=1, retain=False,
                              properties=self._verdict_props(row))
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
