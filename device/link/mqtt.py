@@ -149,6 +149,7 @@ class Link:
         self._started_mono = time.monotonic()
         self._next_status = 0.0
         self.alarms: set[str] = set()
+        self._state_lock = threading.Lock()
         self.stats = {"connects": 0, "disconnects": 0, "published": 0, "acked": 0, "denied": 0,
                       "refused_connects": 0, "commands": 0, "bad_commands": 0, "replayed": 0}
 
@@ -193,7 +194,8 @@ class Link:
 
     def publish_status(self, extra: dict | None = None) -> None:
         if extra:
-            self._status_extra.update(extra)
+            with self._state_lock:
+                self._status_extra.update(extra)
         self._jobs.put(("status",))
         self._wake()
 
@@ -215,7 +217,9 @@ class Link:
     def status_payload(self, state: str = "online") -> dict:
         ob_depth = self.outbox.depth()
         full = ob_depth >= self.outbox.max_rows
-        alarms = set(self.alarms)
+        with self._state_lock:
+            alarms = set(self.alarms)
+            extra = dict(self._status_extra)
         alarms.discard("outbox_full")
         if full:
             alarms.add("outbox_full")
@@ -237,7 +241,7 @@ class Link:
         except Exception as e:  # noqa: BLE001 - health must never kill the link
             log.warning("health callback failed: %s", type(e).__name__)
             h = {}
-        for k, v in _events.sanitize_health({**h, **self._status_extra}).items():
+        for k, v in _events.sanitize_health({**h, **extra}).items():
             if k not in ("state", "device", "site", "at") and not (v is None and st.get(k) is not None):
                 st[k] = v
         return st
