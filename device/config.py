@@ -161,7 +161,7 @@ class MqttConfig:
     reconnect_max_s: float = opt(30.0, "Ceiling of the reconnect back-off.", lo=0.05, hi=3600)
     max_inflight: int = opt(20, "Verdicts published but not yet acknowledged (PUBACK) at a time.", lo=1, hi=1000)
     status_interval_s: float = opt(60.0, "Republish the retained health status this often (0 = only on change/reconnect).", lo=0, hi=86400)
-    replay_window_s: float = opt(5.0, "After an unexpected disconnect, verdicts the broker acknowledged this recently are sent again (a crashed broker can lose acknowledged messages; subscribers deduplicate).", lo=0, hi=3600)
+    replay_window_s: float = opt(10.0, "After an unexpected disconnect, verdicts the broker acknowledged this recently are sent again (a crashed broker can lose acknowledged messages; subscribers deduplicate).", lo=0, hi=3600)
 
 
 @dataclass(frozen=True)
