@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 from device import verdict as V
-from device.link.listen import Dedup, check_message
+from device.link.listen import Dedup, bound_keys, check_message
 from tests.brokers import Sub
 from tests.test_verdict import make
 
@@ -64,6 +64,18 @@ def test_check_message_statuses(tmp_path):
     assert check_message(topic, b"{not json", [good.public_key], dd).status == "invalid"
     assert check_message(topic, json.dumps({"verdict": {}}).encode(), [good.public_key], dd).status == "invalid"
     assert dd.duplicates == 1 and len(dd) == 1
+    # key directory naming the devices: dev1's verdict signed by dev2's (also trusted) key is flagged
+    kd = tmp_path / "keys"
+    kd.mkdir()
+    (kd / "dev1.pub").write_text(good.public_key_b64)
+    (kd / "dev2.pub").write_text(evil.public_key_b64)
+    keys, bound = V.load_public_keys(kd), bound_keys(str(kd))
+    assert bound == {"dev1": good.key_id, "dev2": evil.key_id}
+    by_dev2 = evil.sign(make(device="dev1", site="s1"))
+    assert check_message(topic, json.dumps(by_dev2).encode(), keys, Dedup()).status == "ok"   # unbound
+    r = check_message(topic, json.dumps(by_dev2).encode(), keys, Dedup(), bound=bound)
+    assert (r.status, r.error) == ("forged", "signed with another device's key")
+    assert check_message(topic, raw, keys, Dedup(), bound=bound).status == "ok"
 
 
 def test_listen_prints_verified_flags_forged_and_dedups(broker, tmp_path):

@@ -4,7 +4,8 @@ Delivery is at-least-once, so the same verdict can arrive twice (after a reconne
 restart); `Dedup` drops repeats. Each message becomes one `Received` record with `status`:
     ok         signature valid, schema valid, first time seen
     duplicate  same verdict_id seen before (signature still checked first)
-    forged     signature invalid, unknown key, or the verdict claims another device than its topic
+    forged     signature invalid, unknown key, the verdict claims another device than its topic, or
+               (key directory with <device>.pub files) it is signed with another device's key
     invalid    not JSON / not a signed verdict / schema violation
 """
 from __future__ import annotations
@@ -72,8 +73,23 @@ class Received:
         return json.dumps(out, separators=(",", ":"), sort_keys=True)
 
 
+def bound_keys(spec: str) -> dict[str, str]:
+    """device id -> key_id for a key directory whose files are named <device>.pub/.pem/.b64."""
+    from pathlib import Path
+    p = Path(spec)
+    out: dict[str, str] = {}
+    if p.is_dir():
+        for f in sorted(p.iterdir()):
+            if f.is_file() and f.suffix in (".pub", ".pem", ".b64"):
+                try:
+                    out[f.stem] = _verdict.key_id_of(_verdict.load_public_key(f))
+                except _verdict.VerdictError:
+                    continue
+    return out
+
+
 def check_message(topic: str, payload: bytes, keys: list, dedup: Dedup | None,
-                  properties: Any = None) -> Received:
+                  properties: Any = None, bound: dict[str, str] | None = None) -> Received:
     corr = rt = None
     ups: dict = {}
     if properties is not None:
@@ -98,6 +114,9 @@ def check_message(topic: str, payload: bytes, keys: list, dedup: Dedup | None,
     if len(parts) >= 3 and (parts[-2] != v["device"] or parts[-3] != v["site"]):
         rec.status, rec.error = "forged", "verdict device/site differ from the topic"
         return rec
+    if bound and v["device"] in bound and bound[v["device"]] != obj["sig"]["key_id"]:
+        rec.status, rec.error = "forged", "signed with another device's key"
+        return rec
     if dedup is not None and not dedup.first_time(v["verdict_id"]):
         rec.status = "duplicate"
         return rec
@@ -116,8 +135,10 @@ class Listener:
                  topic: str = "kyc/v1/+/+/verdict", protocol: str = "5", client_id: str = "",
                  session_expiry_s: int = 0, username: str = "", password: str | None = None,
                  ca_file: str = "", cert_file: str = "", key_file: str = "",
-                 tls_context: ssl.SSLContext | None = None, dedup: Dedup | None = None):
+                 tls_context: ssl.SSLContext | None = None, dedup: Dedup | None = None,
+                 bound: dict[str, str] | None = None):
         self.keys = [_verdict.load_public_key(k) for k in keys]
+        self.bound = dict(bound or {})
         self.on_received = on_received
         self.topic = topic
         self.dedup = dedup if dedup is not None else Dedup()
@@ -158,7 +179,7 @@ class Listener:
     def _on_message(self, c, userdata, msg) -> None:
         with self._lock:
             rec = check_message(msg.topic, msg.payload, self.keys, self.dedup,
-                                getattr(msg, "properties", None))
+                                getattr(msg, "properties", None), self.bound)
             self.counts[rec.status] += 1
         self.on_received(rec)
 
@@ -186,8 +207,10 @@ def run_listen(args) -> int:
     """`kyc-edge verdicts listen`: print one JSON line per message, flag forged/tampered."""
     import sys
     keys: list = []
+    bound: dict[str, str] = {}
     for spec in args.verify_key:
         keys += _verdict.load_public_keys(spec)
+        bound.update(bound_keys(spec))       # <device>.pub in a key directory binds that key
     password = None
     if getattr(args, "password_file", ""):
         with open(args.password_file, encoding="utf-8") as f:
@@ -209,7 +232,7 @@ def run_listen(args) -> int:
     lst = Listener(args.broker, keys, show, topic=args.topic, protocol=args.protocol,
                    client_id=args.client_id or "", session_expiry_s=args.session_expiry,
                    username=args.username or "", password=password, ca_file=args.ca_file or "",
-                   cert_file=args.cert_file or "", key_file=args.key_file or "").start()
+                   cert_file=args.cert_file or "", key_file=args.key_file or "", bound=bound).start()
     if lst.wait_subscribed(args.timeout if args.timeout and args.timeout > 0 else 30):
         print(f"kyc-edge verdicts listen: subscribed to {args.topic} on {args.broker}", file=sys.stderr, flush=True)
     else:
