@@ -56,3 +56,52 @@ class Notifier:
 
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=stopping")
+
+
+class NotifyListener:
+    """The service manager's side of sd_notify, for tests, the demo and the bench (systemd is not
+    PID 1 there): binds the socket and records every field with its arrival time."""
+
+    def __init__(self, path):
+        import threading
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.1)
+        self.timed: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, name="notify-listener", daemon=True)
+        self._t.start()
+
+    @property
+    def messages(self) -> list[str]:
+        return [m for _, m in list(self.timed)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            self.timed += [(now, m) for m in data.decode(errors="replace").split("\n") if m]
+
+    def first(self, field: str, timeout: float, alive=lambda: True) -> float | None:
+        """Arrival time of the first message starting with `field`, waiting up to `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for t, m in list(self.timed):
+                if m.startswith(field):
+                    return t
+            if time.monotonic() >= deadline or not alive():
+                return None
+            time.sleep(0.02)
+
+    def wait_for(self, field: str, timeout: float) -> bool:
+        return self.first(field, timeout) is not None
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from device.demo import write_config  # noqa: F401  (re-exported for tests)
+from device.notify import NotifyListener
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,40 +38,7 @@ def daemon_config(tmp: Path, *, broker_url: str, reader_port: str, video: str, m
     return cfg
 
 
-class NotifySocket:
-    """The systemd side of sd_notify: collects datagrams."""
-
-    def __init__(self, path: Path):
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.messages.extend(data.decode(errors="replace").split("\n"))
-
-    def wait_for(self, field: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(m.startswith(field) for m in list(self.messages)):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def close(self):
-        self._stop.set()
-        self.sock.close()
+NotifySocket = NotifyListener   # the systemd side of sd_notify
 
 
 class Subscriber:
