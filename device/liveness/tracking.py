@@ -177,7 +177,7 @@ class FaceTracker:
         self.pad_scores: list[float] = []
         self.blinks: list[Blink] = []
         self.frames = 0
-        self.timings: dict[str, list[float]] = {"detect": [], "landmarks": [], "iris": [], "pad": []}
+        self.timings: dict[str, list[float]] = {"detect": [], "landmarks": [], "iris": [], "pad": [], "frame": []}
 
     # ------------------------------------------------------------------ helpers
     def _count(self, faces, ref_w: float) -> int:
@@ -201,6 +201,14 @@ class FaceTracker:
 
     # ------------------------------------------------------------------ main
     def observe(self, rgb: np.ndarray, t: float) -> Observation:
+        """One frame -> Observation (see the module docstring). `timings["frame"]` holds the ms per call."""
+        t_start = time.perf_counter()
+        try:
+            return self._observe(rgb, t)
+        finally:
+            self.timings["frame"].append((time.perf_counter() - t_start) * 1000)
+
+    def _observe(self, rgb: np.ndarray, t: float) -> Observation:
         o = self.options
         obs = Observation(t=t)
         self.frames += 1
@@ -307,5 +315,8 @@ class FaceTracker:
             self.max_gap_s = max(self.max_gap_s, t - self._t_last_face)
 
     def timing_summary(self) -> dict[str, float]:
-        """Median ms per call of each stage."""
-        return {k: round(float(np.median(v)), 2) for k, v in self.timings.items() if v}
+        """Median ms per call of each stage (frame = a whole observe() call), plus the mean per frame."""
+        out = {k: round(float(np.median(v)), 2) for k, v in self.timings.items() if v}
+        if self.timings["frame"]:
+            out["frame_mean"] = round(float(np.mean(self.timings["frame"])), 2)
+        return out
