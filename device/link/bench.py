@@ -80,8 +80,12 @@ class _Broker:
 
 
 # ---------------------------------------------------------------- helpers
+REPLAY_WINDOW_S = [None]      # --replay-window override (None = config default)
+
+
 def _cfg(state: Path, url: str) -> _config.Config:
-    return _config.replace(_config.Config(), **{
+    extra = {} if REPLAY_WINDOW_S[0] is None else {"mqtt.replay_window_s": REPLAY_WINDOW_S[0]}
+    return _config.replace(_config.Config(), **extra, **{
         "device.id": "bench-dev", "device.site": "bench", "device.state_dir": str(state),
         "mqtt.url": url, "mqtt.reconnect_min_s": 0.05, "mqtt.reconnect_max_s": 0.5,
         "mqtt.connect_timeout_s": 2.0, "mqtt.max_inflight": 20, "mqtt.keepalive_s": 10})
@@ -205,7 +209,7 @@ def bench_broker_kills(work: Path, n: int, kills: int, rate: float, sig: int, se
         time.sleep(max(0.0, t0 + (i + 1) / rate - time.monotonic()))
     kt.join()
     produced_s = time.monotonic() - t0
-    complete = _wait_all(coll, ids, 120)
+    complete = _wait_all(coll, ids, 60)
     drain_s = time.monotonic() - t0
     end = time.monotonic() + 10
     while outbox.depth() and time.monotonic() < end:
@@ -381,6 +385,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="0 = random")
     p.add_argument("--only", choices=("all", "broker", "publisher", "latency"), default="all")
     p.add_argument("--workdir", default="", help="keep the run's files here (default: a temp dir, removed)")
+    p.add_argument("--replay-window", type=float, default=None,
+                   help="override mqtt.replay_window_s (0 shows what a broker crash loses without replay)")
 
 
 def run(args) -> dict:
@@ -396,7 +402,9 @@ def run(args) -> dict:
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="kyc-bench-link-"))
     work.mkdir(parents=True, exist_ok=True)
     sig = signal.SIGKILL if g("kill_signal", "KILL") == "KILL" else signal.SIGTERM
-    out: dict = {"seed": seed, "mosquitto": shutil.which("mosquitto") or "/usr/sbin/mosquitto"}
+    REPLAY_WINDOW_S[0] = getattr(args, "replay_window", None)
+    out: dict = {"seed": seed, "mosquitto": shutil.which("mosquitto") or "/usr/sbin/mosquitto",
+                 "replay_window_s": _cfg(work, "mqtt://127.0.0.1:1").mqtt.replay_window_s}
     try:
         if only in ("all", "latency"):
             out["latency"] = bench_latency(work, g("latency_n", 300))
