@@ -205,6 +205,9 @@ class Signer:
                 os.link(tmp, path)          # never overwrite a key another process just made
             except FileExistsError:
                 pass
+            except OSError:                 # no hard links on this filesystem
+                if not path.exists():
+                    os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
             _fsync_dir(d)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +47,16 @@ def env(tmp_path):
     ob = Outbox(state / "outbox.sqlite", 50)
     yield state, signer, ob
     ob.close()
+
+
+def gate_link(link) -> threading.Event:
+    """Hold the link's next connection attempt until the returned event is set (lets a test
+    subscribe to a restarted broker before the device reconnects)."""
+    gate = threading.Event()
+    gate.set()
+    connect_once = link._one_connection
+    link._one_connection = lambda: gate.wait(20) and connect_once()
+    return gate
 
 
 def status_states(sub):
@@ -150,9 +161,12 @@ def test_will_offline_when_the_device_process_is_killed(broker, tmp_path):
 def test_broker_restart_online_again_and_queued_verdicts_in_order(tmp_path, env):
     state, signer, ob = env
     b = Mosquitto(tmp_path).start()
-    link = Link(cfg_for(b.url, state), ob, signer=signer).start()
+    link = Link(cfg_for(b.url, state), ob, signer=signer)
+    gate = gate_link(link)
+    link.start()
     try:
         assert link.wait_connected(10)
+        gate.clear()
         b.stop()
         deadline = time.monotonic() + 5
         while link.connected and time.monotonic() < deadline:
@@ -168,6 +182,7 @@ def test_broker_restart_online_again_and_queued_verdicts_in_order(tmp_path, env)
         assert ob.depth() == 15
         b.start()                                        # same port
         sub = Sub(b.port, "kyc/#")
+        gate.set()
         assert link.wait_connected(10)
         assert sub.wait_for(lambda: [json.loads(m[1])["verdict"]["verdict_id"]
                                      for m in sub.on("/verdict")][-15:] == ids, 10)

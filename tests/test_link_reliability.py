@@ -13,7 +13,7 @@ from device.link.mqtt import Link
 from device.link.outbox import Outbox
 from tests import privacy_scan as ps
 from tests.brokers import Mosquitto, Sub
-from tests.test_link_mqtt import BASE, cfg_for, verdict_for_device
+from tests.test_link_mqtt import BASE, cfg_for, gate_link, verdict_for_device
 
 
 @pytest.mark.parametrize("window", [10.0, 0.0])
@@ -22,8 +22,9 @@ def test_verdicts_acked_just_before_a_broker_crash_are_sent_again(tmp_path, wind
     signer = V.Signer.load_or_create(state)
     ob = Outbox(state / "outbox.sqlite", 50)
     b = Mosquitto(tmp_path).start()              # no persistence: a crash loses what it held
-    link = Link(cfg_for(b.url, state, **{"mqtt.replay_window_s": window, "mqtt.reconnect_min_s": 0.6,
-                                         "mqtt.reconnect_max_s": 0.6}), ob, signer=signer).start()
+    link = Link(cfg_for(b.url, state, **{"mqtt.replay_window_s": window}), ob, signer=signer)
+    gate = gate_link(link)              # holds the link's next connection attempt until we say so
+    link.start()
     try:
         assert link.wait_connected(10)
         ids = []
@@ -36,9 +37,11 @@ def test_verdicts_acked_just_before_a_broker_crash_are_sent_again(tmp_path, wind
         while (link.stats["acked"] < 5 or ob.depth()) and time.monotonic() < end:
             time.sleep(0.02)
         assert ob.depth() == 0 and link.stats["acked"] == 5       # broker acknowledged all five
+        gate.clear()
         b.kill()                                                  # ...then crashed
         b.start()
-        sub = Sub(b.port, BASE + "/verdict")                      # before the device is back
+        sub = Sub(b.port, BASE + "/verdict")                      # subscribed before the device is back
+        gate.set()
         assert link.wait_connected(10)
         if window:
             assert sub.wait_for(lambda: len(sub.on("/verdict")) >= 5, 10)
