@@ -50,6 +50,7 @@ log = logging.getLogger("kyc_edge.link")
 CONTENT_TYPE = "application/json"
 VERDICT_SCHEMA_ID = "kyc-edge/verdict"
 MAX_COMMAND_BYTES = 16384
+MAX_QUEUED_COMMANDS = 512        # waiting for the on_command thread (<= 8 MiB of payloads)
 SESSION_EVENT_EXPIRY_S = 60
 
 
@@ -130,7 +131,7 @@ class Link:
         self._conn_refused: Any = None
         self._client: mqtt.Client | None = None
         self._jobs: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
-        self._cmds: "queue.Queue[tuple | None]" = queue.Queue(maxsize=64)
+        self._cmds: "queue.Queue[tuple | None]" = queue.Queue(maxsize=MAX_QUEUED_COMMANDS)
         self._kicks = 1                  # bumped by kick(); the drain re-reads when it changed
         self._seen_kicks = 0
         self._next_poll = 0.0
@@ -151,7 +152,7 @@ class Link:
         self.alarms: set[str] = set()
         self._state_lock = threading.Lock()
         self.stats = {"connects": 0, "disconnects": 0, "published": 0, "acked": 0, "denied": 0,
-                      "refused_connects": 0, "commands": 0, "bad_commands": 0, "replayed": 0}
+                      "refused_connects": 0, "commands": 0, "bad_commands": 0, "dropped_commands": 0, "replayed": 0}
 
     # ------------------------------------------------------------ public API
     @property
@@ -592,7 +593,8 @@ class Link:
         try:
             self._cmds.put_nowait((name, payload, getattr(msg, "properties", None)))
         except queue.Full:
-            log.warning("mqtt: command %s dropped: command queue full", name)
+            self.stats["dropped_commands"] += 1
+            log.warning("mqtt: command %s dropped: command queue full (%d waiting)", name, MAX_QUEUED_COMMANDS)
 
     def _dispatch_commands(self) -> None:
         while True:
