@@ -160,7 +160,7 @@ class Daemon:
         self.cfg = cfg = slots.merged_config(self.base_cfg, bundle)
         self.model_dir = slots.model_dir(bundle, self.factory_models)
         self.outbox = Outbox(state / "outbox.sqlite", cfg.outbox.max_rows)
-        self.link = Link(cfg, self.outbox, health=self.health, on_command=self.on_command)
+        self.link = Link(cfg, self.outbox, health=self.health, on_command=self.on_command, signer=self.signer)
         self.link.start()
 
         self.status("loading models")

@@ -32,6 +32,7 @@ class VisionSuite:
         pad = (str(paths["antispoof_v2"]), str(paths["antispoof_v1se"])) if cfg.liveness.pad_enabled else None
         self.tracker = FaceTracker.create(TrackerOptions(
             detector_path=str(paths["detector"]), landmark_path=str(paths["landmarks"]), pad_paths=pad,
+            iris_path=str(paths["iris"]),
             threads=th, quality=cfg.quality, detector_variant=cfg.models.detector,
             blink_min_s=cfg.liveness.blink_min_s, blink_max_s=cfg.liveness.blink_max_s))
         self.embedder = FaceEmbedder.create(EmbedderOptions(str(paths["embedder"]), threads=th))
