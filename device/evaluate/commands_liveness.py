@@ -77,9 +77,15 @@ def _common(p) -> None:
     p.add_argument("--plot", help="write a PNG here")
 
 
-def register_eval(sub) -> None:
-    from device.evaluate import liveness as lv_mod, pad as pad_mod, sessions as ss_mod
+def _lazy(module: str):
+    """The eval modules pull in OpenCV and the models: import them only when the command runs."""
+    def run(args):
+        import importlib
+        return importlib.import_module(module).run(args)
+    return run
 
+
+def register_eval(sub) -> None:
     p = sub.add_parser("pad", help="frame-level PAD (ISO/IEC 30107-3: APCER per attack type, BPCER, ACER, EER)")
     p.add_argument("--labels", required=True, help="CSV with path,label (nuaa: live/print; celeba: live/spoof)")
     p.add_argument("--root", help="image root (default: the CSV's folder)")
@@ -88,7 +94,7 @@ def register_eval(sub) -> None:
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--stride", type=int, default=1, help="use every k-th row")
     _common(p)
-    p.set_defaults(func=pad_mod.run)
+    p.set_defaults(func=_lazy("device.evaluate.pad"))
 
     p = sub.add_parser("liveness", help="blinks and head turns found in a video or frame folder")
     p.add_argument("--video", required=True, help="video file, folder with frames.csv, or image folder")
@@ -99,7 +105,7 @@ def register_eval(sub) -> None:
     p.add_argument("--no-iris", action="store_true", help="FaceMesh EAR only (no iris model)")
     p.add_argument("--reference-dir", help="also compare FaceMesh landmarks with this model dir's (e.g. int8 vs float)")
     _common(p)
-    p.set_defaults(func=lv_mod.run)
+    p.set_defaults(func=_lazy("device.evaluate.liveness"))
 
     p = sub.add_parser("sessions", help="session-level replay: NUAA print attempts (must all fail), genuine blink video")
     shared_data = SHARED_MODELS.parent / "data"
@@ -110,4 +116,4 @@ def register_eval(sub) -> None:
     p.add_argument("--no-iris", action="store_true")
     p.add_argument("--per-attempt", action="store_true", help="include every attempt's details")
     _common(p)
-    p.set_defaults(func=ss_mod.run)
+    p.set_defaults(func=_lazy("device.evaluate.sessions"))
