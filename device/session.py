@@ -53,6 +53,10 @@ class Evidence:
     last_crop: np.ndarray | None = None      # identity at the end
     frames: int = 0
     last_challenge_t: float | None = None    # monotonic time the last challenge passed
+    t0: float | None = None                  # frame time of the first frame
+    last_face_t: float | None = None
+    hold_until: float | None = None
+    started: bool = False                    # challenges start once a face is in view
 
     def wipe(self) -> None:
         for a in (self.first_crop, self.last_crop):
@@ -224,11 +228,8 @@ class Session:
 
     def _capture(self, ev: Evidence, best):
         """Frames -> tracker -> challenges, until the challenges end or a continuity rule breaks."""
-        lv = self.cfg.liveness
-        runner = self.vision.challenge_runner(lv, self.rng, self.challenges)
+        runner = self.vision.challenge_runner(self.cfg.liveness, self.rng, self.challenges)
         deadline = self.clock() + self.cfg.session.capture_timeout_s
-        t0 = last_face_t = hold_until = None
-        started = False
         while True:
             self.tick()
             if self.should_abort():
@@ -240,52 +241,64 @@ class Session:
                 if getattr(self.camera, "eof", False):   # a finished replay: no more evidence
                     break
                 continue
-            ev.frames += 1
-            t = frame.t
-            if t0 is None:
-                t0 = t
-            obs = self.vision.observe(frame.rgb, t)
-            ev.faces_max = max(ev.faces_max, obs.faces)
-            if obs.faces > 1:
-                raise SessionFailed("multiple_faces")
-            if obs.faces == 1 and obs.landmarks is not None:
-                ev.face_seen, last_face_t = True, t
-                if obs.pad_real is not None:
-                    ev.pad_scores.append(float(obs.pad_real))
-                crop = self.vision.quality_crop(frame.rgb, obs, best)
-                if crop is not None:
-                    if ev.first_crop is None:
-                        ev.first_crop = crop.copy()
-                    elif ev.last_crop is None:
-                        ev.last_crop = crop.copy()
-                    else:
-                        ev.last_crop[:] = crop
-                if not started:   # challenges start once a face is in view, so the prompt is fair
-                    for e in runner.start(t):
-                        self._emit_challenge(e)
-                    started = True
-            elif ev.face_seen and t - last_face_t > lv.face_lost_s:
-                ev.face_lost = True
-                raise SessionFailed("face_lost")
-            elif not ev.face_seen and t - t0 > self.cfg.session.face_wait_s:
-                raise SessionFailed("no_face")
-            if started:
-                for e in runner.update(obs):
-                    self._emit_challenge(e)
-                    if e.get("state") == "passed" and runner.done:
-                        ev.last_challenge_t = self.clock()
-                if runner.failed_reason:
+            try:
+                if self._frame(frame, ev, best, runner):
                     break
-                if runner.done:
-                    if len(best) > 0:
-                        break
-                    # challenges done but no frame passed the quality gate yet (a blur during the
-                    # turn, a dropped frame under load): ask the customer to hold still, briefly
-                    if hold_until is None:
-                        hold_until = t + self.cfg.session.hold_still_s
-                        self._emit({"event": "capturing", "prompt": "hold_still"})
-                    elif t > hold_until:
-                        break
+            finally:
+                frame.wipe()          # every frame is zero-filled once it has been looked at
         if not ev.face_seen:
             raise SessionFailed("no_face")
         return runner
+
+    def _frame(self, frame, ev: Evidence, best, runner) -> bool:
+        """One frame through the tracker, the quality gate and the challenges. True: capture is over."""
+        lv = self.cfg.liveness
+        t = frame.t
+        ev.frames += 1
+        if ev.t0 is None:
+            ev.t0 = t
+        obs = self.vision.observe(frame.rgb, t)
+        ev.faces_max = max(ev.faces_max, obs.faces)
+        if obs.faces > 1:
+            raise SessionFailed("multiple_faces")
+        if obs.faces == 1 and obs.landmarks is not None:
+            ev.face_seen, ev.last_face_t = True, t
+            if obs.pad_real is not None:
+                ev.pad_scores.append(float(obs.pad_real))
+            crop = self.vision.quality_crop(frame.rgb, obs, best)
+            if crop is not None:
+                if ev.first_crop is None:
+                    ev.first_crop = crop.copy()
+                elif ev.last_crop is None:
+                    ev.last_crop = crop.copy()
+                else:
+                    ev.last_crop[:] = crop
+                crop.fill(0)          # copies are kept; this per-frame buffer is not
+            if not ev.started:        # challenges start once a face is in view, so the prompt is fair
+                for e in runner.start(t):
+                    self._emit_challenge(e)
+                ev.started = True
+        elif ev.face_seen and t - ev.last_face_t > lv.face_lost_s:
+            ev.face_lost = True
+            raise SessionFailed("face_lost")
+        elif not ev.face_seen and t - ev.t0 > self.cfg.session.face_wait_s:
+            raise SessionFailed("no_face")
+        if not ev.started:
+            return False
+        for e in runner.update(obs):
+            self._emit_challenge(e)
+            if e.get("state") == "passed" and runner.done:
+                ev.last_challenge_t = self.clock()
+        if runner.failed_reason:
+            return True
+        if not runner.done:
+            return False
+        if len(best) > 0:
+            return True
+        # challenges done but no frame passed the quality gate yet (a blur during a turn, a frame
+        # dropped under load): ask the customer to hold still, briefly
+        if ev.hold_until is None:
+            ev.hold_until = t + self.cfg.session.hold_still_s
+            self._emit({"event": "capturing", "prompt": "hold_still"})
+            return False
+        return t > ev.hold_until
