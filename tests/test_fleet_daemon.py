@@ -133,3 +133,45 @@ def test_daemon_crash_loop_after_a_switch_rolls_back_to_the_serving_bundle(fleet
     assert slots.active_bundle(rig["state"]) is None                      # factory models again
     _wait(rig, lambda: fc.status.get(DEV, {}).get("state") == "online", 30, "not serving after rollback")
     stop.set()
+
+
+def test_three_daemons_canary_then_widen_all_applied(tmp_path, broker, shared_data, model_dir):
+    key, pub, _ = mf.keygen(tmp_path / "fleetkey")
+    sims, procs = [], []
+    fc = FleetClient(broker.url).connect()
+    try:
+        for name, groups in (("c1", ["canary", "north"]), ("n1", ["north"]), ("n2", ["north"])):
+            sim = Simulator(card=None)
+            sims.append(sim)
+            cfg = daemon_config(tmp_path / name, broker_url=broker.url, reader_port=sim.start_pty(),
+                                video=str(shared_data / BLINK_VIDEO), model_dir=model_dir,
+                                extra={"device": {"id": name, "site": "shop-test", "groups": groups,
+                                                  "state_dir": str(tmp_path / name / "state")},
+                                       "fleet": {"public_keys": [pub.read_text().strip()], "min_free_bytes": 0}})
+            (tmp_path / name).mkdir()
+            procs.append(start_daemon(write_config(tmp_path / name / "config.toml", cfg), None,
+                                      log_path=tmp_path / name / "daemon.log"))
+        devs = [f"shop-test/{n}" for n in ("c1", "n1", "n2")]
+        assert fc.wait_for(lambda: all(fc.updates.get(d, {}).get("state") == "idle" for d in devs), 60), \
+            fc.updates
+        b = tmp_path / "b2"
+        (b / "src").mkdir(parents=True)
+        (b / "src" / DET).write_bytes((model_dir / DET).read_bytes() + b"\0" * 4)
+        build_bundle(b / "src", b, 2, {"match": {"threshold": 0.42}})
+        sign_bundle(b, str(key), ["group:north"])
+        r = subprocess.run([sys.executable, "-m", "device.cli", "fleet", "publish", str(b), "--broker", broker.url,
+                            "--prefix", "kyc/v1", "--target", "group:canary", "--target", "group:north",
+                            "--expect", "3", "--timeout", "60"], cwd=REPO, capture_output=True, text=True, timeout=90)
+        res = json.loads(r.stdout)
+        logs = "\n".join((tmp_path / n / "daemon.log").read_text()[-2000:] for n in ("c1", "n1", "n2"))
+        assert r.returncode == 0 and res["result"] == "completed", r.stdout + r.stderr + logs
+        assert sorted(res["applied"]) == devs and "canary ok: 1 APPLIED" in r.stderr
+        for n in ("c1", "n1", "n2"):
+            assert slots.current_version(tmp_path / n / "state") == 2
+            assert fc.updates[f"shop-test/{n}"]["bundle_version"] == 2
+    finally:
+        for p in procs:
+            stop_daemon(p)
+        for s in sims:
+            s.stop()
+        fc.close()
