@@ -161,12 +161,12 @@ class Daemon:
         self.model_dir = slots.model_dir(bundle, self.factory_models)
         self.outbox = Outbox(state / "outbox.sqlite", cfg.outbox.max_rows)
         self.link = Link(cfg, self.outbox, health=self.health, on_command=self.on_command, signer=self.signer)
+        self._start_fleet(state)    # before the link starts, so no update command can arrive unseen
         self.link.start()
 
         self.status("loading models")
         from device.vision.suite import VisionSuite
         self.vision = VisionSuite.create(cfg, self.model_dir)
-        self._start_fleet(state)
 
         self.status("opening camera")
         from device.camera import open_source
