@@ -736,7 +736,7 @@ def bench_frames(args) -> dict:
     model_set = getattr(args, "model_set", None) or "float"
     limit = int(getattr(args, "limit", 0) or 0)
     out = {"bench": "frame", "frames_source": str(frames), "limit": limit or None,
-           "command": " ".join(["kyc-edge"] + sys.argv[1:]) if sys.argv and "kyc-edge" in sys.argv[0] else None,
+           "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else None,
            "conditions_start": conditions()}
     peer = None
     if getattr(args, "vs_mediapipe", False):
