@@ -71,7 +71,7 @@ def test_mediapipe_peer_lockstep(tmp_path, blink_video, monkeypatch):
         pytest.skip("no .venv-mediapipe (optional: scripts/bench-mediapipe-venv)")
     peer = bench.LockstepPeer(blink_video, 3)
     for i in range(3):
-        peer.step((1.0, 1.0) if i else None, (2.0, 2.0) if i else None)
+        peer.step((1.0, 1.0) if i else None, (2.0, 2.0) if i else None, (3.0, 3.0) if i else None)
     mp = peer.finish()
     assert "error" not in mp, mp.get("error")
     assert mp["frames"] == 3 and mp["process_ms"]["n"] == 2

@@ -291,9 +291,11 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
                 if n > 1:
                     no_pad = "pad" not in calls
                     peer.step((row_w["detect_landmarks"][0], row_c["detect_landmarks"][0]),
-                              (row_w["per_frame_path"][0], row_c["per_frame_path"][0]) if no_pad else None)
+                              (row_w["per_frame_path"][0], row_c["per_frame_path"][0]) if no_pad else None,
+                              (row_w["detect_landmarks"][0] + sum(row_w.get("iris", [])),
+                               row_c["detect_landmarks"][0] + sum(row_c.get("iris", []))))
                 else:
-                    peer.step(None, None)
+                    peer.step(None, None, None)
                 peer_wait += time.perf_counter() - w0
         wall_s = time.perf_counter() - wall0 - peer_wait
         cpu_s = time.process_time() - cpu0
@@ -372,6 +374,11 @@ class LockstepPeer:
             raise RuntimeError("no .venv-mediapipe (run scripts/bench-mediapipe-venv, or set KYC_EDGE_MEDIAPIPE_PYTHON)")
         script = Path(__file__).with_name("mediapipe_peer.py")
         cmd = [str(py), str(script), "--lockstep", "--limit", str(limit)]
+        # KYC_EDGE_BENCH_MP_REFINE=1: MediaPipe's attention mesh (refine_landmarks=True, with iris), the
+        # like-for-like peer for our FaceMesh + iris refiner (ratio detect_landmarks_iris_cpu)
+        self.refine = os.environ.get("KYC_EDGE_BENCH_MP_REFINE", "") in ("1", "true", "yes")
+        if self.refine:
+            cmd.append("--refine")
         self._list_file = None
         if frames.is_dir():
             import tempfile
@@ -393,11 +400,13 @@ class LockstepPeer:
         self.cpu_pairs: list[tuple[float, float]] = []      # the same pairs in CPU time
         self.path_cpu_pairs: list[tuple[float, float]] = []
         self.theirs_cpu: list[float] = []
+        self.dli_pairs: list[tuple[float, float]] = []      # detect + landmarks + iris refiner
+        self.dli_cpu_pairs: list[tuple[float, float]] = []
         self.theirs: list[float] = []
         self.face_frames = 0
         self.error: str | None = None
 
-    def step(self, ours, ours_path=None) -> None:
+    def step(self, ours, ours_path=None, ours_dli=None) -> None:
         """Let the peer process the next frame. `ours` / `ours_path`: (wall ms, CPU ms) of our detect+landmarks
         and of our whole observe() (None on frames with PAD) for that same frame."""
         if self.error:
@@ -417,6 +426,9 @@ class LockstepPeer:
             if ours is not None:
                 self.pairs.append((ours[0], d["ms"]))
                 self.cpu_pairs.append((ours[1], d["cpu_ms"]))
+            if ours_dli is not None:
+                self.dli_pairs.append((ours_dli[0], d["ms"]))
+                self.dli_cpu_pairs.append((ours_dli[1], d["cpu_ms"]))
             if ours_path is not None:
                 self.path_pairs.append((ours_path[0], d["ms"]))
                 self.path_cpu_pairs.append((ours_path[1], d["cpu_ms"]))
@@ -465,7 +477,9 @@ class LockstepPeer:
             return None
         return {"wall": self._ratio(self.pairs), "cpu": self._ratio(self.cpu_pairs),
                 "whole_observe_no_pad_wall": self._ratio(self.path_pairs),
-                "whole_observe_no_pad_cpu": self._ratio(self.path_cpu_pairs)}
+                "whole_observe_no_pad_cpu": self._ratio(self.path_cpu_pairs),
+                "detect_landmarks_iris_cpu": self._ratio(self.dli_cpu_pairs) if self.refine else None,
+                "peer_refine_landmarks": self.refine}
 
 
 # ------------------------------------------------------------------ session + daemon figures

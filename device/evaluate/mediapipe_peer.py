@@ -71,6 +71,9 @@ def main(argv=None) -> int:
     g.add_argument("--video")
     g.add_argument("--list", help="text file: one image path per line, in order")
     p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--refine", action="store_true",
+                   help="refine_landmarks=True: the attention mesh with iris and refined lips/eyes (the like-for-like "
+                        "peer for our FaceMesh + iris refiner)")
     p.add_argument("--lockstep", action="store_true",
                    help="decode a frame, then wait for a line on stdin before processing it, and print "
                         "{'i','ms','face'} per frame: the bench interleaves MediaPipe with its own pass frame by "
@@ -80,7 +83,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("GLOG_minloglevel", "2")
     import mediapipe as mp
     t0 = time.perf_counter()
-    fm = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=False,
+    fm = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=args.refine,
                                          min_detection_confidence=0.5, min_tracking_confidence=0.5)
     init_ms = (time.perf_counter() - t0) * 1000.0
     proc, proc_cpu, dec = [], [], []
@@ -120,7 +123,7 @@ def main(argv=None) -> int:
     except AttributeError:
         cpus = None
     print(json.dumps({
-        "peer": "mediapipe.solutions.face_mesh (static_image_mode=False, max_num_faces=1, refine_landmarks=False)",
+        "peer": f"mediapipe.solutions.face_mesh (static_image_mode=False, max_num_faces=1, refine_landmarks={args.refine})",
         "mediapipe": mp.__version__, "python": sys.version.split()[0], "cpu_affinity": cpus,
         "frames": n, "frames_with_face": faces, "graph_init_ms": round(init_ms, 1),
         "first_frame_ms": first, "process_ms": _stats(proc), "process_cpu_ms": _stats(proc_cpu), "decode_ms": _stats(dec),
