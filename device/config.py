@@ -99,7 +99,7 @@ class ReaderConfig:
 @dataclass(frozen=True)
 class ModelsConfig:
     dir: str = opt("", "Installed model directory (empty = $KYC_EDGE_MODEL_DIR or <state_dir>/models).")
-    set: str = opt("float", "Model set: `int8` (built by scripts/build-models) or `float`.", choices=("float", "int8"))
+    set: str = opt("int8", "Model set: `int8` = the int8 builds of scripts/build-models listed in the manifest (roles without one stay float); `float` = float models only.", choices=("float", "int8"))
     detector: str = opt("short_range", "BlazeFace variant; `full_range` for cameras mounted far back.",
                         choices=("short_range", "full_range"))
     threads: int = opt(1, "Inference threads per model.", lo=1, hi=8)
@@ -107,7 +107,7 @@ class ModelsConfig:
 
 @dataclass(frozen=True)
 class MatchConfig:
-    threshold: float = opt(0.40, "Cosine similarity at or above which live face and card photo match.", lo=-1, hi=1)
+    threshold: float = opt(0.42, "Cosine similarity at or above which live face and card photo match. Default: FAR = 1e-3 on LFW folds 1-5 (float 0.409, int8 0.416); recalibrate on own data (docs/match.md).", lo=-1, hi=1)
     top_k: int = opt(3, "Best-quality live frames whose embeddings are averaged.", lo=1, hi=16)
 
 
