@@ -182,8 +182,11 @@ def resolve_models(models_dir: Path, model_set: str) -> tuple[Path, dict, list[s
         built = {e.file for e in models_mod.entries() if e.precision == "int8"}
         extra = [build / f for f in built if not (models_dir / f).exists() and (build / f).exists()]
         if extra:
+            import atexit
+            import shutil
             import tempfile
             load_dir = Path(tempfile.mkdtemp(prefix="kyc-bench-models-"))
+            atexit.register(shutil.rmtree, load_dir, True)     # symlinks only
             for p in list(models_dir.glob("*.tflite")) + extra:
                 (load_dir / p.name).symlink_to(p.resolve())
     paths = models_mod.resolve(load_dir, model_set)
