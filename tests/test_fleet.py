@@ -172,3 +172,20 @@ def test_fleet_cli_keygen_bundle_sign(tmp_path, model_dir):
     assert a["url"] == "https://updates.example/b2/face_detection_short_range.tflite" and a["size"] == 229714
     assert m["self_test"]["vectors"][0]["model"] == "face_detection_short_range.tflite"
     assert len(json.dumps(env)) < 16384          # one MQTT command
+
+
+def test_a_bundle_replacing_a_float_model_drops_its_stale_int8_build(tmp_path):
+    """Otherwise models.set=int8 would keep running the old weights after the update."""
+    from device import models as models_mod
+    base = tmp_path / "factory"
+    base.mkdir()
+    for name in ("mobilefacenet.tflite", "mobilefacenet_int8.tflite", "face_landmark.tflite"):
+        (base / name).write_bytes(b"old " + name.encode())
+    new = tmp_path / "dl" / "mobilefacenet.tflite"
+    new.parent.mkdir()
+    new.write_bytes(b"new embedder")
+    state = tmp_path / "state"
+    slot = slots.stage_slot(state, "A", {"mobilefacenet.tflite": new}, base, {"manifest": {}}, {}, 2)
+    names = sorted(p.name for p in (slot / "models").iterdir())
+    assert names == ["face_landmark.tflite", "mobilefacenet.tflite"]
+    assert models_mod.resolve(slot / "models", "int8")["embedder"].read_bytes() == b"new embedder"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from device.config import MatchConfig
+
 from device.cardreader.simulator import FakeCard, Simulator
 from device.fleet import manifest as mf
 from device.fleet import slots
@@ -74,7 +76,8 @@ def test_daemon_defers_the_switch_to_after_the_verdict_then_hot_swaps(fleet_rig,
     assert notify.wait_for("READY=1", 40), _logs(rig)
     det = (rig["model_dir"] / DET).read_bytes() + b"\0" * 8
     new_sha8 = hashlib.sha256(det).hexdigest()[:8]
-    b = _bundle(rig, 2, {DET: det}, patch={"match": {"threshold": 0.41}})
+    old_threshold = MatchConfig().threshold
+    b = _bundle(rig, 2, {DET: det}, patch={"match": {"threshold": round(old_threshold + 0.01, 2)}})
     rig["sim"].insert(FakeCard.resident(photo_bytes=chip_jpeg(genuine_photo(shared_data))))
     _wait(rig, lambda: any(t.endswith("/session") and o.get("event") == "card_read" for _, t, o in fc.log), 30,
           "no session started")
@@ -88,7 +91,7 @@ def test_daemon_defers_the_switch_to_after_the_verdict_then_hot_swaps(fleet_rig,
     t_staged = next(t for t, topic, o in fc.log if topic.endswith("/update/status") and o.get("state") == "staged")
     assert t_staged < t_verdict < t_applied      # staged mid-session; switched only after the verdict
     v = next(o for _, topic, o in fc.log if topic.endswith("/verdict"))["verdict"]
-    assert v["result"] == "pass" and v["scores"]["threshold"] == pytest.approx(0.40)   # old bundle served it
+    assert v["result"] == "pass" and v["scores"]["threshold"] == pytest.approx(old_threshold)  # old bundle served it
     assert not v["models"]["detector"].endswith(new_sha8)
     assert fc.updates[DEV]["bundle_version"] == 2 and slots.current_version(rig["state"]) == 2
     # the live pipeline now runs the new slot's detector (health status lists the loaded models)

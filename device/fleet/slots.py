@@ -225,8 +225,11 @@ def stage_slot(state_dir: str | os.PathLike, slot: str, files: dict[str, Path], 
             os.replace(src, tmp / "models" / name)
             _fsync_file(tmp / "models" / name)
         if base_models and Path(base_models).is_dir():
+            # a derived build (<stem>_int8.tflite) of a model this bundle replaces is stale: carrying
+            # it over would keep the old weights running wherever int8 is preferred
+            stale = {Path(n).stem + "_int8.tflite" for n in files if not Path(n).stem.endswith("_int8")}
             for f in sorted(Path(base_models).iterdir()):
-                if f.is_file() and not f.name.startswith(".") and f.name not in files:
+                if f.is_file() and not f.name.startswith(".") and f.name not in files and f.name not in stale:
                     _link_or_copy(f, tmp / "models" / f.name)
         fsync_dir(tmp / "models")
         for name, obj in (("config.json", patch), ("manifest.json", envelope)):
