@@ -6,6 +6,7 @@ docs/performance.md, measured on one pinned core.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -64,11 +65,18 @@ def test_stats_empty_is_null():
     assert s["median"] == 2.0 and s["n"] == 3
 
 
-def test_mediapipe_peer_lockstep(tmp_path, blink_video, monkeypatch):
-    """The real peer, when .venv-mediapipe exists (scripts/bench-mediapipe-venv); CI has no such venv."""
+def _need_peer(monkeypatch):
+    """The real MediaPipe peer venv: required when KYC_EDGE_BENCH_PEER=1 (CI builds it), else optional."""
     monkeypatch.delenv("KYC_EDGE_MEDIAPIPE_PYTHON", raising=False)
     if bench.mediapipe_python() is None:
+        if os.environ.get("KYC_EDGE_BENCH_PEER") == "1":
+            pytest.fail("KYC_EDGE_BENCH_PEER=1 but no .venv-mediapipe (scripts/setup builds it)")
         pytest.skip("no .venv-mediapipe (optional: scripts/bench-mediapipe-venv)")
+
+
+def test_mediapipe_peer_lockstep(tmp_path, blink_video, monkeypatch):
+    """The real peer stepped frame by frame."""
+    _need_peer(monkeypatch)
     peer = bench.LockstepPeer(blink_video, 3)
     for i in range(3):
         peer.step((1.0, 1.0) if i else None, (2.0, 2.0) if i else None, (3.0, 3.0) if i else None)
@@ -77,3 +85,17 @@ def test_mediapipe_peer_lockstep(tmp_path, blink_video, monkeypatch):
     assert mp["frames"] == 3 and mp["process_ms"]["n"] == 2
     r = peer.ratios()
     assert r["wall"]["paired_frames"] == 2 and r["cpu"]["paired_frames"] == 2
+
+
+def test_bench_vs_mediapipe_through_the_cli(capsys, blink_video, model_dir, monkeypatch):
+    """`kyc-edge bench --vs-mediapipe` with the real peer: ratios and the peer's figures are emitted."""
+    _need_peer(monkeypatch)
+    out = _run(capsys, "--frames", str(blink_video), "--models-dir", str(model_dir), "--limit", "5", "--vs-mediapipe")
+    mp = out["mediapipe"]
+    assert "error" not in mp, mp.get("error")
+    assert mp["frames"] == 5 and mp["process_ms"]["n"] == 4 and mp["mediapipe"] == "0.10.14"
+    v = out["vs_mediapipe"]
+    assert set(v) >= {"wall", "cpu", "whole_observe_no_pad_cpu", "what"}
+    assert set(v["cpu"]) >= {"median_of_medians", "mean_of_means", "per_frame_median", "paired_frames"}
+    assert v["cpu"]["paired_frames"] == 4
+    assert out["summary"]["vs_mediapipe_ratio"] is not None
