@@ -8,18 +8,25 @@ the way the daemon resolves them), `FaceTracker.observe` (detect or track from t
 landmarks, FaceMesh, pose, EAR, blink, PAD at its own rate) and `quality_crop` (align + quality gate).
 Frames are decoded one at a time (never all held in memory) and nothing is written to disk.
 
-Stages (median / p95 / mean ms, n = calls that ran):
+Stages (median / p95 / mean ms, n = calls that ran), in wall time (`stages_ms`) and in process CPU time
+(`stages_cpu_ms`: with --threads 1 on a pinned core, what the call costs without other processes' slices):
 - decode: read + BGR->RGB of one frame (video: OpenCV/FFmpeg; folder: imread);
-- detect, landmarks, pad: per call, from the tracker's own stage timers (detect runs only when not
-  tracking: see `detect_ran_frames`; PAD runs on near-frontal frames at most every `pad_every_s`);
+- detect, landmarks, iris, pad: per call, from thin timing wrappers on the suite's own model instances
+  (detect runs only when not tracking: see `detect_ran_frames`; PAD runs on near-frontal frames at most
+  every `pad_every_s`);
 - detect_landmarks: per frame, the sum of the detect and landmarks calls on that frame (what the
   MediaPipe ratio compares with MediaPipe's whole FaceMesh graph);
-- per_frame_path: per frame, wall time of `observe()` (detect or track + landmarks + PAD + pose/EAR);
+- per_frame_path: per frame, `observe()` (detect or track + landmarks + iris + PAD + pose/EAR/blink);
 - align, embed, align_embed: align per frame (inside quality_crop), embed per batch-of-2 call, timed after
   the frame pass on the aligned crops kept by the quality gate (the daemon embeds at decision time);
 - per_frame_total: per frame, decode + observe + quality_crop.
 `sustained_fps` = frames / wall time of the whole frame loop (decode included); `path_fps` = 1000 / mean
 per_frame_path. Frame 0 (first-invoke warm-up) is left out of every statistic and shown on its own.
+
+With a full run (no --limit) it also measures, on the daemon's own parts: last challenge frame -> verdict
+in the outbox (in-process sessions), start -> READY=1 and daemon RSS (a real `kyc-edge run` subprocess).
+--vs-mediapipe steps MediaPipe's FaceMesh graph (.venv-mediapipe, mediapipe_peer.py) frame by frame
+beside ours on the same frames; KYC_EDGE_BENCH_MP_REFINE=1 makes it the attention mesh with iris.
 
 Figures that cannot be measured in this tree are `null` with a `*_why` reason, never estimated.
 """
