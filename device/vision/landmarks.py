@@ -190,6 +190,7 @@ _CONTOUR_EAR = (0, 11, 13, 8, 5, 3)
 class EyeRefinerOptions:
     model_path: str
     threads: int = 1
+    alternate: bool = False   # refine one eye per frame, in turn; the other keeps its last refined EAR
 
 
 class EyeRefiner:
@@ -199,6 +200,8 @@ class EyeRefiner:
     0.22-0.24 with the eyes shut), the iris model's contour does (0.12-0.25 shut vs 0.33-0.40 open)."""
 
     def __init__(self, options: EyeRefinerOptions):
+        self.options = options
+        self.reset()
         self._it = load_interpreter(options.model_path, options.threads)
         self._in = self._it.get_input_details()[0]["index"]
         outs = self._it.get_output_details()
@@ -208,22 +211,34 @@ class EyeRefiner:
     def create(cls, options: EyeRefinerOptions) -> "EyeRefiner":
         return cls(options)
 
+    def reset(self) -> None:
+        """Forget the alternating state (new track or new session)."""
+        self._turn, self._last = 0, [None, None]
+
     def ear(self, rgb: np.ndarray, lm: np.ndarray) -> tuple[float, float]:
-        out = []
-        for a, b, flip in _EYES:
-            pa, pb = lm[a, :2].astype(np.float64), lm[b, :2].astype(np.float64)
-            ang = math.atan2(pb[1] - pa[1], pb[0] - pa[0])
-            c = (pa + pb) / 2
-            side = max(float(np.linalg.norm(pb - pa)) * IRIS_SCALE, 4.0)
-            m = crop_matrix((c[0], c[1], side, ang), IRIS_SIZE)
-            crop = cv2.warpAffine(rgb, m, (IRIS_SIZE, IRIS_SIZE), flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_REPLICATE)
-            if flip:
-                crop = crop[:, ::-1]
-            self._it.set_tensor(self._in, (crop.astype(np.float32) * (1.0 / 255.0))[None])
-            self._it.invoke()
-            e = self._it.get_tensor(self._contour).reshape(71, 3)[:16, :2]
-            p = e[list(_CONTOUR_EAR)].astype(np.float64)   # flip does not change distances
-            v = np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])
-            out.append(float(v / max(2.0 * np.linalg.norm(p[0] - p[3]), 1e-6)))
-        return out[0], out[1]
+        if not self.options.alternate:
+            return self._eye_ear(rgb, lm, *_EYES[0]), self._eye_ear(rgb, lm, *_EYES[1])
+        # half the iris cost: one eye per frame, in turn; both eyes close together in a blink, so a
+        # closure shows on its first frame and the other eye follows one frame later
+        i = self._turn % 2
+        self._turn += 1
+        self._last[i] = self._eye_ear(rgb, lm, *_EYES[i])
+        other = self._last[1 - i] if self._last[1 - i] is not None else self._last[i]
+        return (self._last[0], other) if i == 0 else (other, self._last[1])
+
+    def _eye_ear(self, rgb: np.ndarray, lm: np.ndarray, a: int, b: int, flip: bool) -> float:
+        pa, pb = lm[a, :2].astype(np.float64), lm[b, :2].astype(np.float64)
+        ang = math.atan2(pb[1] - pa[1], pb[0] - pa[0])
+        c = (pa + pb) / 2
+        side = max(float(np.linalg.norm(pb - pa)) * IRIS_SCALE, 4.0)
+        m = crop_matrix((c[0], c[1], side, ang), IRIS_SIZE)
+        crop = cv2.warpAffine(rgb, m, (IRIS_SIZE, IRIS_SIZE), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+        if flip:
+            crop = crop[:, ::-1]
+        self._it.set_tensor(self._in, (crop.astype(np.float32) * (1.0 / 255.0))[None])
+        self._it.invoke()
+        e = self._it.get_tensor(self._contour).reshape(71, 3)[:16, :2]
+        p = e[list(_CONTOUR_EAR)].astype(np.float64)   # flip does not change distances
+        v = np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])
+        return float(v / max(2.0 * np.linalg.norm(p[0] - p[3]), 1e-6))

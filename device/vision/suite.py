@@ -36,6 +36,10 @@ class VisionSuite:
             threads=th, quality=cfg.quality, detector_variant=cfg.models.detector,
             blink_min_s=cfg.liveness.blink_min_s, blink_max_s=cfg.liveness.blink_max_s))
         self.embedder = FaceEmbedder.create(EmbedderOptions(str(paths["embedder"]), threads=th))
+        # embeddings made ahead of the decision (card at card-read time, the session's first crop during
+        # capture), so the last-challenge -> verdict path runs fewer embedder calls; wiped in reset()
+        self._card_vec: np.ndarray | None = None
+        self._first_vec: np.ndarray | None = None
 
     @classmethod
     def create(cls, cfg: Config, model_dir: Path) -> "VisionSuite":
@@ -43,7 +47,10 @@ class VisionSuite:
 
     # -- card
     def card_face(self, photo: np.ndarray) -> np.ndarray | None:
-        return prepare_card_face(self.detector, photo)
+        face = prepare_card_face(self.detector, photo)
+        # embedded now, before capture starts: off the last-challenge -> verdict path
+        self._card_vec = self.embedder.embed_one(face) if face is not None else None
+        return face
 
     # -- per frame
     def observe(self, rgb: np.ndarray, t: float):
@@ -62,33 +69,48 @@ class VisionSuite:
             aligned.fill(0)
             return None
         best.offer(q.score, aligned)
+        if self._first_vec is None:    # the session keeps its first passing crop as the start identity
+            self._first_vec = self.embedder.embed_one(aligned)
         return aligned
 
     # -- decision
     def match(self, card_face, crops, first, last):
         """(similarity of the mean top-k live embedding to the card, start/end identity similarity, vectors).
 
-        The card is embedded once, in the same batch-of-2 call as the best live crop."""
-        res = self.embedder.embed(crops[0], card_face)
-        live = [res.vectors[0]]
-        card_vec = res.vectors[1]
-        rest = list(crops[1:])
-        while rest:
-            a = rest.pop(0)
-            b = rest.pop(0) if rest else a
+        The card (at card_face) and the session's first passing crop (in quality_crop) are embedded ahead;
+        what is left (top-k live crops, the last crop, and the card or first crop if not done ahead) goes
+        two per call, the model's batch."""
+        card_vec = self._card_vec
+        first_vec = self._first_vec if first is not None else None
+        # one queue of faces still to embed, two per call (the model's batch): live crops, the card if it
+        # was not embedded at card-read time, the first crop if not embedded during capture, the last crop
+        todo = [("live", c) for c in crops]
+        if card_vec is None:
+            todo.append(("card", card_face))
+        if first is not None and last is not None:
+            if first_vec is None:
+                todo.append(("first", first))
+            todo.append(("last", last))
+        live, got = [], {}
+        while todo:
+            (ka, a), (kb, b) = todo[0], todo[1] if len(todo) > 1 else todo[0]
             r = self.embedder.embed(a, b)
-            live.append(r.vectors[0])
-            if b is not a:
-                live.append(r.vectors[1])
+            for k, v in ((ka, r.vectors[0]), (kb, r.vectors[1]))[: 2 if len(todo) > 1 else 1]:
+                if k == "live":
+                    live.append(v)
+                else:
+                    got[k] = v
+            del todo[:2]
+        card_vec = got.get("card", card_vec)
+        first_vec = got.get("first", first_vec)
         mean = l2n(np.mean(live, axis=0))
         similarity = cosine(mean, card_vec)
         identity = None
-        if first is not None and last is not None:
-            r = self.embedder.embed(first, last)
-            identity = cosine(r.vectors[0], r.vectors[1])
-            r.vectors.fill(0)
+        if first_vec is not None and "last" in got:
+            identity = cosine(first_vec, got["last"])
+            got["last"].fill(0)
         vecs = np.stack(live + [card_vec, mean])
-        for v in live:
+        for v in live + list(got.values()):
             v.fill(0)
         return similarity, identity, vecs
 
@@ -100,3 +122,7 @@ class VisionSuite:
 
     def reset(self) -> None:
         self.tracker.reset()
+        for v in (self._card_vec, self._first_vec):
+            if v is not None:
+                v.fill(0)
+        self._card_vec = self._first_vec = None
