@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("target", nargs="?", choices=("frame", "cardreader", "link"), default="frame")
     s.add_argument("--frames", help="frames for the per-frame bench (DIR or VIDEO)")
     s.add_argument("--threads", type=int, default=1)
-    s.add_argument("--model-set", choices=("float", "int8"), default="float")
+    s.add_argument("--model-set", choices=("float", "int8"), default="int8",
+                   help="model set (default int8, the config default; roles without an int8 build use float)")
     s.add_argument("--models-dir")
     s.add_argument("--limit", type=int, default=0, help="at most this many frames / iterations (0 = all)")
     s.add_argument("--vs-mediapipe", action="store_true")

@@ -39,10 +39,13 @@ import resource
 import subprocess
 import sys
 import time
+
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from device.notify import NotifyListener
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm"}
@@ -589,47 +592,6 @@ def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 
     return out
 
 
-class _NotifySock:
-    """The systemd side of sd_notify, owned by the bench: records (monotonic time, field) per datagram."""
-
-    def __init__(self, path: Path):
-        import socket
-        import threading
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.1)
-        self.messages: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self):
-        import socket
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            now = time.monotonic()
-            self.messages += [(now, m) for m in data.decode(errors="replace").split("\n") if m]
-
-    def first(self, field: str, timeout: float, alive=lambda: True) -> float | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and alive():
-            for t, m in list(self.messages):
-                if m.startswith(field):
-                    return t
-            time.sleep(0.01)
-        return None
-
-    def close(self):
-        self._stop.set()
-        self.sock.close()
-
-
 def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int = 3) -> dict:
     """`kyc-edge run` as a real subprocess: mosquitto, the pty card-reader simulator, the replay camera on
     the blink video, our own NOTIFY_SOCKET. Start (Popen) -> READY=1, `starts` times; RSS idle after READY
@@ -674,7 +636,7 @@ def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int =
             session_rss: list[float] = []
             hwm = None
             for i in range(starts):
-                ns = _NotifySock(tmp / f"notify{i}.sock")
+                ns = NotifyListener(tmp / f"notify{i}.sock")
                 env["NOTIFY_SOCKET"] = ns.path
                 log = open(tmp / f"daemon{i}.log", "wb")
                 t0 = time.monotonic()
@@ -695,7 +657,7 @@ def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int =
                     ready_cpu_ms.append(c)
                 # where the start-up time goes: each STATUS= step, ms after Popen
                 out.setdefault("start_status_steps_ms", []).append(
-                    [[round((t - t0) * 1000.0), m[7:40]] for t, m in ns.messages if m.startswith(("STATUS=", "READY="))])
+                    [[round((t - t0) * 1000.0), m[7:40]] for t, m in ns.timed if m.startswith(("STATUS=", "READY="))])
                 if i == starts - 1:
                     time.sleep(2.0)            # idle: camera running, no session
                     idle_rss = _proc_status_mb(proc.pid)
