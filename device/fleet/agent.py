@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import http.client
 import logging
 import os
@@ -31,6 +30,7 @@ from typing import Any, Callable
 
 from device import __version__ as DAEMON_VERSION
 from device import config as config_mod
+from device.models import sha256_file
 from device.fleet import manifest as mf
 from device.fleet import slots
 from device.fleet.manifest import FleetError
@@ -359,7 +359,7 @@ class UpdateAgent:
             size = p.stat().st_size
             if size < a["size"]:
                 raise FleetError("truncated", f"{a['name']}: {size} of {a['size']} bytes")
-            if size > a["size"] or _sha256(p) != a["sha256"]:
+            if size > a["size"] or sha256_file(p) != a["sha256"]:
                 raise FleetError("hash_mismatch", f"{a['name']}: sha256 differs from the manifest")
         patch = m.get("config_patch") or {}
         try:
@@ -491,14 +491,6 @@ class UpdateAgent:
         except Exception as e:  # noqa: BLE001 - the boot guard catches a crash loop from here
             log.error("fleet: re-applying the previous bundle failed: %s", type(e).__name__)
         self._report("rolled_back", trial.get("version"), reason=reason, detail=detail, persist=True)
-
-
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def _version_hint(payload: Any) -> int | None:
