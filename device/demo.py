@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,36 +18,9 @@ import time
 from pathlib import Path
 
 from device import config as config_mod
+from device.localbroker import LocalBroker
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_local_broker(workdir: Path) -> tuple[subprocess.Popen, str]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
-        raise RuntimeError("mosquitto is not installed (scripts/setup installs it)")
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    user = "user root\n" if os.geteuid() == 0 else ""
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{user}")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, f"mqtt://127.0.0.1:{port}"
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("mosquitto did not start")
 
 
 def toml_value(v) -> str:
@@ -121,7 +93,8 @@ def run_demo(args) -> int:
         if base is not None:
             url = base.mqtt.url
         else:
-            broker, url = start_local_broker(work)
+            broker = LocalBroker(work).start()
+            url = broker.url
             print(f"demo: started mosquitto at {url}", file=sys.stderr)
         sim = Simulator(card=None)
         port = sim.start_pty()
@@ -166,6 +139,5 @@ def run_demo(args) -> int:
                 except Exception:  # noqa: BLE001
                     pass
         if broker is not None:
-            broker.terminate()
-            broker.wait(5)
+            broker.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -12,54 +12,17 @@ import datetime as _dt
 import ipaddress
 import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from device.localbroker import LocalBroker, free_port, mosquitto_bin  # noqa: F401  (re-exported)
 
 
-def mosquitto_bin() -> str:
-    for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
-        if cand and Path(cand).exists():
-            return cand
-    raise RuntimeError("mosquitto not installed: run scripts/setup")
-
-
-class Mosquitto:
-    def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None, *,
-                 tls: bool = False, persistence: bool = False):
-        self.dir = Path(workdir) / f"mosq-{id(self)}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.extra_conf = extra_conf
-        self.tls = tls
-        self.persistence = persistence
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
-
-    def conf_text(self) -> str:
-        base = self.extra_conf or "allow_anonymous true\n"
-        if self.persistence:
-            tail = (f"persistence true\npersistence_location {self.dir}/\n"
-                    "autosave_interval 1\nautosave_on_changes true\n")
-        else:
-            tail = "persistence false\n"
-        if hasattr(os, "geteuid") and os.geteuid() == 0 and "\nuser " not in "\n" + base:
-            # as root mosquitto drops to user `mosquitto`, which cannot read 0600 files in tmp_path
-            tail += "user root\n"
-        return f"listener {self.port} 127.0.0.1\n{base}{tail}"
+class Mosquitto(LocalBroker):
+    """The package's LocalBroker plus a TLS / password / ACL constructor for the link tests."""
 
     @classmethod
     def secure(cls, workdir: Path, pki: "Pki", *, passwords: dict[str, str] | None = None,
@@ -81,49 +44,6 @@ class Mosquitto:
             af.write_text(acl)
             conf += f"acl_file {af}\n"
         return cls(d, conf, tls=True, **kw)
-
-    def log_text(self) -> str:
-        p = self.dir / "mosquitto.log"
-        return p.read_text(errors="replace") if p.exists() else ""
-
-    def kill(self) -> None:
-        """SIGKILL: no clean shutdown, no persistence save, no will suppression."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-        self.proc = None
-
-    def start(self) -> "Mosquitto":
-        conf = self.dir / "mosquitto.conf"
-        conf.write_text(self.conf_text())
-        log = open(self.dir / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen([mosquitto_bin(), "-c", str(conf)], stdout=log, stderr=log)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {(self.dir / 'mosquitto.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start listening")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> "Mosquitto":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 # ---------------------------------------------------------------- passwords

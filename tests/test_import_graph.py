@@ -17,7 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("device.camera", "device.vision", "device.liveness", "device.cardreader", "device.session",
              "device.daemon", "device.evaluate")
 # device.models: the model manifest and sha256 helpers (stdlib only); fleet verifies artifacts with it
-ALLOWED_DEVICE = {"device", "device.verdict", "device.config", "device.errors", "device.models"}
+# device.localbroker: a loopback mosquitto for the link bench (stdlib only)
+ALLOWED_DEVICE = {"device", "device.verdict", "device.config", "device.errors", "device.models",
+                  "device.localbroker"}
 PACKAGES = ("device.link", "device.fleet")
 # third-party modules that would mean biometric code or image handling got pulled in
 FORBIDDEN_THIRD_PARTY = ("cv2", "numpy", "ai_edge_litert", "tflite_runtime", "PIL", "serial", "picamera2")
@@ -89,7 +91,7 @@ def _imports(path: Path, module: str | None = None) -> list[tuple[int, str]]:
     return out
 
 
-@pytest.mark.parametrize("pkg", PACKAGES + ("device.verdict", "device.models"))
+@pytest.mark.parametrize("pkg", PACKAGES + ("device.verdict", "device.models", "device.localbroker"))
 def test_source_has_no_biometric_imports(pkg):
     root = REPO / pkg.replace(".", "/")
     files = sorted(root.rglob("*.py")) if root.is_dir() else [root.with_suffix(".py")]

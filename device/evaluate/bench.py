@@ -600,7 +600,8 @@ def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int =
     import tempfile
     from device.cardreader.photo import card_photo_jpeg
     from device.cardreader.simulator import FakeCard, Simulator
-    from device.demo import VerdictSubscriber, start_local_broker, write_config
+    from device.demo import VerdictSubscriber, write_config
+    from device.localbroker import LocalBroker
     if not BLINK_VIDEO.is_file():
         why = f"{BLINK_VIDEO} missing"
         return {"start_to_ready_ms": None, "start_to_ready_why": why, "daemon_rss_mb": None, "daemon_rss_why": why}
@@ -609,7 +610,8 @@ def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int =
     with tempfile.TemporaryDirectory(prefix="kyc-bench-daemon-") as tmp:
         tmp = Path(tmp)
         try:
-            broker, url = start_local_broker(tmp)
+            broker = LocalBroker(tmp).start()
+            url = broker.url
         except RuntimeError as e:
             why = f"no broker: {e}"
             return {"start_to_ready_ms": None, "start_to_ready_why": why, "daemon_rss_mb": None, "daemon_rss_why": why}
@@ -702,11 +704,7 @@ def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int =
                     p.wait()
             sub.close()
             sim.stop()
-            broker.terminate()
-            try:
-                broker.wait(5)
-            except subprocess.TimeoutExpired:
-                broker.kill()
+            broker.stop()
     return out
 
 

@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,54 +28,13 @@ from pathlib import Path
 
 from device import config as _config
 from device import verdict as _verdict
+from device.localbroker import LocalBroker
 
 
-# ---------------------------------------------------------------- broker (same as tests/brokers.py, minimal)
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Broker:
-    def __init__(self, workdir: Path):
-        self.dir = workdir
-        self.port = _free_port()
-        self.proc: subprocess.Popen | None = None
-        self.bin = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        conf = self.dir / "mosquitto.conf"
-        user = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                        f"persistence_location {self.dir}/\nautosave_interval 1\nautosave_on_changes true\n"
-                        f"max_queued_messages 0\n{user}")
-        log = open(self.dir / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen([self.bin, "-c", str(conf)], stdout=log, stderr=log)
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError("mosquitto exited: " + (self.dir / "mosquitto.log").read_text()[-500:])
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("mosquitto did not start")
-
-    def kill(self, sig: int) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+# ---------------------------------------------------------------- broker
+def _Broker(workdir: Path) -> LocalBroker:
+    """The bench's broker: persistent (sessions and queued messages survive a kill), unlimited queue."""
+    return LocalBroker(workdir, "allow_anonymous true\nmax_queued_messages 0\n", persistence=True)
 
 
 # ---------------------------------------------------------------- helpers
