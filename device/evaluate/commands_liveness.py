@@ -4,8 +4,7 @@ Model directory: --model-dir, else $KYC_EDGE_MODEL_DIR, else models/store, else 
 Files are looked up by their float names; for an int8 build directory (scripts/build-models --out
 models/build) each role takes the int8 file when the manifest names one that exists there and
 falls back to the float file of the next directory otherwise (as device.models.resolve does).
-The iris model (optional, sharper blink signal) is searched as iris_landmark.tflite in the model
-directory, its alternatives/ folder, and the ../shared/models mirror.
+The iris model (the manifest's `iris` role) is resolved the same way.
 """
 from __future__ import annotations
 
@@ -14,15 +13,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_MODELS = Path(os.environ.get("KYC_EDGE_SHARED", REPO.parent / "shared")) / "models"
-FLOAT = {"detector": "face_detection_short_range.tflite", "landmarks": "face_landmark.tflite",
-         "antispoof_v2": "minifasnet_v2_2.7_80x80.tflite", "antispoof_v1se": "minifasnet_v1se_4.0_80x80.tflite"}
-IRIS = "iris_landmark.tflite"
+REQUIRED = ("detector", "landmarks", "antispoof_v2", "antispoof_v1se")
+DETECTOR_FILE = "face_detection_short_range.tflite"
 
 
 def _float_dirs() -> list[Path]:
     c = [os.environ.get("KYC_EDGE_MODEL_DIR"), REPO / "models" / "store", os.environ.get("KYC_EDGE_MODEL_MIRROR"),
          SHARED_MODELS]
-    return [Path(p) for p in c if p and (Path(p) / FLOAT["detector"]).exists()]
+    return [Path(p) for p in c if p and (Path(p) / DETECTOR_FILE).exists()]
 
 
 def resolve_model_dir(arg: str | None) -> Path:
@@ -38,27 +36,19 @@ def resolve_model_dir(arg: str | None) -> Path:
 
 
 def model_files(model_dir: Path) -> dict[str, Path]:
-    """role -> file: int8 build entries of the manifest first, then float names, then the float dirs."""
-    model_dir = Path(model_dir)
+    """role -> file, resolved like the daemon (device.models.resolve, int8 where built): first in
+    model_dir, then role by role in the float dirs (so an int8-only build dir works); the offline
+    mirror keeps some files under alternatives/."""
+    from device import models as models_mod
     out: dict[str, Path] = {}
-    try:
-        from device import models as models_mod
-        built = {e.role: e.file for e in models_mod.entries() if e.precision == "int8"}
-    except Exception:   # manifest unreadable: float names only
-        built = {}
-    for role, name in FLOAT.items():
-        int8_name = name.replace(".tflite", "_int8.tflite")
-        for cand in ([model_dir / built[role]] if role in built else []) + [model_dir / int8_name, model_dir / name] + \
-                [d / name for d in _float_dirs()]:
-            if cand.exists():
-                out[role] = cand
-                break
-        else:
+    for d in [Path(model_dir)] + _float_dirs():
+        for role, p in models_mod.resolve(d, "int8").items():
+            for cand in (p, p.parent / "alternatives" / p.name):
+                if role not in out and cand.is_file():
+                    out[role] = cand
+    for role in REQUIRED:
+        if role not in out:
             raise SystemExit(f"model for {role} not found in {model_dir}")
-    for cand in (model_dir / IRIS, model_dir / "alternatives" / IRIS, SHARED_MODELS / "alternatives" / IRIS):
-        if cand.exists():
-            out["iris"] = cand
-            break
     return out
 
 

@@ -51,8 +51,7 @@ class TrackerOptions:
     detector_path: str
     landmark_path: str
     pad_paths: tuple[str, str] | None = None
-    iris_path: str | None = "auto"   # "auto": iris_landmark.tflite beside the landmark model (or its
-                                     # alternatives/ folder, or $KYC_EDGE_MODEL_MIRROR/alternatives); None: off
+    iris_path: str | None = None     # the manifest's `iris` model (device.models.resolve); None: FaceMesh EAR only
     threads: int = 1
     quality: QualityConfig = field(default_factory=QualityConfig)
     detector_variant: str = "short_range"
@@ -120,21 +119,6 @@ def face_geometry(lm: np.ndarray) -> float:
     return float(np.linalg.norm(mouth - eyes) / max(io, 1e-6))
 
 
-def find_iris(landmark_path: str) -> str | None:
-    """The iris model next to the FaceMesh model (MODELS.md: alternatives/iris_landmark.tflite)."""
-    import os
-    from pathlib import Path
-    d = Path(landmark_path).parent
-    cands = [d / "iris_landmark.tflite", d / "alternatives" / "iris_landmark.tflite"]
-    mirror = os.environ.get("KYC_EDGE_MODEL_MIRROR")
-    if mirror:
-        cands += [Path(mirror) / "iris_landmark.tflite", Path(mirror) / "alternatives" / "iris_landmark.tflite"]
-    for c in cands:
-        if c.is_file():
-            return str(c)
-    return None
-
-
 def _iou(a, b) -> float:
     x0, y0 = max(a[0], b[0]), max(a[1], b[1])
     x1, y1 = min(a[2], b[2]), min(a[3], b[3])
@@ -150,7 +134,7 @@ class FaceTracker:
         self.detector = FaceDetector.create(DetectorOptions(o.detector_path, variant=o.detector_variant,
                                                             min_score=o.min_detection_score, threads=o.threads))
         self.landmarker = FaceLandmarker.create(LandmarkerOptions(o.landmark_path, threads=o.threads))
-        self.iris_path = find_iris(o.landmark_path) if o.iris_path == "auto" else o.iris_path
+        self.iris_path = o.iris_path
         self.eyes = (EyeRefiner.create(EyeRefinerOptions(self.iris_path, o.threads, alternate=o.iris_alternate))
                      if self.iris_path else None)
         self.pad = None
