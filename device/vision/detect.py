@@ -130,6 +130,7 @@ class FaceDetector:
         canvas[:] = -1.0
         canvas[top:top + nh, left:left + nw] = small.astype(np.float32) * (1 / 127.5) - 1.0
         self._it.set_tensor(self._in_idx, canvas[None])
+        canvas.fill(0.0)   # set_tensor copied it; no scaled copy of the frame outlives the call
         self._it.invoke()
         reg = self._it.get_tensor(self._reg_idx)[0]
         logits = self._it.get_tensor(self._cls_idx)[0, :, 0]
