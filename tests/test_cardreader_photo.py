@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.conftest import missing
+
 from device.cardreader.photo import (AutoDecoder, BmpDecoder, JpegDecoder, WltDecoder, card_photo_jpeg,
                                      make_decoder)
 from device.config import ReaderConfig
@@ -42,7 +44,7 @@ int unpack(const unsigned char *wlt, unsigned char *bmp, int save_to_file) {
 def wlt_lib(tmp_path_factory):
     gcc = shutil.which("gcc") or shutil.which("cc")
     if not gcc:
-        pytest.skip("no C compiler")
+        missing("no C compiler")
     d = tmp_path_factory.mktemp("wlt")
     (d / "standin.c").write_text(STANDIN_C)
     so = d / "libwlt2bmp.so"
@@ -88,7 +90,7 @@ def test_missing_wlt_library_fails_at_startup(kind, lib):
 def test_library_without_the_abi_symbol_is_unavailable(tmp_path):
     gcc = shutil.which("gcc")
     if not gcc:
-        pytest.skip("no C compiler")
+        missing("no C compiler")
     (tmp_path / "x.c").write_text("int something_else(void) { return 0; }\n")
     so = tmp_path / "libx.so"
     subprocess.run([gcc, "-shared", "-fPIC", "-o", str(so), str(tmp_path / "x.c")], check=True)

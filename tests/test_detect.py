@@ -5,6 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.conftest import missing
+
 from device.errors import ModelError
 from device.vision.detect import DetectorOptions, FaceDetector
 
@@ -16,7 +18,7 @@ def _full_range_path(model_dir, shared):
               shared / "models" / "alternatives" / "face_detection_full_range.tflite"):
         if p.exists():
             return p
-    pytest.skip("full-range model missing")
+    missing("full-range model missing")
 
 
 @pytest.fixture(scope="module")
