@@ -66,8 +66,12 @@ def cmd_check_config(args) -> int:
 
 def cmd_models(args) -> int:
     from device import models
-    dest = Path(args.dir) if args.dir else config_mod.models_dir(load_config_or_exit(args.config)) \
-        if args.config else Path(os.environ.get("KYC_EDGE_MODEL_DIR") or models.MANIFEST.parent / "store")
+    if args.dir:
+        dest = Path(args.dir)
+    elif args.config:
+        dest = config_mod.models_dir(load_config_or_exit(args.config))
+    else:
+        dest = Path(os.environ.get("KYC_EDGE_MODEL_DIR") or models.MANIFEST.parent / "store")
     if args.action == "install":
         try:
             models.install(dest, mirror=Path(args.mirror) if args.mirror else None,

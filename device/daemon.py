@@ -21,7 +21,7 @@ from pathlib import Path
 
 from device import config as config_mod
 from device import logs
-from device.errors import CameraError, CardError, KycError
+from device.errors import CardError, KycError
 from device.notify import Notifier
 
 log = logging.getLogger("kyc_edge.daemon")
@@ -44,6 +44,7 @@ class Daemon:
         self.boot_guard: dict | None = None
         self.reader_state = "starting"
         self.pending_start: tuple | None = None   # (response_topic, correlation, t) from cmd/start
+        self._abort_session = False              # set by cmd/abort (link thread), read per frame
         self.hmac_key: bytes | None = None
         self.verdicts = 0
 
