@@ -14,7 +14,7 @@ import pytest
 
 from device.camera import Frame, make_source, open_source
 from device.camera.replay import ReplaySource, parse_faults
-from device.config import CameraConfig, ReplayCameraConfig, replace
+from device.config import CameraConfig, ReplayCameraConfig
 from device.errors import CameraError
 
 FAST_RECOVERY = dict(stall_s=0.2, lost_s=0.6, reopen_backoff_min_s=0.05, reopen_backoff_max_s=0.2)

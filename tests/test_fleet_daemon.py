@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import sys
-import shutil
 import signal
 import subprocess
 import threading

@@ -2,7 +2,6 @@
 boot_guard + UpdateAgent + Link + TFLite self-test), real CLI subprocesses for the fleet manager."""
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.server
 import json
@@ -460,7 +459,7 @@ def test_power_cut_at_each_switch_step_leaves_a_bootable_slot(tmp_path, broker, 
         online(fc, d, timeout=40)
         want = STEPS[step]
         if want:
-            u = wait_update(fc, d, lambda u: u["state"] == "applied" and u["bundle_version"] == 2)
+            wait_update(fc, d, lambda u: u["state"] == "applied" and u["bundle_version"] == 2)
         ab = slots.active_bundle(d.state)
         assert d.version() == want, step
         assert (ab is None) == (want == 0)

@@ -1,10 +1,8 @@
 """FaceMesh landmarks, head pose and turns on the real head-pose clips (../shared/data/headpose)."""
 from __future__ import annotations
 
-import math
 
 import cv2
-import numpy as np
 import pytest
 
 from device.evaluate.commands_liveness import make_tracker, model_files

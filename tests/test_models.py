@@ -1,5 +1,4 @@
 """Model provisioning: sources in order, sha256 verification, refusal of a mismatch."""
-import json
 import subprocess
 import sys
 from pathlib import Path

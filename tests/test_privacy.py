@@ -13,7 +13,6 @@ import shutil
 import time
 
 import numpy as np
-import pytest
 
 from device.cardreader.simulator import Fault, FakeCard, Simulator
 from tests.daemon_harness import NotifySocket, Subscriber, daemon_config, start_daemon, stop_daemon, write_config
@@ -62,7 +61,7 @@ def _run_daemon(tmp, broker, sim, video, model_dir, name, cards, challenges=("bl
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = env_tmp
-    sub = Subscriber(broker.url, f"kyc/v1/+/+/verdict")
+    sub = Subscriber(broker.url, "kyc/v1/+/+/verdict")
     verdicts = []
     try:
         assert notify.wait_for("READY=1", 40), log_path.read_text()[-2000:]
@@ -142,7 +141,6 @@ def test_session_objects_hold_nothing_biometric_after_the_wipe(shared_data, mode
     """After run(): no frame, crop, photo or embedding is reachable from the session or the suite."""
     from device import config as C
     from device.offline import fabricated_card, run_offline
-    from device.session import Session
     from device.vision.suite import VisionSuite
     cfg = C.replace(C.from_dict({}), **{
         "camera.backend": "replay", "camera.replay.path": str(shared_data / BLINK_VIDEO),

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import time
 from pathlib import Path
 
 import cv2

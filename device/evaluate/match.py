@@ -22,7 +22,7 @@ import numpy as np
 from device.evaluate import common
 from device.vision.align import align_face
 from device.vision.detect import MODEL_FILES, DetectorOptions, FaceDetector
-from device.vision.embed import EmbedderOptions, FaceEmbedder, cosine, prepare_card_face
+from device.vision.embed import EmbedderOptions, FaceEmbedder, prepare_card_face
 
 CARD_W, CARD_H = 102, 126
 CARD_MAX_BYTES = 1024

@@ -29,7 +29,6 @@ import itertools
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from device.config import LivenessConfig
 from device.evaluate.common import Progress, emit_json

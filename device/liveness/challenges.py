@@ -31,7 +31,7 @@ once at the end.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 TURNS = ("turn_left", "turn_right")
 ALL = ("blink", "turn_left", "turn_right", "nod")
