@@ -15,7 +15,6 @@ from device.liveness.challenges import ChallengeRunner
 from device.liveness.decision import decide
 from device.liveness.tracking import FaceTracker, TrackerOptions
 from device.vision.align import align_face
-from device.vision.detect import DetectorOptions, FaceDetector
 from device.vision.embed import EmbedderOptions, FaceEmbedder, cosine, l2n, prepare_card_face
 from device.vision.quality import BestFrames, assess
 
@@ -27,14 +26,13 @@ class VisionSuite:
         self.paths = paths
         self.versions = models_mod.versions(paths)
         th = cfg.models.threads
-        self.detector = FaceDetector.create(DetectorOptions(str(paths["detector"]), variant=cfg.models.detector,
-                                                            threads=th))
         pad = (str(paths["antispoof_v2"]), str(paths["antispoof_v1se"])) if cfg.liveness.pad_enabled else None
         self.tracker = FaceTracker.create(TrackerOptions(
             detector_path=str(paths["detector"]), landmark_path=str(paths["landmarks"]), pad_paths=pad,
             iris_path=str(paths["iris"]),
             threads=th, quality=cfg.quality, detector_variant=cfg.models.detector,
             blink_min_s=cfg.liveness.blink_min_s, blink_max_s=cfg.liveness.blink_max_s))
+        self.detector = self.tracker.detector   # one BlazeFace for the card photo and the frames (stateless per call)
         self.embedder = FaceEmbedder.create(EmbedderOptions(str(paths["embedder"]), threads=th))
         # embeddings made ahead of the decision (card at card-read time, the session's first crop during
         # capture), so the last-challenge -> verdict path runs fewer embedder calls; wiped in reset()
