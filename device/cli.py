@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from device import __version__
@@ -18,13 +18,11 @@ from device import config as config_mod
 _REGISTRARS = [
     ("device.cardreader.commands", "register"),
     ("device.link.commands", "register"),
-    ("device.fleet.commands", "register"),
     ("device.camera.commands", "register"),
 ]
-_EVAL_REGISTRARS = [
-    ("device.evaluate.commands_match", "register_eval"),
-    ("device.evaluate.commands_liveness", "register_eval"),
-]
+# Workstation verbs (eval, bench, fleet manager, verdicts, fuzz) live in other packages, found by
+# entry point, so the box's package never imports them; `pip install kyc-edge[tools]` adds them.
+COMMAND_PLUGINS = "kyc_edge.commands"
 
 
 def _load(module: str, func: str):
@@ -108,19 +106,6 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
-def cmd_bench(args) -> int:
-    target = args.target or "frame"
-    fn = {"cardreader": ("device.cardreader.commands", "bench_cardreader"),
-          "link": ("device.link.commands", "bench_link"),
-          "frame": ("device.evaluate.bench", "bench_frames")}[target]
-    f = _load(*fn)
-    if f is None:
-        print(f"bench {target}: not available in this build", file=sys.stderr)
-        return 2
-    print(json.dumps(f(args), indent=2))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kyc-edge", description="On-device ID-card + live-face verification.")
     p.add_argument("--version", action="version", version=f"kyc-edge {__version__}")
@@ -163,30 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these source kinds (repeatable)")
     s.set_defaults(func=cmd_models)
 
-    s = sub.add_parser("bench", help="benchmarks; print JSON")
-    s.add_argument("target", nargs="?", choices=("frame", "cardreader", "link"), default="frame")
-    s.add_argument("--frames", help="frames for the per-frame bench (DIR or VIDEO)")
-    s.add_argument("--threads", type=int, default=1)
-    s.add_argument("--model-set", choices=("float", "int8"), default="int8",
-                   help="model set (default int8, the config default; roles without an int8 build use float)")
-    s.add_argument("--models-dir")
-    s.add_argument("--limit", type=int, default=0, help="at most this many frames / iterations (0 = all)")
-    s.add_argument("--vs-mediapipe", action="store_true")
-    s.add_argument("--count", type=int, default=0, help="iterations for cardreader/link benches")
-    s.add_argument("--broker-kills", type=int, default=20)
-    s.set_defaults(func=cmd_bench)
-
-    ev = sub.add_parser("eval", help="accuracy evaluations; print JSON")
-    ev_sub = ev.add_subparsers(dest="eval_command", required=True)
-    for mod, fn in _EVAL_REGISTRARS:
-        reg = _load(mod, fn)
-        if reg:
-            reg(ev_sub)
-
     for mod, fn in _REGISTRARS:
         reg = _load(mod, fn)
         if reg:
             reg(sub)
+    for ep in entry_points(group=COMMAND_PLUGINS):
+        ep.load()(sub)
     return p
 
 

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from device.evaluate.commands_liveness import register_eval
-from device.evaluate.pad import FramePad, read_labels, summarise
+from kyc_tools.eval.commands_liveness import register_eval
+from kyc_tools.eval.pad import FramePad, read_labels, summarise
 from device.vision.antispoof import crop_box
 
 

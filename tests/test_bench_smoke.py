@@ -11,7 +11,7 @@ import os
 import pytest
 
 from device import cli
-from device.evaluate import bench
+from kyc_tools.bench import frame as bench
 from tests.conftest import need
 
 STAGE_KEYS = {"decode", "detect", "landmarks", "pad", "detect_landmarks", "per_frame_path", "align", "embed",

@@ -1,4 +1,4 @@
-"""device/camera/bench.py and device/camera/commands.py on synthesized replay frames."""
+"""kyc_tools/bench/camera.py and device/camera/commands.py on synthesized replay frames."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 import cv2
 import numpy as np
 
-from device.camera.bench import replay_cfg, run_bench, simulated_inference
+from kyc_tools.bench.camera import replay_cfg, run_bench, simulated_inference
 from device.camera.commands import main, probe
 from device.config import CameraConfig
 

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from device.cardreader import protocol as P
-from device.cardreader.commands import bench_cardreader, register
+from device.cardreader.commands import register
+from kyc_tools.bench.cardreader import bench_cardreader
 from device.cardreader.reader import CardReader
 from device.cardreader.simulator import Fault
 from device.config import ReaderConfig
@@ -75,7 +76,7 @@ def test_bench_reports_wire_and_host_time():
 
 
 def test_fuzz_runner_counts_inputs_and_outcomes():
-    from device.cardreader.fuzz import run
+    from kyc_tools.fuzz import run
     res = run(600, seed=3)
     assert res["inputs"] == 600 == res["frame_inputs"] + res["record_inputs"] + res["payload_inputs"]
     assert res["crashes"] == 0 and res["ok"] > 0 and res["typed_errors"] > 0

@@ -25,9 +25,9 @@ FORBIDDEN = ("device.camera", "device.vision", "device.liveness", "device.cardre
 
 
 def test_fleet_imports_nothing_biometric():
-    code = ("import sys, device.fleet.agent, device.fleet.slots, device.fleet.manifest, device.fleet.rollout, "
-            "device.fleet.commands, device.fleet.nonces, argparse; "
-            "device.fleet.commands.register(argparse.ArgumentParser().add_subparsers()); "
+    code = ("import sys, device.fleet.agent, device.fleet.slots, device.fleet.manifest, kyc_tools.fleet.rollout, "
+            "kyc_tools.fleet.commands, device.fleet.nonces, argparse; "
+            "kyc_tools.fleet.commands.register(argparse.ArgumentParser().add_subparsers()); "
             "print('\\n'.join(sorted(sys.modules)))")
     r = subprocess.run([PY, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -155,7 +155,7 @@ def test_fleet_cli_keygen_bundle_sign(tmp_path, model_dir):
     models.mkdir()
     shutil.copyfile(model_dir / "face_detection_short_range.tflite", models / "face_detection_short_range.tflite")
     from device import config as config_mod
-    from device.fleet.commands import build_bundle
+    from kyc_tools.fleet.commands import build_bundle
     with pytest.raises(config_mod.ConfigError):
         build_bundle(models, tmp_path / "bad", 2, {"match": {"threshold": 3}}, vectors=False)
     (tmp_path / "ok.toml").write_text("[match]\nthreshold = 0.45\n")

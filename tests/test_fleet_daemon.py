@@ -19,8 +19,8 @@ from device.config import MatchConfig
 from device.cardreader.simulator import FakeCard, Simulator
 from device.fleet import manifest as mf
 from device.fleet import slots
-from device.fleet.commands import SIGNED, build_bundle, sign_bundle
-from device.fleet.rollout import FleetClient
+from kyc_tools.fleet.commands import SIGNED, build_bundle, sign_bundle
+from kyc_tools.fleet.rollout import FleetClient
 from tests.daemon_harness import NotifySocket, daemon_config, start_daemon, stop_daemon, write_config
 from tests.faces import BLINK_VIDEO, chip_jpeg, genuine_photo
 

@@ -19,8 +19,8 @@ import pytest
 
 from device.fleet import manifest as mf
 from device.fleet import slots
-from device.fleet.commands import SIGNED, build_bundle, sign_bundle
-from device.fleet.rollout import FleetClient
+from kyc_tools.fleet.commands import SIGNED, build_bundle, sign_bundle
+from kyc_tools.fleet.rollout import FleetClient
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable

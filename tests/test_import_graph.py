@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("device.camera", "device.vision", "device.liveness", "device.cardreader", "device.session",
-             "device.daemon", "device.evaluate")
+             "device.daemon")
 # device.models: the model manifest and sha256 helpers (stdlib only); fleet verifies artifacts with it
 # device.localbroker: a loopback mosquitto for the link bench (stdlib only)
 ALLOWED_DEVICE = {"device", "device.verdict", "device.config", "device.errors", "device.models",
@@ -116,3 +116,17 @@ def test_the_checker_itself_catches_a_violation(tmp_path):
                  "importlib.import_module('device.cardreader')\n")
     names = [n for _, n in _imports(f, "device.link.probe")]
     assert {"device.camera", "device.vision.detect", "device.liveness.x", "device.cardreader"} <= set(names)
+
+
+def test_the_box_package_never_imports_the_tools_package():
+    """kyc_tools imports device, never the reverse: a counter installs device alone."""
+    files = sorted((REPO / "device").rglob("*.py"))
+    assert len(files) > 30
+    bad = []
+    for f in files:
+        mod = ".".join(f.relative_to(REPO).with_suffix("").parts)
+        for line, name in _imports(f, mod):
+            if name == "kyc_tools" or name.startswith("kyc_tools."):
+                bad.append(f"{f.relative_to(REPO)}:{line}: {name}")
+    assert bad == [], "\n".join(bad)
+    assert not list((REPO / "device").rglob("evaluate")), "eval code lives in kyc_tools/eval"

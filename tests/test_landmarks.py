@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import pytest
 
-from device.evaluate.commands_liveness import make_tracker, model_files
-from device.evaluate.liveness import analyse, clips
+from kyc_tools.eval.commands_liveness import make_tracker, model_files
+from kyc_tools.eval.liveness import analyse, clips
 from device.vision.detect import DetectorOptions, FaceDetector
 from device.vision.landmarks import (FaceLandmarker, LandmarkerOptions, eye_aspect_ratio, head_pose,
                                      roi_from_keypoints)

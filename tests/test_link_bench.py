@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from device.link.commands import bench_link
+from kyc_tools.bench.link import run as bench_link
 
 
 def test_bench_link_small_run_loses_nothing():

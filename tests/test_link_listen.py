@@ -12,18 +12,15 @@ import textwrap
 from pathlib import Path
 
 from device import verdict as V
-from device.link.listen import Dedup, bound_keys, check_message
+from kyc_tools.verdicts.listen import Dedup, bound_keys, check_message
 from tests.brokers import Sub
 from tests.test_verdict import make
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = textwrap.dedent("""
-    import argparse, sys
-    from device.link.commands import register
-    p = argparse.ArgumentParser(prog="kyc-edge")
-    register(p.add_subparsers(dest="command", required=True))
-    a = p.parse_args(sys.argv[1:])
-    sys.exit(a.func(a))
+    import sys
+    from device.cli import main
+    sys.exit(main(sys.argv[1:]))
 """)
 
 

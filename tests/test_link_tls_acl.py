@@ -11,7 +11,7 @@ import pytest
 
 from device import config as C
 from device import verdict as V
-from device.link.listen import Listener
+from kyc_tools.verdicts.listen import Listener
 from device.link.mqtt import Link
 from device.link.outbox import Outbox
 from tests.brokers import Mosquitto, Sub, client_tls_context, make_pki

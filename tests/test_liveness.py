@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from device.config import LivenessConfig
-from device.evaluate.commands_liveness import make_tracker
-from device.evaluate.liveness import video_frames
-from device.evaluate.sessions import nuaa_sequences, observe_all, possible_sequences, replay
+from kyc_tools.eval.commands_liveness import make_tracker
+from kyc_tools.eval.liveness import video_frames
+from kyc_tools.eval.sessions import nuaa_sequences, observe_all, possible_sequences, replay
 from device.liveness.blink import BlinkDetector
 from device.liveness.challenges import ChallengeRunner, draw
 from device.liveness.decision import decide, fuse_pad
@@ -223,7 +223,7 @@ def test_eval_sessions_command_genuine_only(shared_data, model_dir, capsys, tmp_
     import argparse
     import json
 
-    from device.evaluate.commands_liveness import register_eval
+    from kyc_tools.eval.commands_liveness import register_eval
     from tests.conftest import need
     p = argparse.ArgumentParser()
     register_eval(p.add_subparsers(dest="cmd"))

@@ -73,7 +73,7 @@ def _fold_pairs(rows, fold="2", n=10):
 @pytest.mark.parametrize("card", [False, True], ids=["plain", "card_style"])
 def test_pipeline_same_pass_different_fail_at_configured_threshold(detector, embedder, lfw, card):
     from device.config import MatchConfig
-    from device.evaluate.match import PairScorer
+    from kyc_tools.eval.match import PairScorer
     thr = MatchConfig().threshold
     rows, load = lfw
     same, diff = _fold_pairs(rows)
@@ -87,7 +87,7 @@ def test_pipeline_same_pass_different_fail_at_configured_threshold(detector, emb
 
 
 def test_card_style_photo_is_chip_like(detector, lfw):
-    from device.evaluate.match import CARD_H, CARD_W, card_style
+    from kyc_tools.eval.match import CARD_H, CARD_W, card_style
     rows, load = lfw
     img = load(rows[0]["img1"])
     card = card_style(img, detector.detect(img).largest())

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from device.evaluate.commands_match import register_eval
+from kyc_tools.eval.commands_match import register_eval
 
 KEYS = {"pairs", "accuracy", "tar_at_far_1e-2", "tar_at_far_1e-3", "eer", "auc", "threshold_at_far_1e-3",
         "failure_to_enrol", "ms_per_pair"}

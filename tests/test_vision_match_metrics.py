@@ -1,4 +1,4 @@
-"""Metrics helpers (device/evaluate/common.py) against hand-computed and analytic values."""
+"""Metrics helpers (kyc_tools/eval/common.py) against hand-computed and analytic values."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from device.evaluate import common as c
+from kyc_tools.eval import common as c
 
 
 def test_threshold_and_tar_at_far_by_hand():

@@ -1,5 +1,5 @@
-"""`kyc-edge camera probe|bench` (registered by device/cli.py) and `bench_camera(args)` for
-`kyc-edge bench`. Output is JSON on stdout; no frame is ever written anywhere."""
+"""`kyc-edge camera probe` (registered by device/cli.py); the capture benchmark is
+`kyc-edge bench camera` (kyc_tools). Output is JSON on stdout; no frame is ever written anywhere."""
 from __future__ import annotations
 
 import argparse
@@ -50,49 +50,27 @@ def probe(cam_cfg, seconds: float = 2.0) -> dict:
     return out
 
 
-def bench_camera(args) -> dict:
-    """For `kyc-edge bench camera`: args.config, args.frames (replay this instead), args.limit."""
-    from device.camera.bench import replay_cfg, run_bench
-    cfg = _config(getattr(args, "config", None))
-    if cfg is None:
-        raise SystemExit(2)
-    cam = cfg.camera
-    if getattr(args, "frames", None):
-        cam = replay_cfg(cam, args.frames, pace=getattr(args, "pace", None) or "fast")
-    loads = getattr(args, "load_ms", None) or (0.0, 30.0)
-    return run_bench(cam, seconds=getattr(args, "seconds", None) or 3.0, loads_ms=loads,
-                     max_frames=getattr(args, "limit", 0) or 0)
-
-
 def _cmd(args) -> int:
     cfg = _config(args.config)
     if cfg is None:
         return 2
-    if args.action == "probe":
-        cam = cfg.camera
-        if args.backend:
-            cam = config_mod.replace(cam, backend=args.backend)
-        if args.replay:
-            cam = config_mod.replace(cam, **{"backend": "replay", "replay.path": args.replay})
-        out = probe(cam, args.seconds)
-        print(json.dumps(out, indent=2))
-        return 0 if out.get("ok") else 1
-    print(json.dumps(bench_camera(args), indent=2))
-    return 0
+    cam = cfg.camera
+    if args.backend:
+        cam = config_mod.replace(cam, backend=args.backend)
+    if args.replay:
+        cam = config_mod.replace(cam, **{"backend": "replay", "replay.path": args.replay})
+    out = probe(cam, args.seconds)
+    print(json.dumps(out, indent=2))
+    return 0 if out.get("ok") else 1
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("camera", help="camera probe / capture benchmark (JSON; frames never saved)")
-    p.add_argument("action", choices=("probe", "bench"))
+    p = subparsers.add_parser("camera", help="camera probe (JSON; frames never saved)")
+    p.add_argument("action", choices=("probe",))
     p.add_argument("--config", "-c", help=f"config file (default {config_mod.DEFAULT_PATH}, else defaults)")
     p.add_argument("--backend", choices=("auto", "picamera2", "v4l2", "replay"), help="override camera.backend")
     p.add_argument("--replay", help="probe: replay this file/folder instead")
-    p.add_argument("--frames", help="bench: replay this video / image folder instead of the camera")
-    p.add_argument("--pace", choices=("fast", "realtime"), default="fast", help="bench replay pace")
-    p.add_argument("--seconds", type=float, default=3.0, help="per probe / per bench row")
-    p.add_argument("--load-ms", type=float, nargs="*", default=[0.0, 30.0], dest="load_ms",
-                   help="simulated inference per frame, one bench row each")
-    p.add_argument("--limit", type=int, default=0, help="bench: at most this many frames per row")
+    p.add_argument("--seconds", type=float, default=3.0, help="how long to probe")
     p.set_defaults(func=_cmd)
 
 

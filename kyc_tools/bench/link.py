@@ -94,7 +94,7 @@ class _Collector:
 
 
 def _subscriber(url: str, signer, coll: _Collector, name: str):
-    from device.link.listen import Listener
+    from kyc_tools.verdicts.listen import Listener
     lst = Listener(url, [signer.public_key_b64], coll, topic="kyc/v1/bench/bench-dev/verdict",
                    client_id=name, session_expiry_s=3600).start()
     if not lst.wait_subscribed(10):
@@ -236,7 +236,7 @@ def bench_publisher_kill(work: Path, n: int, rate: float, seed: int) -> dict:
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
 
     def spawn(start: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "device.link.bench", "--child", "--state", str(state),
+        return subprocess.Popen([sys.executable, "-m", "kyc_tools.bench.link", "--child", "--state", str(state),
                                  "--url", broker.url, "--n", str(n), "--start", str(start), "--rate", str(rate)],
                                 stdout=subprocess.PIPE, text=True, env=env, cwd=root)
 

@@ -16,7 +16,7 @@ Figures (accept as bona fide when p_real >= threshold):
 - APCER per attack type = accepted attacks / attacks of that type; APCER_max over types;
 - BPCER = rejected bona fide / bona fide;
 - ACER = (APCER_max + BPCER) / 2 (the conventional average; ISO 30107-3 itself reports the pair);
-- EER and its threshold (from device.evaluate.common), and APCER/BPCER/ACER at that threshold
+- EER and its threshold (from kyc_tools.eval.common), and APCER/BPCER/ACER at that threshold
   (an a-posteriori operating point: optimistic, shown for comparison only);
 - BPCER at APCER = 1 % and 5 % (BPCER20 style).
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from device.evaluate.common import Progress, emit_json, eer, plot_det
+from kyc_tools.eval.common import Progress, emit_json, eer, plot_det
 
 BONA_FIDE = {"live", "real", "bonafide", "bona_fide", "genuine", "1"}
 DET = "face_detection_short_range.tflite"
@@ -53,7 +53,7 @@ def read_labels(csv_path: Path, root: Path | None = None, limit: int = 0, stride
 
 
 def model_paths(model_dir: Path) -> tuple[Path, tuple[Path, Path]]:
-    from device.evaluate.commands_liveness import model_files
+    from kyc_tools.eval.commands_liveness import model_files
     f = model_files(Path(model_dir))
     return f["detector"], (f["antispoof_v2"], f["antispoof_v1se"])
 
@@ -164,11 +164,11 @@ def plot(path, rows, scores, title="PAD") -> None:
 
 
 def run(args) -> int:
-    from device.evaluate.commands_liveness import resolve_model_dir
+    from kyc_tools.eval.commands_liveness import resolve_model_dir
     rows = read_labels(Path(args.labels), Path(args.root) if args.root else None, args.limit, args.stride)
     md = resolve_model_dir(args.model_dir)
     res, scores = evaluate(rows, md, args.threshold, args.threads, args.box_expand)
-    from device.evaluate.commands_liveness import model_files
+    from kyc_tools.eval.commands_liveness import model_files
     files = model_files(md)
     res = {"command": "eval pad", "labels": str(args.labels), "model_dir": str(md),
            "models": {k: files[k].name for k in ("detector", "antispoof_v2", "antispoof_v1se")}, **res}

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from device.evaluate.common import Progress, emit_json
+from kyc_tools.eval.common import Progress, emit_json
 
 VIDEO_EXT = {".mp4", ".mkv", ".webm", ".avi", ".mov"}
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -155,7 +155,7 @@ def landmark_agreement(frames, model_dir: Path, reference_dir: Path, threads: in
     """FaceMesh of model_dir vs reference_dir on the same detector ROI per frame (e.g. int8 vs float).
 
     NME = mean point distance / outer-eye-corner distance; also |EAR| and |yaw| differences."""
-    from device.evaluate.commands_liveness import model_files
+    from kyc_tools.eval.commands_liveness import model_files
     from device.vision.detect import DetectorOptions, FaceDetector
     from device.vision.landmarks import (FaceLandmarker, LandmarkerOptions, eye_aspect_ratio, head_pose,
                                          roi_from_keypoints)
@@ -209,7 +209,7 @@ def plot(path, results: dict) -> None:
 
 
 def run(args) -> int:
-    from device.evaluate.commands_liveness import make_tracker, resolve_model_dir
+    from kyc_tools.eval.commands_liveness import make_tracker, resolve_model_dir
     md = resolve_model_dir(args.model_dir)
     tracker = make_tracker(md, pad=False, iris=not args.no_iris, threads=args.threads)
     cl = clips(Path(args.video), args.fps)
@@ -223,7 +223,7 @@ def run(args) -> int:
                                                for k, v in results.items()}}
     out["totals"] = {"blinks": sum(len(v["blinks"]) for v in results.values()),
                      "turns": sum(len(v["turns"]) for v in results.values())}
-    from device.evaluate.commands_liveness import model_files
+    from kyc_tools.eval.commands_liveness import model_files
     out["models"] = {k: v.name for k, v in model_files(md).items()}
     if args.reference_dir:
         out["landmark_agreement"] = {name: landmark_agreement(frames, md, Path(args.reference_dir), args.threads)

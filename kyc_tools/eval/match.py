@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from device.evaluate import common
+from kyc_tools.eval import common
 from device.vision.align import align_face
 from device.vision.detect import MODEL_FILES, DetectorOptions, FaceDetector
 from device.vision.embed import EmbedderOptions, FaceEmbedder, prepare_card_face

@@ -95,3 +95,20 @@ def run_bench(cfg, *, seconds: float = 3.0, loads_ms=(0.0, 30.0), max_frames: in
 def replay_cfg(cfg, path: str, pace: str = "fast", loop: bool = True):
     """cfg (CameraConfig) switched to replaying `path`."""
     return replace(cfg, **{"backend": "replay", "replay.path": str(path), "replay.pace": pace, "replay.loop": loop})
+
+
+def bench_camera(args) -> dict:
+    """For `kyc-edge bench camera`: args.config, args.frames (replay this instead), args.limit."""
+    from device.camera.commands import _config
+    cfg = _config(getattr(args, "config", None))
+    if cfg is None:
+        raise SystemExit(2)
+    cam = cfg.camera
+    if getattr(args, "frames", None):
+        cam = replay_cfg(cam, args.frames, pace=getattr(args, "pace", None) or "fast")
+    loads = getattr(args, "load_ms", None) or (0.0, 30.0)
+    return run_bench(cam, seconds=getattr(args, "seconds", None) or 3.0, loads_ms=loads,
+                     max_frames=getattr(args, "limit", 0) or 0)
+
+
+

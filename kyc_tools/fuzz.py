@@ -1,4 +1,4 @@
-"""Fuzz the frame parser and the record parser: `python -m device.cardreader.fuzz --inputs 100000`.
+"""Fuzz the frame parser and the record parser: `python -m kyc_tools.fuzz --inputs 100000`.
 
 Inputs are random byte strings and mutations (bit flips, truncation, insertion, tampered length,
 tampered type mark) of valid frames and valid card text blocks. Every input must end in a value
@@ -119,7 +119,7 @@ def run(n: int, seed: int = 0) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m device.cardreader.fuzz", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m kyc_tools.fuzz", description=__doc__.splitlines()[0])
     ap.add_argument("--inputs", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)

@@ -3,8 +3,8 @@
 Runs inside .venv-mediapipe (scripts/bench-mediapipe-venv: mediapipe==0.10.14, numpy<2), never in the
 project's venv, and imports nothing from `device`. Prints one JSON line on stdout.
 
-    .venv-mediapipe/bin/python device/evaluate/mediapipe_peer.py --video FILE [--limit N]
-    .venv-mediapipe/bin/python device/evaluate/mediapipe_peer.py --list FILES.txt [--limit N]
+    .venv-mediapipe/bin/python kyc_tools/bench/mediapipe_peer.py --video FILE [--limit N]
+    .venv-mediapipe/bin/python kyc_tools/bench/mediapipe_peer.py --list FILES.txt [--limit N]
 
 The graph is the legacy `mediapipe.solutions.face_mesh.FaceMesh(static_image_mode=False)`: BlazeFace
 short range on the first frame and whenever the face is lost, otherwise the crop comes from the previous

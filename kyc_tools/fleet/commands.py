@@ -38,7 +38,7 @@ def _mqtt_args(s) -> None:
 
 
 def _client(a):
-    from device.fleet.rollout import FleetClient
+    from kyc_tools.fleet.rollout import FleetClient
     pw = Path(a.password_file).read_text().strip() if a.password_file else None
     return FleetClient(a.broker, a.prefix, username=a.username, password=pw, ca_file=a.ca_file,
                        cert_file=a.cert_file, key_file=a.key_file)
@@ -156,7 +156,7 @@ def cmd_sign(a) -> int:
 
 
 def cmd_publish(a) -> int:
-    from device.fleet.rollout import staged_rollout
+    from kyc_tools.fleet.rollout import staged_rollout
     bundle = Path(a.bundle)
     env = json.loads((bundle / SIGNED).read_text())
     with _client(a) as fc:

@@ -84,7 +84,7 @@ def register_eval(sub) -> None:
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--stride", type=int, default=1, help="use every k-th row")
     _common(p)
-    p.set_defaults(func=_lazy("device.evaluate.pad"))
+    p.set_defaults(func=_lazy("kyc_tools.eval.pad"))
 
     p = sub.add_parser("liveness", help="blinks and head turns found in a video or frame folder")
     p.add_argument("--video", required=True, help="video file, folder with frames.csv, or image folder")
@@ -95,7 +95,7 @@ def register_eval(sub) -> None:
     p.add_argument("--no-iris", action="store_true", help="FaceMesh EAR only (no iris model)")
     p.add_argument("--reference-dir", help="also compare FaceMesh landmarks with this model dir's (e.g. int8 vs float)")
     _common(p)
-    p.set_defaults(func=_lazy("device.evaluate.liveness"))
+    p.set_defaults(func=_lazy("kyc_tools.eval.liveness"))
 
     p = sub.add_parser("sessions", help="session-level replay: NUAA print attempts (must all fail), genuine blink video")
     shared_data = SHARED_MODELS.parent / "data"
@@ -106,4 +106,4 @@ def register_eval(sub) -> None:
     p.add_argument("--no-iris", action="store_true")
     p.add_argument("--per-attempt", action="store_true", help="include every attempt's details")
     _common(p)
-    p.set_defaults(func=_lazy("device.evaluate.sessions"))
+    p.set_defaults(func=_lazy("kyc_tools.eval.sessions"))

@@ -1,4 +1,4 @@
-"""`kyc-edge eval match` argument parsing; the work is in device/evaluate/match.py."""
+"""`kyc-edge eval match` argument parsing; the work is in kyc_tools/eval/match.py."""
 from __future__ import annotations
 
 import sys
@@ -25,8 +25,8 @@ def register_eval(subparsers) -> None:
 
 
 def cmd_eval_match(args) -> int:
-    from device.evaluate import common
-    from device.evaluate.match import run_match_eval
+    from kyc_tools.eval import common
+    from kyc_tools.eval.match import run_match_eval
     from device.errors import KycError
     try:
         out = run_match_eval(args)

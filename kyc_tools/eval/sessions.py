@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 
 from device.config import LivenessConfig
-from device.evaluate.common import Progress, emit_json
+from kyc_tools.eval.common import Progress, emit_json
 from device.liveness.challenges import TURNS, ChallengeRunner
 from device.liveness.decision import decide, fuse_pad
 
@@ -101,7 +101,7 @@ def _stats(tr) -> dict:
 
 def run_sessions(tracker, nuaa: Path | None, blink: Path | None, cfg: LivenessConfig,
                  src_fps: float = 20.0, progress: bool = True, live: bool = True) -> dict:
-    from device.evaluate.liveness import video_frames
+    from kyc_tools.eval.liveness import video_frames
     seqs_cfg = possible_sequences(cfg)
     out: dict = {"config": {"challenges": list(cfg.challenges), "count": cfg.count,
                             "challenge_timeout_s": cfg.challenge_timeout_s, "turn_yaw_deg": cfg.turn_yaw_deg,
@@ -218,13 +218,13 @@ def plot(path, res: dict) -> None:
 
 
 def run(args) -> int:
-    from device.evaluate.commands_liveness import make_tracker, resolve_model_dir
+    from kyc_tools.eval.commands_liveness import make_tracker, resolve_model_dir
     md = resolve_model_dir(args.model_dir)
     tracker = make_tracker(md, pad=True, iris=not args.no_iris, threads=args.threads)
     cfg = LivenessConfig()
     res = run_sessions(tracker, Path(args.nuaa) if args.nuaa else None, Path(args.blink) if args.blink else None,
                        cfg, args.src_fps, live=not args.no_live)
-    from device.evaluate.commands_liveness import model_files
+    from kyc_tools.eval.commands_liveness import model_files
     res = {"command": "eval sessions", "model_dir": str(md),
            "models": {k: v.name for k, v in model_files(md).items()}, **res}
     if args.plot:

@@ -1,0 +1,1 @@
+"""kyc-edge tools: bench."""
