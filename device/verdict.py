@@ -30,15 +30,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from device.errors import KycError
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "verdict.schema.json"
 SCHEMA: dict = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 REASONS: frozenset[str] = frozenset(SCHEMA["$defs"]["reason"]["enum"])
+# Verdicts already signed stay verifiable: every version the operator may still receive.
+# v1 -> v2 (docs/mqtt.md): optional `consent` and `binding` objects, new reason codes.
+_SCHEMAS = {"1": json.loads((SCHEMA_PATH.parent / "verdict.v1.schema.json").read_text(encoding="utf-8")),
+            SCHEMA_VERSION: SCHEMA}
 MAX_VERDICT_BYTES = 4096
 KEY_FILE = "verdict_signing.key"
 SIG_ALG = "Ed25519"
 
-_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+_VALIDATORS = {ver: jsonschema.Draft202012Validator(sch) for ver, sch in _SCHEMAS.items()}
 
 
 class VerdictError(KycError):
@@ -103,7 +107,8 @@ def validate(v: dict) -> None:
         digest = None
     if digest is not None and digest in _VALID_CACHE:
         return
-    errors = sorted(_VALIDATOR.iter_errors(v), key=lambda e: list(e.absolute_path))
+    validator = _VALIDATORS.get(v.get("schema_version"), _VALIDATORS[SCHEMA_VERSION])
+    errors = sorted(validator.iter_errors(v), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
         path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path)
@@ -122,7 +127,8 @@ def validate(v: dict) -> None:
 
 def build(*, device: str, site: str, result: str, reasons: list[str], scores: dict, card: dict,
           models: dict, timings_ms: dict, started_at: float, decided_at: float,
-          verdict_id: str | None = None) -> dict:
+          verdict_id: str | None = None, consent: dict | None = None,
+          binding: dict | None = None) -> dict:
     """Assemble a verdict and validate it. Floats are rounded (scores to 4 places, timings to
     0.1 ms) so the canonical JSON is stable across languages. Raises VerdictError."""
     if not isinstance(scores, dict) or not isinstance(card, dict) or not isinstance(models, dict) \
@@ -143,6 +149,10 @@ def build(*, device: str, site: str, result: str, reasons: list[str], scores: di
         "models": dict(models),
         "timings_ms": {k: _round(x, 1) for k, x in timings_ms.items()},
     }
+    if consent is not None:
+        v["consent"] = dict(consent)
+    if binding is not None:
+        v["binding"] = dict(binding)
     for k in ("liveness", "spoof", "similarity", "threshold"):
         v["scores"].setdefault(k, None)
     v["card"].setdefault("type", None)

@@ -90,7 +90,7 @@ def test_verdicts_in_order_with_mqtt5_properties_and_correlation_echo(broker, en
             assert props.ContentType == "application/json" and props.PayloadFormatIndicator == 1
             assert 3500 <= props.MessageExpiryInterval <= 3600
             up = dict(props.UserProperty)
-            assert up["schema_version"] == "1" and up["verdict_id"] == json.loads(payload)["verdict"]["verdict_id"]
+            assert up["schema_version"] == "2" and up["verdict_id"] == json.loads(payload)["verdict"]["verdict_id"]
         p4 = got[4][2]
         assert p4.CorrelationData == b"ticket-42" and p4.ResponseTopic == "ops/desk-3/reply"
         assert not hasattr(got[3][2], "CorrelationData") or not got[3][2].CorrelationData

@@ -47,7 +47,7 @@ def test_reasons_cover_the_contract_and_errors_module():
 
 def test_build_outputs_rfc3339_utc_and_a_uuid():
     v = make()
-    assert v["schema_version"] == V.SCHEMA_VERSION == "1"
+    assert v["schema_version"] == V.SCHEMA_VERSION == "2"
     for k in ("started_at", "decided_at"):
         assert v[k].endswith("Z")
         dt = datetime.fromisoformat(v[k].replace("Z", "+00:00"))
@@ -112,7 +112,7 @@ BAD = {
     "timestamp with offset": _mut(["started_at"], "2026-11-29T04:52:33+08:00"),
     "decided before started": lambda v: v.update(started_at=v["decided_at"].replace("20", "21", 1)),
     "missing field": _mut(["models"], delete=True),
-    "schema version": _mut(["schema_version"], "2"),
+    "schema version": _mut(["schema_version"], "3"),
     "too many timings": _mut(["timings_ms"], {f"t{i}": 1.0 for i in range(17)}),
 }
 
@@ -267,3 +267,23 @@ def test_sign_is_fast_enough(signer):
     for _ in range(50):
         signer.sign(v)
     assert (time.perf_counter() - t0) / 50 < 0.05    # generous: loaded 2-core CI box
+
+
+def test_v1_verdicts_still_verify_and_v2_fields_are_closed(tmp_path):
+    """Schema v2 (consent, binding) is additive: a v1 verdict signed before the upgrade verifies."""
+    signer = V.Signer.load_or_create(tmp_path)
+    v1 = make()
+    v1["schema_version"] = "1"
+    V.validate(v1)
+    assert V.verify(signer.sign(v1), [signer.public_key_b64])["schema_version"] == "1"
+    with_consent = {**v1, "consent": {"given": True, "channel": "display", "notice_version": "n1"}}
+    with pytest.raises(V.VerdictError):
+        V.validate(with_consent)              # v1 knows no consent field
+    v2 = {**make(), "consent": {"given": True, "channel": "display", "notice_version": "n1"},
+          "binding": {"kind": "correlation", "sha256": "ab" * 32}}
+    V.validate(v2)
+    for bad in ({**v2, "consent": {**v2["consent"], "name": "x"}},
+                {**v2, "binding": {"kind": "correlation", "sha256": "Zhang San"}},
+                {**v2, "consent": {**v2["consent"], "channel": "email"}}):
+        with pytest.raises(V.VerdictError):
+            V.validate(bad)
