@@ -120,6 +120,7 @@ class QualityConfig:
     min_brightness: float = opt(40.0, "Minimum mean grey level of the aligned face.", lo=0, hi=255)
     max_brightness: float = opt(220.0, "Maximum mean grey level of the aligned face.", lo=0, hi=255)
     min_ear: float = opt(0.18, "Eyes count as open above this eye aspect ratio.", lo=0, hi=1)
+    max_covered: float = opt(0.75, "Share of the lower face (mouth, chin) unlike the upper face's skin at or above which the face counts as covered (`face_covered`: a mask); 1 turns the check off. Measured by `kyc-edge eval mask`.", lo=0, hi=1)
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,28 @@ class FleetConfig:
 
 
 @dataclass(frozen=True)
+class DisplayConfig:
+    enabled: bool = opt(False, "The daemon sends session events to the customer display (device/display) over `socket` and takes its consent answers back.")
+    listen: str = opt("127.0.0.1", "Address the display page is served on (the kiosk browser opens it); keep it local.")
+    port: int = opt(8765, "TCP port of the display page.", lo=1, hi=65535)
+    socket: str = opt("/run/kyc-edge/display.sock", "Unix socket between the daemon and the display process (events out, consent back).")
+    language: str = opt("zh", "Language the screens start in (a toggle on screen switches).", choices=("zh", "en"))
+    voice: bool = opt(True, "Speak each prompt once when it appears (pre-rendered by scripts/setup with espeak-ng).")
+    voice_dir: str = opt("", "Pre-rendered prompt audio (empty = <state_dir>/voice); `kyc-edge display voices` fills it.")
+    result_hold_s: float = opt(8.0, "How long the result screen stays before the idle screen.", lo=1, hi=120)
+
+
+@dataclass(frozen=True)
+class ConsentConfig:
+    required: bool = opt(False, "After the card is read, wait for the customer's separate consent (display button or operator `cmd/consent`) before any frame is analysed.")
+    timeout_s: float = opt(60.0, "No answer within this time ends the session (`consent_timeout`).", lo=1, hi=3600)
+    notice_version: str = opt("notice-2025-06", "Version token of the notice shown; a consent must name it.")
+    notice_zh: str = opt("本柜台将采集您的人脸图像，仅用于与您身份证芯片照片进行比对，以核验您的身份。比对在本机完成，图像不会保存或传出，比对结束后立即删除。您可以拒绝，并选择不使用人脸识别的其他核验方式。", "Notice text in Chinese.")
+    notice_en: str = opt("This counter takes pictures of your face only to compare them with the photo on your ID card's chip and so confirm who you are. The comparison runs on this device; no picture is stored or sent, and all are deleted when it ends. You may decline and choose a check without a face scan.", "Notice text in English.")
+    guardian_age: int = opt(14, "Card holders younger than this need a guardian's consent (the verdict flags it).", lo=0, hi=30)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
     target: str = opt("auto", "`journald` under systemd, else `stderr`; `auto` picks.", choices=("auto", "journald", "stderr"))
@@ -207,6 +230,8 @@ class Config:
     privacy: PrivacyConfig = opt(PrivacyConfig, "Privacy.", factory=True)
     fleet: FleetConfig = opt(FleetConfig, "Fleet updates.", factory=True)
     log: LogConfig = opt(LogConfig, "Logging.", factory=True)
+    display: DisplayConfig = opt(DisplayConfig, "Customer display (device/display).", factory=True)
+    consent: ConsentConfig = opt(ConsentConfig, "Separate consent before the face check.", factory=True)
 
 
 # ---------------------------------------------------------------- engine
@@ -308,6 +333,8 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
         problems.append(f"config: quality.min_brightness = {q.min_brightness}: expected less than quality.max_brightness ({q.max_brightness})")
     if cfg.camera.lost_s <= cfg.camera.stall_s:
         problems.append(f"config: camera.lost_s = {cfg.camera.lost_s}: expected more than camera.stall_s ({cfg.camera.stall_s})")
+    if not all(c.isalnum() or c in "._-" for c in cfg.consent.notice_version) or not cfg.consent.notice_version:
+        problems.append(f"config: consent.notice_version = {cfg.consent.notice_version!r}: expected a token of letters, digits . _ -")
     url = cfg.mqtt.url
     if not (url.startswith("mqtt://") or url.startswith("mqtts://")) or ":" not in url.split("://", 1)[1]:
         problems.append(f"config: mqtt.url = {url!r}: expected mqtt://host:port or mqtts://host:port")

@@ -48,6 +48,8 @@ def register(sub) -> None:
     from kyc_tools.eval import commands_liveness, commands_match
     commands_match.register_eval(ev_sub)
     commands_liveness.register_eval(ev_sub)
+    from kyc_tools.eval import masks
+    masks.register_eval(ev_sub)
 
     from kyc_tools.fleet import commands as fleet_commands
     fleet_commands.register(sub)

@@ -14,10 +14,10 @@ from device.verdict import REASONS, VerdictError, rfc3339
 
 EVENTS = ("state", "liveness", "ready", "card_detected", "card_read", "face_wait", "face_found", "challenge",
           "challenge_passed", "challenge_failed", "capturing", "deciding", "verdict", "aborted",
-          "idle", "refused")
+          "idle", "refused", "consent", "consent_given", "hint")
 PROMPTS = ("insert_card", "hold_card", "remove_card", "look_at_camera", "move_closer", "move_back",
            "hold_still", "more_light", "one_face_only", "blink", "turn_left", "turn_right", "nod",
-           "wait", "done")
+           "wait", "done", "take_off_mask", "consent")
 CHALLENGES = ("blink", "turn_left", "turn_right", "nod")
 
 _TOKEN = {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"}
@@ -45,6 +45,10 @@ SESSION_EVENT_SCHEMA: dict = {
         "result": {"enum": ["pass", "fail"]},
         "reason": {"enum": sorted(REASONS)},
         "verdict_id": _UUID,
+        # consent step (issue 15): the notice's version (a config token) and the guardian flag
+        "notice_version": {"type": "string", "pattern": "^(?!.*[0-9]{9})[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+        "guardian_required": {"type": "boolean"},
+        "channel": {"enum": ["display", "operator"]},
     },
 }
 
