@@ -19,6 +19,7 @@ _REGISTRARS = [
     ("device.cardreader.commands", "register"),
     ("device.link.commands", "register"),
     ("device.camera.commands", "register"),
+    ("device.display.commands", "register"),
 ]
 # Workstation verbs (eval, bench, fleet manager, verdicts, fuzz) live in other packages, found by
 # entry point, so the box's package never imports them; `pip install kyc-edge[tools]` adds them.

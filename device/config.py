@@ -192,7 +192,7 @@ class DisplayConfig:
     enabled: bool = opt(False, "The daemon sends session events to the customer display (device/display) over `socket` and takes its consent answers back.")
     listen: str = opt("127.0.0.1", "Address the display page is served on (the kiosk browser opens it); keep it local.")
     port: int = opt(8765, "TCP port of the display page.", lo=1, hi=65535)
-    socket: str = opt("/run/kyc-edge/display.sock", "Unix socket between the daemon and the display process (events out, consent back).")
+    socket: str = opt("/run/kyc-edge-display/display.sock", "Unix socket between the daemon and the display process (events out, consent back).")
     language: str = opt("zh", "Language the screens start in (a toggle on screen switches).", choices=("zh", "en"))
     voice: bool = opt(True, "Speak each prompt once when it appears (pre-rendered by scripts/setup with espeak-ng).")
     voice_dir: str = opt("", "Pre-rendered prompt audio (empty = <state_dir>/voice); `kyc-edge display voices` fills it.")

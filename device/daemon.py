@@ -47,6 +47,9 @@ class Daemon:
         self._abort_session = False              # set by cmd/abort (link thread), read per frame
         self.hmac_key: bytes | None = None
         self.verdicts = 0
+        from device.display.consent import ConsentBox
+        self.consent_box = ConsentBox()          # the display's buttons and cmd/consent answer here
+        self.display = None                      # device.display.client.DisplayClient when enabled
 
     # ------------------------------------------------------------------ status
     def status(self, text: str) -> None:
@@ -131,6 +134,10 @@ class Daemon:
             log.info("start command received; it applies to the next session")
         elif name == "abort" and self.session is not None:
             self._abort_session = True
+        elif name == "consent":      # the operator answers for the customer: {"notice_version", "answer"?}
+            answer = payload.get("answer", "agree")
+            self.consent_box.offer(answer if isinstance(answer, str) else "", "operator",
+                                   payload.get("notice_version"), payload.get("session_id"))
 
     # ------------------------------------------------------------------ start-up
     def _start(self) -> int:
@@ -164,6 +171,9 @@ class Daemon:
         self.link = Link(cfg, self.outbox, health=self.health, on_command=self.on_command, signer=self.signer)
         self._start_fleet(state)    # before the link starts, so no update command can arrive unseen
         self.link.start()
+        if cfg.display.enabled:
+            from device.display.client import DisplayClient
+            self.display = DisplayClient(cfg.display.socket, on_answer=self.consent_box.offer).start()
 
         self.status("loading models")
         from device.vision.suite import VisionSuite
@@ -300,7 +310,8 @@ class Daemon:
         self.session = Session(self.cfg, reader=self.reader, camera=self.camera, vision=self.vision, sink=sink,
                                events=self._publish_event, tick=self.tick,
                                should_abort=lambda: self._stop.is_set() or self._abort_session,
-                               hmac_key=self.hmac_key)
+                               hmac_key=self.hmac_key,
+                               consent=self.consent_box.wait if self.cfg.consent.required else None)
         try:
             v = self.session.run()
             log.info("verdict %s: %s %s", v["verdict_id"], v["result"], ",".join(v["reasons"]) or "-",
@@ -311,6 +322,10 @@ class Daemon:
             self.session = None
 
     def _publish_event(self, event: dict) -> None:
+        if event.get("event") == "consent" and event.get("session_id"):
+            self.consent_box.arm(event["session_id"], event.get("notice_version", ""))
+        if self.display is not None:
+            self.display.send(event)
         try:
             self.link.publish_session_event(event)
         except KycError as e:
@@ -327,6 +342,8 @@ class Daemon:
                     part.close()
                 except Exception as e:  # noqa: BLE001 - closing must not stop the rest
                     log.warning("closing %s: %s", name, type(e).__name__)
+        if self.display is not None:
+            self.display.stop()
         if self.link is not None:
             self.link.stop("stopping")
         if self.outbox is not None:

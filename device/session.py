@@ -57,6 +57,9 @@ class Evidence:
     last_face_t: float | None = None
     hold_until: float | None = None
     started: bool = False                    # challenges start once a face is in view
+    covered_frames: int = 0                  # frames whose lower face was covered (a mask)
+    hint: str | None = None                  # last quality hint shown to the customer
+    hint_t: float = -1e9
 
     def wipe(self) -> None:
         for a in (self.first_crop, self.last_crop):
@@ -75,13 +78,16 @@ class Session:
     sink    - callable(verdict dict) -> None: signs + stores (daemon) or prints (offline verify)
     events  - callable(dict) -> None: non-biometric progress for the counter display
     tick    - called every frame: the daemon feeds its watchdog and handles signals there
+    consent - None (no consent step), or callable(session_id, notice_version, timeout_s, poll) ->
+              (answer, channel): answer "agree" | "decline" | "alternative" | None (timeout), channel
+              "display" | "operator" | None; poll() must be called while waiting (ticks, aborts)
     """
 
     def __init__(self, cfg: Config, *, reader, camera, vision, sink: Callable[[dict], None],
                  events: Callable[[dict], None] = lambda e: None, tick: Callable[[], None] = lambda: None,
                  should_abort: Callable[[], bool] = lambda: False, challenges: list[str] | None = None,
                  rng: random.Random | None = None, clock=time.monotonic, wall=time.time,
-                 hmac_key: bytes | None = None):
+                 hmac_key: bytes | None = None, consent: Callable | None = None):
         self.cfg = cfg
         self.reader, self.camera, self.vision = reader, camera, vision
         self.sink, self.events, self.tick, self.should_abort = sink, events, tick, should_abort
@@ -89,6 +95,8 @@ class Session:
         self.rng = rng or random.SystemRandom()
         self.clock, self.wall = clock, wall
         self.hmac_key = hmac_key
+        self.consent = consent
+        self.consent_record: dict | None = None
         self.state = State.IDLE
         self.session_id = ""
         self.last_challenge_to_stored_ms: float | None = None
@@ -137,6 +145,7 @@ class Session:
         card_face = live_vecs = None
         ev = Evidence()
         best = None
+        self.consent_record = None
         try:
             # CARD_DETECTED -> CARD_READ
             self._enter(State.CARD_DETECTED)
@@ -150,6 +159,8 @@ class Session:
                 raise SessionFailed("card_expired")
             if card.record.card_type == "resident" and not card.record.number_valid():
                 raise SessionFailed("card_invalid_number")
+            if self.consent is not None:      # before any face (card photo or frame) is analysed
+                self._ask_consent(card)
             card_face = self.vision.card_face(card.photo)
             card.wipe()        # the decoded photo is no longer needed once its face is aligned
             if card_face is None:
@@ -167,7 +178,7 @@ class Session:
             t_decide = self.clock()
             crops = best.crops()
             if not crops:
-                raise SessionFailed("quality_too_low")
+                raise SessionFailed("face_covered" if ev.covered_frames >= 3 else "quality_too_low")
             similarity, identity_sim, live_vecs = self.vision.match(card_face, crops, ev.first_crop, ev.last_crop)
             scores["similarity"] = similarity
             decision = self.vision.decide(runner, ev, identity_sim, self.cfg.liveness)
@@ -209,7 +220,8 @@ class Session:
             device=self.cfg.device.id, site=self.cfg.device.site,
             result="fail" if reasons else "pass", reasons=reasons, scores=scores, card=card_info,
             models=self.vision.versions, timings_ms=self.timings,
-            started_at=started_wall, decided_at=max(self.wall(), started_wall), verdict_id=self.session_id)
+            started_at=started_wall, decided_at=max(self.wall(), started_wall), verdict_id=self.session_id,
+            consent=self.consent_record)
         self.sink(v)
         if ev.last_challenge_t is not None:
             # last challenge frame -> verdict stored: the issue-9 latency figure
@@ -218,6 +230,41 @@ class Session:
                     **({"reason": reasons[0]} if reasons else {})})
         self._enter(State.IDLE)
         return v
+
+    _ANSWER_REASON = {"decline": "consent_declined", "alternative": "manual_review"}
+
+    def _ask_consent(self, card) -> None:
+        """Separate consent after the notice (issue 15). Anything but `agree` ends the session here,
+        before the card photo or any frame is looked at; the verdict records the answer."""
+        cc = self.cfg.consent
+        guardian = _younger_than(card.record, cc.guardian_age, self.wall())
+        rec = {"given": False, "channel": None, "notice_version": cc.notice_version, "guardian_required": guardian}
+        self.consent_record = rec
+        self._emit({"event": "consent", "prompt": "consent", "notice_version": cc.notice_version,
+                    "deadline_s": cc.timeout_s, "guardian_required": guardian})
+
+        def poll() -> None:
+            self.tick()
+            if self.should_abort():
+                raise SessionFailed("aborted")
+        answer, channel = self.consent(self.session_id, cc.notice_version, cc.timeout_s, poll)
+        rec["channel"] = channel if answer else None
+        if answer != "agree":
+            raise SessionFailed(self._ANSWER_REASON.get(answer, "consent_timeout"))
+        rec["given"] = True
+        self._emit({"event": "consent_given", "channel": channel})
+
+    _HINT_OF = {"face_covered": "take_off_mask", "face_too_small": "move_closer", "too_dark": "more_light",
+                "face_cut_off": "look_at_camera", "yaw": "look_at_camera", "pitch": "look_at_camera"}
+
+    def _quality_hint(self, ev: Evidence, failed: tuple, t: float) -> None:
+        """Tell the customer what keeps a frame from the match (at most one new hint a second)."""
+        if "face_covered" in failed:
+            ev.covered_frames += 1
+        hint = next((self._HINT_OF[f] for f in failed if f in self._HINT_OF), None)
+        if hint and hint != ev.hint and t - ev.hint_t >= 1.0:
+            ev.hint, ev.hint_t = hint, t
+            self._emit({"event": "hint", "prompt": hint})
 
     def _card_info(self, card) -> dict:
         rec = card.record
@@ -266,6 +313,8 @@ class Session:
             if obs.pad_real is not None:
                 ev.pad_scores.append(float(obs.pad_real))
             crop = self.vision.quality_crop(frame.rgb, obs, best)
+            if crop is None:
+                self._quality_hint(ev, getattr(self.vision, "last_failed", ()), t)
             if crop is not None:
                 if ev.first_crop is None:
                     ev.first_crop = crop.copy()
@@ -302,3 +351,15 @@ class Session:
             self._emit({"event": "capturing", "prompt": "hold_still"})
             return False
         return t > ev.hold_until
+
+
+def _younger_than(record, years: int, now: float) -> bool:
+    """On the device only: is the card holder younger than `years` today? (The date never leaves.)"""
+    import datetime as _dt
+    try:
+        b = record.birth
+    except Exception:  # noqa: BLE001 - an unreadable birth date: no flag rather than a crash
+        return False
+    today = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).date()
+    age = today.year - b.year - ((today.month, today.day) < (b.month, b.day))
+    return age < years

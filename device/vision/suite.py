@@ -38,6 +38,7 @@ class VisionSuite:
         # capture), so the last-challenge -> verdict path runs fewer embedder calls; wiped in reset()
         self._card_vec: np.ndarray | None = None
         self._first_vec: np.ndarray | None = None
+        self.last_failed: tuple[str, ...] = ()   # quality gates the last tracked face failed (hints)
 
     @classmethod
     def create(cls, cfg: Config, model_dir: Path) -> "VisionSuite":
@@ -60,9 +61,11 @@ class VisionSuite:
     def quality_crop(self, rgb: np.ndarray, obs, best: BestFrames) -> np.ndarray | None:
         """Align the tracked face; if it passes the quality gate offer it to `best` and return it."""
         if obs.keypoints is None or obs.box is None:
+            self.last_failed = ()
             return None
         aligned = align_face(rgb, obs.keypoints)
         q = assess(rgb, obs.box, aligned, obs.yaw, obs.pitch, obs.ear, self.cfg.quality)
+        self.last_failed = q.failed
         if not q.ok:
             aligned.fill(0)
             return None
