@@ -4,8 +4,8 @@
 (function () {
   const K = window.__kyc = { screens: [], spoken: [], ring: [], events: 0, overlap: 0 };
   let T = null, S = null, lang = "zh";
-  let screen = "idle", holdUntil = 0, ringTimer = null, holdTimer = null, hintTimer = null;
-  let last = { challenge: null, verdict: null, consent: null };
+  let screen = "", holdUntil = 0, ringTimer = null, holdTimer = null;
+  let last = { challenge: null, verdict: null, consent: null, hint: null };
   const audio = new Audio();
   let playing = false;
   audio.addEventListener("ended", () => { playing = false; });
@@ -83,10 +83,10 @@
       K.screens.push(detail ? name + ":" + detail : name);
       if (spokenKey) speak(spokenKey);
     }
-    if (name !== "look" && name !== "challenge") hideHint();
+    if (changed && name !== "look") hideHint();
   }
 
-  function hideHint() { $("hint").hidden = true; clearTimeout(hintTimer); }
+  function hideHint() { $("hint").hidden = true; last.hint = null; }
 
   function renderTexts() {
     document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
@@ -96,6 +96,7 @@
     document.querySelectorAll("[data-pict]").forEach((el) => { if (!el.firstChild) el.innerHTML = svg(el.dataset.pict); });
     if (S) { $("notice").textContent = S.notice[lang]; $("notice-version").textContent = S.notice_version; }
     if (last.challenge) renderChallenge(last.challenge, false);
+    if (last.hint) $("hint-text").textContent = t(last.hint);
     if (last.verdict) renderResult(last.verdict, false);
   }
 
@@ -150,10 +151,9 @@
           $("hint-pict").innerHTML = svg(HINT_PICT[e.prompt] || "camera");
           $("hint-text").textContent = t(e.prompt);
           $("hint").hidden = false;
+          last.hint = e.prompt;            // stays until the screen changes or the next hint
           K.screens.push("hint:" + e.prompt);
           speak(e.prompt);
-          clearTimeout(hintTimer);
-          hintTimer = setTimeout(hideHint, 4000);
         }
         break;
       case "challenge":
