@@ -99,3 +99,12 @@ def screenshot(d, path: Path, size) -> Path:
 def subsequence(want: list[str], got: list[str]) -> bool:
     it = iter(got)
     return all(any(g == w for g in it) for w in want)
+
+
+def assert_spoken_without_overlap(k: dict) -> list[dict]:
+    """Each clip the page played ended (or was cut) before the next one started; returns the clips heard."""
+    heard = sorted((c for c in k.get("audio", []) if c.get("start")), key=lambda c: c["start"])
+    assert heard, f"no prompt was played at all: {k.get('audio')}"
+    for a, b in zip(heard, heard[1:]):
+        assert a["end"] and a["end"] <= b["start"], f"{a['key']} still playing when {b['key']} started"
+    return heard

@@ -2,15 +2,19 @@
 // (/events, Server-Sent Events); it never receives or shows a face, a frame, a name or an ID number.
 "use strict";
 (function () {
-  const K = window.__kyc = { screens: [], spoken: [], ring: [], events: 0, overlap: 0 };
+  const K = window.__kyc = { screens: [], spoken: [], ring: [], events: 0 };
   let T = null, S = null, lang = "zh";
   let screen = "", holdUntil = 0, ringTimer = null, holdTimer = null;
   let last = { challenge: null, verdict: null, consent: null, hint: null };
+  // one audio element for every prompt: a new prompt stops the one before it, so two never overlap;
+  // K.audio records each clip's [start, end] as heard (start: 'playing'; end: ended or cut)
   const audio = new Audio();
-  let playing = false;
-  audio.addEventListener("ended", () => { playing = false; });
-  audio.addEventListener("pause", () => { playing = false; });
-  audio.addEventListener("error", () => { playing = false; });
+  let clip = null;
+  const endClip = () => { if (clip && clip.start && !clip.end) clip.end = performance.now(); };
+  audio.addEventListener("playing", () => { if (clip && !clip.start) clip.start = performance.now(); });
+  audio.addEventListener("ended", endClip);
+  audio.addEventListener("error", endClip);
+  K.audio = [];
 
   // ---- our own pictograms (viewBox 0 0 100 100; .s stroke, .f fill, .a accent stroke)
   const head = '<ellipse class="s" cx="50" cy="46" rx="22" ry="28"/><path class="s" d="M28 88c4-10 12-14 22-14s18 4 22 14"/>';
@@ -44,13 +48,14 @@
 
   function speak(key) {
     if (!S || !S.voice) return;
-    if (playing && !audio.paused) { audio.pause(); }          // never two prompts at once
-    if (playing) K.overlap++;
+    if (!audio.paused) audio.pause();
+    endClip();
+    clip = { key: key, lang: lang, start: 0, end: 0 };
+    K.audio.push(clip);
     audio.src = "/voice/" + lang + "/" + key + ".wav";
     K.spoken.push({ key: key, lang: lang, t: Date.now() });
-    playing = true;
     const p = audio.play();
-    if (p && p.catch) p.catch(() => { playing = false; });
+    if (p && p.catch) p.catch(() => {});
   }
 
   function ring(id, seconds) {
