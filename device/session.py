@@ -58,6 +58,7 @@ class Evidence:
     hold_until: float | None = None
     started: bool = False                    # challenges start once a face is in view
     covered_frames: int = 0                  # frames whose lower face was covered (a mask)
+    covered_run: int = 0                     # ... in a row (one odd frame is not a mask)
     hint: str | None = None                  # last quality hint shown to the customer
     hint_t: float = -1e9
 
@@ -261,6 +262,11 @@ class Session:
         """Tell the customer what keeps a frame from the match (at most one new hint a second)."""
         if "face_covered" in failed:
             ev.covered_frames += 1
+            ev.covered_run += 1
+            if ev.covered_run < 3:
+                failed = tuple(f for f in failed if f != "face_covered")
+        else:
+            ev.covered_run = 0
         hint = next((self._HINT_OF[f] for f in failed if f in self._HINT_OF), None)
         if hint and hint != ev.hint and t - ev.hint_t >= 1.0:
             ev.hint, ev.hint_t = hint, t
@@ -294,7 +300,7 @@ class Session:
             finally:
                 frame.wipe()          # every frame is zero-filled once it has been looked at
         if not ev.face_seen:
-            raise SessionFailed("no_face")
+            raise SessionFailed("face_covered" if ev.covered_frames >= 3 else "no_face")
         return runner
 
     def _frame(self, frame, ev: Evidence, best, runner) -> bool:
@@ -308,13 +314,16 @@ class Session:
         ev.faces_max = max(ev.faces_max, obs.faces)
         if obs.faces > 1:
             raise SessionFailed("multiple_faces")
+        if obs.landmarks is None and getattr(obs, "unmeshed", None) is not None and \
+                self.vision.covered(frame.rgb, obs.unmeshed):
+            self._quality_hint(ev, ("face_covered",), t)   # found, but no landmarks: a mask, usually
+        covered = ev.covered_frames >= 3
         if obs.faces == 1 and obs.landmarks is not None:
             ev.face_seen, ev.last_face_t = True, t
             if obs.pad_real is not None:
                 ev.pad_scores.append(float(obs.pad_real))
             crop = self.vision.quality_crop(frame.rgb, obs, best)
-            if crop is None:
-                self._quality_hint(ev, getattr(self.vision, "last_failed", ()), t)
+            self._quality_hint(ev, getattr(self.vision, "last_failed", ()) if crop is None else (), t)
             if crop is not None:
                 if ev.first_crop is None:
                     ev.first_crop = crop.copy()
@@ -329,9 +338,9 @@ class Session:
                 ev.started = True
         elif ev.face_seen and t - ev.last_face_t > lv.face_lost_s:
             ev.face_lost = True
-            raise SessionFailed("face_lost")
+            raise SessionFailed("face_covered" if covered else "face_lost")
         elif not ev.face_seen and t - ev.t0 > self.cfg.session.face_wait_s:
-            raise SessionFailed("no_face")
+            raise SessionFailed("face_covered" if covered else "no_face")
         if not ev.started:
             return False
         for e in runner.update(obs):

@@ -78,6 +78,9 @@ class Observation:
     yaw: float = 0.0
     pitch: float = 0.0
     roll: float = 0.0
+    # a face the detector found on this frame but FaceMesh rejected (presence below min_presence), as
+    # (box, keypoints): what a mask over the lower face typically does; for the face_covered check
+    unmeshed: tuple | None = None
     raw_yaw: float = 0.0
     raw_pitch: float = 0.0
     raw_roll: float = 0.0
@@ -237,6 +240,8 @@ class FaceTracker:
             self._last_box = None
             obs.presence = 0.0 if lm_res is None else lm_res.presence
             obs.faces = 0 if not ran_detector else self._faces
+            if face is not None:
+                obs.unmeshed = (face.box, face.keypoints)
             self._gap(t)
             obs.blink = self.blinker.update(t, None)
             self._t_prev = t

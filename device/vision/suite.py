@@ -74,6 +74,17 @@ class VisionSuite:
             self._first_vec = self.embedder.embed_one(aligned)
         return aligned
 
+    def covered(self, rgb: np.ndarray, box_keypoints) -> bool:
+        """A detected face without landmarks: is its lower face covered (a mask)?"""
+        from device.vision.occlusion import lower_face_covered
+        if self.cfg.quality.max_covered >= 1.0:
+            return False
+        aligned = align_face(rgb, box_keypoints[1])
+        try:
+            return lower_face_covered(aligned, self.cfg.quality.max_covered)
+        finally:
+            aligned.fill(0)
+
     # -- decision
     def match(self, card_face, crops, first, last):
         """(similarity of the mean top-k live embedding to the card, start/end identity similarity, vectors).
