@@ -22,7 +22,7 @@ import numpy as np
 _REF = (slice(42, 58), slice(50, 62))        # nose bridge, between the eyes
 _LOWER = (slice(82, 106), slice(36, 76))      # mouth and chin
 
-CR_BELOW, CR_ABOVE, CB_TOL = 8.0, 22.0, 12.0  # the skin-like box around the reference (8-bit units)
+CR_BELOW, CR_ABOVE, CB_TOL = 10.0, 26.0, 16.0  # the skin-like box around the reference (8-bit units)
 MIN_CHROMA = 6.0         # reference skin this close to grey (a grey-scale / IR camera): cannot tell
 
 
