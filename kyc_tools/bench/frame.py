@@ -157,21 +157,24 @@ def iter_frames(path: Path, limit: int = 0):
             yield rgb, i / 15.0, (time.perf_counter() - t0) * 1000.0, (time.process_time() - c0) * 1000.0
             n += 1
         return
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise ValueError(f"cannot open {path} as a video")
+    from device.camera.replay import VideoReader
+    from device.errors import CameraError
+    try:
+        reader = VideoReader(path)
+    except CameraError:
+        raise ValueError(f"cannot open {path} as a video") from None
     try:
         while not (limit and n >= limit):
             t0, c0 = time.perf_counter(), time.process_time()
-            ok, bgr = cap.read()
-            if not ok:
+            got = reader.read()
+            if got is None:
                 return
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            rgb, t = got
             dt, dc = (time.perf_counter() - t0) * 1000.0, (time.process_time() - c0) * 1000.0
-            yield rgb, cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, dt, dc
+            yield rgb, t, dt, dc
             n += 1
     finally:
-        cap.release()
+        reader.release()
 
 
 # ------------------------------------------------------------------ models
@@ -501,16 +504,11 @@ BLINK_VIDEO = REPO.parent / "shared" / "data" / "blink" / "demo_old.mp4"
 
 def _blink_card_photo(video: Path) -> np.ndarray:
     """The blink video's subject as a card photo (a head-and-shoulders crop of frame 60), as tests/faces.py."""
-    import cv2
-    cap = cv2.VideoCapture(str(video))
-    try:
-        for _ in range(61):
-            ok, bgr = cap.read()
-            if not ok:
-                raise ValueError(f"{video}: fewer than 61 frames")
-    finally:
-        cap.release()
-    return np.ascontiguousarray(bgr[180:620, 470:830, ::-1])
+    from device.camera.replay import decode_video
+    got = list(decode_video(video, limit=61))
+    if len(got) < 61:
+        raise ValueError(f"{video}: fewer than 61 frames")
+    return np.ascontiguousarray(got[60][0][180:620, 470:830])
 
 
 def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 3) -> dict:

@@ -63,20 +63,13 @@ def _img_loader(p: Path):
 
 
 def video_frames(p: Path) -> list:
-    """Decode once (short clips); timestamps from CAP_PROP_POS_MSEC."""
-    cap = cv2.VideoCapture(str(p))
-    if not cap.isOpened():
-        raise FileNotFoundError(p)
-    out = []
-    while True:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        out.append((t, (lambda x: (lambda: x))(rgb)))
-    cap.release()
-    return out
+    """Decode once (short clips) with the replay camera's decoder (device.camera.replay.decode_video)."""
+    from device.camera.replay import decode_video
+    from device.errors import CameraError
+    try:
+        return [(t, (lambda x: (lambda: x))(rgb)) for rgb, t in decode_video(p)]
+    except CameraError:
+        raise FileNotFoundError(p) from None
 
 
 # ------------------------------------------------------------------ events
