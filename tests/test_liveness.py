@@ -245,3 +245,14 @@ def test_eval_sessions_command_genuine_only(shared_data, model_dir, capsys, tmp_
     assert g["blink_only_pass"] is True and g["blinks_found"] == 10
     assert g["runs"]["blink+turn_left"]["ok"] and g["runs"]["turn_left+blink"]["ok"]
     assert out["challenge_sequences"] and "print_attacks" not in out
+
+
+def test_eval_liveness_asks_the_shipped_check_for_each_challenge(tracker, blink_frames):
+    """`eval liveness` reports what LivenessCheck says per challenge: the blink video blinks (first
+    blink ends ~0.9 s) and turns left (~3 s), but never turns 18 deg to the right."""
+    from kyc_tools.eval.liveness import analyse
+    ch = analyse(blink_frames, tracker)["challenges"]
+    assert set(ch) == {"blink", "turn_left", "turn_right", "nod"}
+    assert ch["blink"]["ok"] and ch["blink"]["passed_at"] == pytest.approx(0.9, abs=0.15)
+    assert ch["turn_left"]["ok"] and 2.6 <= ch["turn_left"]["passed_at"] <= 3.3
+    assert not ch["turn_right"]["ok"] and ch["turn_right"]["reasons"] == ["challenge_timeout"]

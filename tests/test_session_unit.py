@@ -213,3 +213,56 @@ def test_every_capture_reason_is_a_verdict_reason():
     from device.liveness.rules import default_rules
     from device.verdict import REASONS
     assert {r.reason for r in default_rules()} | set(LIVENESS) | {"quality_too_low"} <= REASONS
+
+
+# ---------------------------------------------------------------- LivenessCheck on its own
+def _o(t, faces=1, **kw):
+    has = faces == 1
+    return Observation(t=t, faces=faces, landmarks=np.zeros((468, 3), np.float32) if has else None, **kw)
+
+
+def test_a_new_continuity_rule_plugs_in():
+    """How issue-12-style rules extend the check: a rule object, no change to Session or the check."""
+    from device.liveness.check import LivenessCheck
+    from device.liveness.rules import ContinuityRule, default_rules
+
+    class TooFast(ContinuityRule):        # e.g. a timing rule: ends the capture on a frame
+        reason = "spoof_suspected"
+
+        def on_frame(self, check, obs, in_view):
+            return self.reason if in_view and obs.yaw > 80 else None
+
+    class Flat(ContinuityRule):           # e.g. a flat-face rule: adds a reason at the decision
+        reason = "spoof_suspected"
+
+        def at_decision(self, check):
+            return self.reason if check.frames < 5 else None
+
+    cfg = C.from_dict({}).liveness
+    c = LivenessCheck(cfg, sequence=["blink"], rules=default_rules() + [TooFast()])
+    assert c.feed(_o(0.0, pad_real=0.9)).events[0]["event"] == "challenge"
+    step = c.feed(_o(0.1, yaw=90.0))
+    assert step.done and step.failed == "spoof_suspected" and c.finish() == "spoof_suspected"
+
+    c = LivenessCheck(cfg, sequence=["blink"], rules=default_rules() + [Flat()])
+    c.feed(_o(0.0, pad_real=0.9), good_frame=True)
+    assert c.feed(_o(0.2, pad_real=0.9, blink=Blink(0.05, 0.2, 0.5)), good_frame=True).done
+    assert c.finish() is None
+    d = c.decide(None)
+    assert not d.ok and d.reasons == ["spoof_suspected"]
+    c2 = LivenessCheck(cfg, sequence=["blink"])     # the same frames without the rule pass
+    c2.feed(_o(0.0, pad_real=0.9), good_frame=True)
+    c2.feed(_o(0.2, pad_real=0.9, blink=Blink(0.05, 0.2, 0.5)), good_frame=True)
+    assert c2.decide(None).ok
+
+
+def test_challenge_registry_is_one_file_per_challenge():
+    from pathlib import Path
+
+    import device.liveness.challenges as ch
+    from device.challenge_names import CHALLENGES
+    files = sorted(p.stem for p in Path(ch.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
+    assert list(CHALLENGES) == files == sorted(ch.REGISTRY)
+    assert ch.TURNS == ("turn_left", "turn_right")
+    from device.link.events import SESSION_EVENT_SCHEMA
+    assert SESSION_EVENT_SCHEMA["properties"]["challenge"]["enum"] == list(CHALLENGES)
