@@ -27,6 +27,11 @@ class EmbedderOptions:
 class EmbedResult:
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((2, 192), np.float32))  # (2, D) L2-normalised
 
+    @property
+    def vector(self) -> np.ndarray:
+        """The first (for embed_one: the only) embedding."""
+        return self.vectors[0]
+
     def similarity(self) -> float:
         return cosine(self.vectors[0], self.vectors[1])
 
@@ -102,11 +107,12 @@ class FaceEmbedder:
         eb = self._run([b, b[:, ::-1]]).sum(0)
         return EmbedResult(l2n(np.stack([ea, eb])))
 
-    def embed_one(self, a: np.ndarray) -> np.ndarray:
-        """One face -> (D,) L2-normalised (the face fills both slots, or face + mirror with flip_tta)."""
+    def embed_one(self, a: np.ndarray) -> EmbedResult:
+        """One face -> EmbedResult with vectors (1, D) L2-normalised (`.vector`); the face fills both
+        slots, or face + mirror with flip_tta."""
         if self.options.flip_tta:
-            return l2n(self._run([a, a[:, ::-1]]).sum(0))
-        return l2n(self._run([a])[0])
+            return EmbedResult(l2n(self._run([a, a[:, ::-1]]).sum(0))[None])
+        return EmbedResult(l2n(self._run([a])[0])[None])
 
 
 def _largest(faces):

@@ -198,8 +198,19 @@ class EyeRefinerOptions:
     alternate: bool = False   # refine one eye per frame, in turn; the other keeps its last refined EAR
 
 
+@dataclass
+class EyeResult:
+    """Eye aspect ratios from the iris model's refined lids (subject's right and left eye)."""
+    right: float
+    left: float
+
+    @property
+    def mean(self) -> float:
+        return 0.5 * (self.right + self.left)
+
+
 class EyeRefiner:
-    """Iris model on both eyes; `ear(rgb, landmarks)` -> (right EAR, left EAR) from the refined lids.
+    """Iris model on both eyes; `ear(rgb, landmarks)` -> EyeResult(right EAR, left EAR) from the refined lids.
 
     FaceMesh's own eyelid points barely move on long closures (measured on the blink video: EAR
     0.22-0.24 with the eyes shut), the iris model's contour does (0.12-0.25 shut vs 0.33-0.40 open)."""
@@ -227,16 +238,16 @@ class EyeRefiner:
         """Forget the alternating state (new track or new session)."""
         self._turn, self._last = 0, [None, None]
 
-    def ear(self, rgb: np.ndarray, lm: np.ndarray) -> tuple[float, float]:
+    def ear(self, rgb: np.ndarray, lm: np.ndarray) -> EyeResult:
         if not self.options.alternate:
-            return self._eye_ear(rgb, lm, *_EYES[0]), self._eye_ear(rgb, lm, *_EYES[1])
+            return EyeResult(self._eye_ear(rgb, lm, *_EYES[0]), self._eye_ear(rgb, lm, *_EYES[1]))
         # half the iris cost: one eye per frame, in turn; both eyes close together in a blink, so a
         # closure shows on its first frame and the other eye follows one frame later
         i = self._turn % 2
         self._turn += 1
         self._last[i] = self._eye_ear(rgb, lm, *_EYES[i])
         other = self._last[1 - i] if self._last[1 - i] is not None else self._last[i]
-        return (self._last[0], other) if i == 0 else (other, self._last[1])
+        return EyeResult(self._last[0], other) if i == 0 else EyeResult(other, self._last[1])
 
     def _eye_ear(self, rgb: np.ndarray, lm: np.ndarray, a: int, b: int, flip: bool) -> float:
         pa, pb = lm[a, :2].astype(np.float64), lm[b, :2].astype(np.float64)

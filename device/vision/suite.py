@@ -63,7 +63,7 @@ class VisionSuite:
     def card_face(self, photo: np.ndarray) -> np.ndarray | None:
         face = prepare_card_face(self.detector, photo)
         # embedded now, before capture starts: off the last-challenge -> verdict path
-        self._card_vec = self.embedder.embed_one(face) if face is not None else None
+        self._card_vec = self.embedder.embed_one(face).vector if face is not None else None
         return face
 
     # -- per frame
@@ -80,7 +80,7 @@ class VisionSuite:
             return None
         best.offer(q.score, aligned)
         if self._first_vec is None:    # the session keeps its first passing crop as the start identity
-            self._first_vec = self.embedder.embed_one(aligned)
+            self._first_vec = self.embedder.embed_one(aligned).vector
         return aligned
 
     # -- decision

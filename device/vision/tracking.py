@@ -258,9 +258,9 @@ class FaceTracker:
         ear_iris = None
         if self.eyes is not None:
             t0 = time.perf_counter()
-            r, l = self.eyes.ear(rgb, lm)
+            eyes = self.eyes.ear(rgb, lm)
             self.timings["iris"].append((time.perf_counter() - t0) * 1000)
-            ear_iris = 0.5 * (r + l)
+            ear_iris = eyes.mean
         obs.ear = ear_iris if ear_iris is not None else obs.ear_mesh
         obs.blink = self.blinker.update(t, obs.ear_mesh, ear_iris, face_geometry(lm))
         obs.eyes_closed = self.blinker.closed
