@@ -7,6 +7,7 @@ a pty, serving a fabricated card with the given photo -> the replay camera on th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
