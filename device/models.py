@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MANIFEST = Path(__file__).resolve().parents[1] / "models" / "manifest.json"
+if not MANIFEST.is_file():    # installed from the wheel (the .deb, a software slot): setup.cfg data_files
+    MANIFEST = Path(sys.prefix) / "share" / "kyc-edge" / "models" / "manifest.json"
 
 
 class ModelInstallError(Exception):
