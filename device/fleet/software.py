@@ -4,16 +4,19 @@ atomic `current` switch, restart through systemd, automatic rollback.
 Layout under `fleet.software_root` (the .deb: /opt/kyc-edge; tests: a tmp dir):
 
     base/             the venv the .deb built at install time from its wheelhouse: every pinned
-                      dependency (and the packaged kyc-edge, which the boot guard below runs from)
-    slots/a/ slots/b/ complete venvs. Each is `python -m venv --without-pip` of base's interpreter
+                      dependency, and the packaged kyc-edge, which the boot guard below runs from.
+                      Owned by root; the service cannot change it.
+    slots/            owned by the kyc-edge user (the unit's only writable path under /opt):
+      a/ b/           complete venvs. Each is `python -m venv --without-pip` of base's interpreter
                       with one `.pth` line that appends base's site-packages *after* the slot's own:
                       the bundle's wheels (our kyc_edge wheel, and any dependency wheel the bundle
                       carries) are pip-installed into the slot itself, so the slot really runs the
                       new code, while unchanged dependencies (numpy, OpenCV, LiteRT: 100+ MB) are
                       shared with base instead of copied. SOFTWARE.json + READY are written last.
-    current -> slots/a   relative symlink, replaced by rename(2) + directory fsync. The unit's
-                      ExecStart is /opt/kyc-edge/current/bin/kyc-edge.
-    software.json     the journal: staged slot, trial (switch on probation), pending report.
+      current -> a    relative symlink, replaced by rename(2) + directory fsync.
+      software.json   the journal: staged slot, trial (switch on probation), pending report.
+    current -> slots/current   static (root-owned) link; the unit's ExecStart is
+                      /opt/kyc-edge/current/bin/kyc-edge, which resolves to the live slot.
 
 Flow: `SoftwareUpdater.submit` (command thread, via the UpdateAgent hook) checks the window,
 nonce, version (downgrade refused unless the signed manifest says allow_downgrade) and sizes;
@@ -72,11 +75,10 @@ def clean_env() -> dict:
 
 def current_slot(root: str | os.PathLike) -> str | None:
     try:
-        t = os.readlink(Path(root) / "current")
+        t = os.readlink(Path(root) / "slots" / "current")
     except OSError:
         return None
-    name = Path(t).name
-    return name if name in SLOTS and Path(t).parent.name == "slots" else None
+    return t if t in SLOTS else None
 
 
 def slot_dir(root: str | os.PathLike, slot: str) -> Path:
@@ -106,29 +108,31 @@ def other(slot: str | None) -> str:
 
 def read_journal(root: str | os.PathLike) -> dict:
     try:
-        st = json.loads((Path(root) / JOURNAL).read_text())
+        st = json.loads((Path(root) / "slots" / JOURNAL).read_text())
         return st if isinstance(st, dict) else {}
     except (OSError, ValueError):
         return {}
 
 
 def write_journal(root: str | os.PathLike, st: dict) -> None:
-    write_atomic(Path(root) / JOURNAL, json.dumps(st, sort_keys=True).encode())
+    (Path(root) / "slots").mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(root) / "slots" / JOURNAL, json.dumps(st, sort_keys=True).encode())
 
 
 def switch(root: str | os.PathLike, slot: str) -> None:
-    """Atomically point <root>/current at slots/<slot> (a complete slot only)."""
+    """Atomically point <root>/slots/current at <slot> (a complete slot only)."""
     root = Path(root)
     if slot not in SLOTS or not is_complete(root, slot):
         raise ValueError(f"software slot {slot!r} is not complete")
-    tmp = root / ".current.tmp"
+    d = root / "slots"
+    tmp = d / ".current.tmp"
     try:
         os.unlink(tmp)
     except FileNotFoundError:
         pass
-    os.symlink(f"slots/{slot}", tmp)
-    os.replace(tmp, root / "current")
-    fsync_dir(root)
+    os.symlink(slot, tmp)
+    os.replace(tmp, d / "current")
+    fsync_dir(d)
 
 
 def _base_python(root: Path) -> Path:
@@ -227,7 +231,7 @@ def guard(root: str | os.PathLike, fcfg: Any, now: float | None = None) -> dict 
         log.error("software: rolled back to slot %s (%s)", to, reason)
         return {"action": "rolled_back", "to": to, **rep}
 
-    if os.path.lexists(root / "current") and not is_complete(root, cur):
+    if os.path.lexists(root / "slots" / "current") and not is_complete(root, cur):
         alt = (trial or {}).get("from_slot") or other(cur)
         if is_complete(root, alt):
             return rollback("slot_invalid", alt)
@@ -529,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         write_journal(a.root, {})           # a package install/upgrade starts a fresh journal
         build_slot(a.root, a.slot, [wheels[-1]], {"version": ver, "bundle_version": 0, "nonce": "package"})
         switch(a.root, a.slot)
+        if not os.path.lexists(Path(a.root) / "current"):
+            os.symlink("slots/current", Path(a.root) / "current")
         print(json.dumps({"slot": a.slot, "version": ver}))
         return 0
     root = Path(a.root)
