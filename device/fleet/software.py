@@ -346,6 +346,10 @@ class SoftwareUpdater:
                 total = mf.total_size(m)
                 if total > self.fcfg.max_bundle_bytes:
                     raise FleetError("too_large", f"{total} > {self.fcfg.max_bundle_bytes} bytes")
+                need = 4 * total + self.fcfg.min_free_bytes       # the wheels, unpacked, + reserve
+                for where in (self.root, a.bdir):
+                    if shutil.disk_usage(where).free < need:
+                        raise FleetError("disk_full", f"{where}: less than {need} bytes free")
                 d = a.bdir / ".incoming" / m["nonce"]
                 spool = _Spool(d, m["artifacts"], a._stop)
             except FleetError as e:
@@ -517,11 +521,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if a.cmd == "guard":
-        cfg = config_mod.load(a.config) if a.config else config_mod.Config()
-        root = a.root or cfg.fleet.software_root
-        if not root:
-            return 0
-        print(json.dumps(guard(root, cfg.fleet)))
+        # never blocks a start: whatever goes wrong here is logged and the daemon starts anyway
+        # (an invalid config is then reported by the daemon itself, exit 2)
+        try:
+            cfg = config_mod.load(a.config) if a.config else config_mod.Config()
+            root = a.root or cfg.fleet.software_root
+            print(json.dumps(guard(root, cfg.fleet) if root else None))
+        except Exception as e:  # noqa: BLE001
+            log.error("software boot guard failed, starting anyway: %s: %s", type(e).__name__, str(e)[:200])
+            print("null")
         return 0
     if a.cmd == "init":
         wheels = sorted(Path(a.wheels).glob("kyc_edge-*.whl"))
