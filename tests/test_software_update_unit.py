@@ -80,7 +80,6 @@ class _Link:
 
 
 def _agent(tmp_path, root, running, probe, restarts):
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: F401
     key, pub, _ = mf.keygen(tmp_path / "k")
     cfg = config_mod.from_dict({"device": {"state_dir": str(tmp_path / "state")},
                                 "fleet": {"public_keys": [pub.read_text().strip()], "software_root": str(root),
