@@ -209,9 +209,10 @@ def test_good_software_bundle_waits_for_the_session_then_switches_and_reports_th
     fc = rig["fc"]
     # a long session, deterministically: the replay video never nods, so the session runs until the
     # challenge times out (a `fail` verdict, not `aborted`), long enough to stage the bundle inside it
+    # even on a loaded 2-core box (measured: 65 s from download to STAGED at load average 90)
     cfg = rig["cfg_dict"]
-    cfg["liveness"].update(challenges=["nod"], count=1, challenge_timeout_s=45.0)
-    cfg["session"]["capture_timeout_s"] = 90.0
+    cfg["liveness"].update(challenges=["nod"], count=1, challenge_timeout_s=100.0)
+    cfg["session"]["capture_timeout_s"] = 150.0
     write_config(rig["cfg"], cfg)
     _install(rig, "0.1.0")
     unit = _unit(rig)
@@ -222,11 +223,11 @@ def test_good_software_bundle_waits_for_the_session_then_switches_and_reports_th
     _wait(rig, lambda: any(t.endswith("/session") and o.get("event") == "card_read" for _, t, o in fc.log), 30,
           "no session started")
     fc.publish(json.loads((b / SIGNED).read_text()), b / "artifacts", "*")
-    _wait(rig, lambda: any(s.get("state") == "staged" for s in _statuses(rig)), 90, "not staged")
+    _wait(rig, lambda: any(s.get("state") == "staged" for s in _statuses(rig)), 100, "not staged")
     t_staged = next(t for t, topic, o in fc.log if topic.endswith("/update/status") and o.get("state") == "staged")
     assert not any(t.endswith("/verdict") for _, t, o in fc.log), "the session ended before staging: not a test"
     assert unit.exits == []                                   # staged, but the session goes on
-    _wait(rig, lambda: any(t.endswith("/verdict") for _, t, o in fc.log), 90, "no verdict")
+    _wait(rig, lambda: any(t.endswith("/verdict") for _, t, o in fc.log), 150, "no verdict")
     _wait(rig, lambda: fc.updates.get(DEV, {}).get("state") == "applied", 120, "not applied")
     rig["sim"].remove()
     u = fc.updates[DEV]
