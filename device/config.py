@@ -196,7 +196,7 @@ class DisplayConfig:
     socket: str = opt("/run/kyc-edge-display/display.sock", "Unix socket between the daemon and the display process (events out, consent back).")
     language: str = opt("zh", "Language the screens start in (a toggle on screen switches).", choices=("zh", "en"))
     voice: bool = opt(True, "Speak each prompt once when it appears (pre-rendered by scripts/setup with espeak-ng).")
-    voice_dir: str = opt("", "Pre-rendered prompt audio (empty = <state_dir>/voice); `kyc-edge display voices` fills it.")
+    voice_dir: str = opt("/var/lib/kyc-edge-display/voice", "Pre-rendered prompt audio (the display unit's StateDirectory; the daemon's state dir is 0700, so not there); `kyc-edge display voices` fills it.")
     result_hold_s: float = opt(8.0, "How long the result screen stays before the idle screen.", lo=1, hi=120)
 
 

@@ -45,5 +45,5 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_serve)
     v = ds.add_parser("voices", help="pre-render the spoken prompts with espeak-ng")
     v.add_argument("--config", "-c")
-    v.add_argument("--out", help="directory (default: display.voice_dir, else <state_dir>/voice)")
+    v.add_argument("--out", help="directory (default: display.voice_dir)")
     v.set_defaults(func=cmd_voices)

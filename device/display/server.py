@@ -38,7 +38,7 @@ _SESSION_START = ("card_detected",)
 
 
 def voice_dir(cfg: Config) -> Path:
-    return Path(cfg.display.voice_dir) if cfg.display.voice_dir else Path(cfg.device.state_dir) / "voice"
+    return Path(cfg.display.voice_dir) if cfg.display.voice_dir else Path("/var/lib/kyc-edge-display/voice")
 
 
 class Hub:
