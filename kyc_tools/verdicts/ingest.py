@@ -30,7 +30,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import queue
+import signal
 import socket
 import ssl
 import threading
@@ -53,6 +55,9 @@ from kyc_tools.verdicts.listen import check_message
 log = logging.getLogger("kyc_tools.ingest")
 
 MAX_STATUS_BYTES = 16384
+# Fault injection for tests and `bench fleet`: "before_commit:N" / "before_ack:N" SIGKILLs this
+# process at batch N, rows inserted but not committed / committed but not acknowledged.
+KILL_ENV = "KYC_EDGE_INGEST_KILL_AT"
 KEY_CACHE_S = 10.0          # a revocation takes effect within this long
 NEG_CACHE_S = 2.0           # unknown key ids are looked up again after this long
 
@@ -81,6 +86,12 @@ class Outcome:
     kind: str                   # verdict | quarantine | status | update | ignored
     row: tuple | None = None
     decided: float | None = None
+
+
+def _killpoint(step: str, batch_no: int) -> None:
+    spec = os.environ.get(KILL_ENV, "")
+    if spec and spec == f"{step}:{batch_no}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _ts(s: str) -> datetime:
@@ -134,7 +145,7 @@ class Ingest:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
-        c.on_subscribe = lambda *a: self.subscribed.set()
+        c.on_subscribe = self._on_subscribe
         self.client = c
 
     # ------------------------------------------------------------ MQTT (paho's thread)
@@ -150,6 +161,14 @@ class Ingest:
                      (f"{p}/+/+/status", SubscribeOptions(qos=1, retainHandling=1)),
                      (f"{p}/+/+/update/status", SubscribeOptions(qos=1, retainHandling=1))])
         log.info("ingest %s: connected (session present: %s)", self.client_id, flags.session_present)
+
+    def _on_subscribe(self, c, userdata, mid, rcs, props) -> None:
+        bad = [rc for rc in rcs or [] if rc.is_failure]
+        if bad:
+            log.error("ingest %s: subscription refused: %s", self.client_id, bad)
+            return
+        self.subscribed.set()
+        log.info("ingest %s: subscribed", self.client_id)
 
     def _on_disconnect(self, c, userdata, flags, rc, props) -> None:
         self.connected.clear()
@@ -298,6 +317,7 @@ class Ingest:
                         " payload_size, payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb)"
                         " ON CONFLICT (topic, payload_sha256) DO UPDATE SET seen = quarantine.seen + 1,"
                         " last_at = clock_timestamp()", q)
+                _killpoint("before_commit", self.counts["batches"] + 1)
                 for o in outs:
                     if o.kind == "status":
                         cur.execute("UPDATE devices SET state = %s, status = %s::jsonb, status_at = %s,"
@@ -361,6 +381,7 @@ class Ingest:
             self._after_commit(batch, outs, inserted, committed)
 
     def _after_commit(self, batch: list[Item], outs: list[Outcome], inserted: set, committed: float) -> None:
+        _killpoint("before_ack", self.counts["batches"] + 1)
         gen = self._gen
         for it in batch:
             if it.qos == 0:
