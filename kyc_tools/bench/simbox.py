@@ -40,7 +40,7 @@ def fake_verdict(site: str, device: str, *, result: str | None = None, now: floa
 
 class SimBox:
     def __init__(self, url: str, state_dir: Path, site: str, device: str, *, max_rows: int = 10000,
-                 health: dict | None = None, **cfg_over):
+                 health: dict | None = None, on_command=None, health_fn=None, **cfg_over):
         self.site, self.device = site, device
         self.state = Path(state_dir)
         self.signer = _verdict.Signer.load_or_create(self.state)
@@ -48,7 +48,9 @@ class SimBox:
         self.cfg = box_config(url, self.state, site, device, **cfg_over)
         extra = dict(health or {})
         self.link = Link(self.cfg, self.outbox, signer=self.signer,
-                         health=lambda: {"outbox_depth": self.outbox.depth(), **extra})
+                         on_command=on_command or (lambda name, payload, props: None),
+                         health=lambda: {"outbox_depth": self.outbox.depth(), **extra,
+                                         **(health_fn() if health_fn else {})})
         self.sent: dict[str, bytes] = {}          # verdict_id -> signed payload as published
 
     def key_record(self) -> dict:
