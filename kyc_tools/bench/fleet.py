@@ -424,6 +424,14 @@ def run(args) -> dict:
                                  canary_count=n_canary, abort_failure_rate=args.abort_rate, min_reports=1,
                                  expect=n_dev, stage_expect=[n_canary, n_wave, n_dev], timeout=args.rollout_timeout,
                                  settle_s=3.0, rate=200.0, log=log)
+            # an abort stops further stages; what was already published still finishes: settle
+            def busy():
+                return [d for d, u in flc.results(2).items() if u.get("state") not in ("applied", "failed", "rolled_back")]
+            end = time.monotonic() + 120
+            while busy() and time.monotonic() < end:
+                time.sleep(0.5)
+            settled = flc.results(2)
+        t_settled = time.monotonic() - t_r
         time.sleep(3.0)                                  # update/status into the database
         on_new = conn.execute("SELECT count(*) FROM devices WHERE (update_status->>'bundle_version')::int = 2"
                               ).fetchone()[0]
@@ -437,8 +445,11 @@ def run(args) -> dict:
             "failing_in_10pct": len(failing & wave), "abort_failure_rate": args.abort_rate,
             "result": res["result"], "stages_published": res["stages_published"], "stage_s": res["stage_s"],
             "applied": len(res["applied"]), "failed": len(res["failed"]), "failed_reasons": fail_reasons,
-            "in_progress": len(res["in_progress"]), "left_on_old_bundle": n_dev - len(res["applied"]),
-            "on_new_bundle_in_db": on_new, "total_s": round(time.monotonic() - t_r, 1),
+            "in_progress_at_abort": len(res["in_progress"]),
+            "applied_after_settling": sum(u.get("state") == "applied" for u in settled.values()),
+            "left_on_old_bundle": n_dev - sum(u.get("state") == "applied" for u in settled.values()),
+            "on_new_bundle_in_db": on_new, "left_on_old_bundle_in_db": n_dev - on_new,
+            "settled_s": round(t_settled, 1),
         }
         log(f"rollout: {out['rollout']}")
         for p in procs:
