@@ -18,7 +18,8 @@ commit), so a worker killed mid-batch loses nothing: the broker re-sends what wa
 (persistent session: clean_start=False, a session expiry interval, the same client id on restart).
 
 Retained `<prefix>/+/+/status` and `<prefix>/+/+/update/status` (ordinary subscriptions: MQTT 5 sends
-no retained messages on shared ones) go into `devices` for enrolled devices only, newer-wins.
+no retained messages on shared ones) go into `devices` for enrolled devices only, newer-wins; a status
+is merged over the previous one, so the short LWT `offline` keeps the last known versions and depth.
 
 PostgreSQL loss: the batch is retried with exponential back-off (0.2 s .. 10 s), nothing is
 acknowledged meanwhile, so the broker stops sending once `receive_maximum` messages are unacknowledged.
@@ -320,7 +321,7 @@ class Ingest:
                 _killpoint("before_commit", self.counts["batches"] + 1)
                 for o in outs:
                     if o.kind == "status":
-                        cur.execute("UPDATE devices SET state = %s, status = %s::jsonb, status_at = %s,"
+                        cur.execute("UPDATE devices SET state = %s, status = coalesce(status, '{}'::jsonb) || %s::jsonb, status_at = %s,"
                                     " status_received_at = clock_timestamp() WHERE site = %s AND device = %s"
                                     " AND (status_at IS NULL OR status_at <= %s)", o.row + (o.row[2],))
                     elif o.kind == "update":
