@@ -282,3 +282,44 @@ def test_postgres_outage_nothing_acknowledged_meanwhile(tmp_path):
         box.stop()
         b.stop()
         cluster.close()
+
+
+def test_freshness_window_and_nonce_binding(tmp_path, ingest_env):
+    """With the shared operator check (kyc_tools.verdicts.check): an old verdict is `stale`, a nonce
+    binding admits exactly one verdict per issued nonce, an unissued nonce is `unbound`."""
+    pytest.importorskip("kyc_tools.verdicts.check")
+    import hashlib
+    from device import verdict as V
+    from kyc_tools.bench.simbox import fake_verdict
+    b, ing, dsn = ingest_env
+    box = SimBox(b.url, tmp_path / "n", "shop-4", "counter-1")
+    enrol(dsn, box)
+    pub = Sub(b.port, "kyc/v1/none")
+    topic = "kyc/v1/shop-4/counter-1/verdict"
+    try:
+        nonce = os.urandom(16).hex()
+        h = hashlib.sha256(nonce.encode()).hexdigest()
+        import psycopg
+        with psycopg.connect(dsn) as c:
+            c.execute("INSERT INTO issued_nonces (sha256, site, device) VALUES (%s, 'shop-4', 'counter-1')", (h,))
+
+        def signed(**kw):
+            v = fake_verdict("shop-4", "counter-1", result="pass", **({"now": kw.pop("now")} if "now" in kw else {}))
+            if kw.get("binding"):
+                v["binding"] = kw["binding"]
+            return box.signer.sign(v)
+        first = signed(binding={"kind": "nonce", "sha256": h})
+        second = signed(binding={"kind": "nonce", "sha256": h})
+        unissued = signed(binding={"kind": "nonce", "sha256": "ab" * 32})
+        old = signed(now=time.time() - 8 * 86400)
+        for s in (first, second, unissued, old):
+            pub.publish(topic, json.dumps(s).encode(), qos=1)
+        assert wait(lambda: q1(dsn, "SELECT count(*) FROM quarantine")[0][0] == 3, 20)
+        assert {r[0] for r in q1(dsn, "SELECT verdict_id::text FROM verdicts")} == {first["verdict"]["verdict_id"]}
+        got = dict(q1(dsn, "SELECT verdict_id, reason FROM quarantine"))
+        assert got == {second["verdict"]["verdict_id"]: "replayed", unissued["verdict"]["verdict_id"]: "unbound",
+                       old["verdict"]["verdict_id"]: "stale"}
+        V.verify(first, [box.signer.public_key])
+    finally:
+        pub.close()
+        box.stop()

@@ -61,6 +61,9 @@ def add_ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-file", default="")
     p.add_argument("--stats-file", default=None, help="append one JSON line per committed batch")
     p.add_argument("--no-migrate", action="store_true", help="do not apply schema migrations at start")
+    p.add_argument("--max-age", type=float, default=7 * 86400.0, metavar="S",
+                   help="freshness window: a verdict decided longer ago is quarantined `stale` "
+                        "(needs kyc_tools.verdicts.check; 0 = off; default 7 days: boxes deliver late after an outage)")
     p.add_argument("--timeout", type=float, default=0, help="exit after S seconds (0 = until SIGTERM)")
 
 

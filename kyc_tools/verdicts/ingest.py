@@ -11,8 +11,9 @@ Per message (verdict topic):
      enrolled for the site/device of the topic                                -> else `wrong_device_key`
   3. signature and topic/device/site agreement (kyc_tools.verdicts.listen.check_message)
                                                                               -> `forged` / `topic_mismatch`
-  4. `extra_checks` (freshness window, session binding: one call, see CHECKS) -> the check's reason
-  5. INSERT ... ON CONFLICT (verdict_id) DO NOTHING; rejected ones go to `quarantine` instead.
+     (kyc_tools.verdicts.check.check when present: also the freshness window -> `stale`, and the
+     signed session binding: Correlation Data / a nonce from `issued_nonces` -> `replayed`/`unbound`)
+  4. INSERT ... ON CONFLICT (verdict_id) DO NOTHING; rejected ones go to `quarantine` instead.
 The batch is committed, and only then is each message acknowledged (paho manual_ack: PUBACK after
 commit), so a worker killed mid-batch loses nothing: the broker re-sends what was not acknowledged
 (persistent session: clean_start=False, a session expiry interval, the same client id on restart).
@@ -63,13 +64,29 @@ KEY_CACHE_S = 10.0          # a revocation takes effect within this long
 NEG_CACHE_S = 2.0           # unknown key ids are looked up again after this long
 
 
-def _default_checks() -> Callable[..., tuple[str, str] | None] | None:
-    """The shared freshness/binding check from kyc_tools.verdicts (sibling work), if present."""
-    try:
-        from kyc_tools.verdicts import checks as _checks      # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return getattr(_checks, "check_verdict", None)
+try:        # the shared operator-side check (signature, topic, key binding, freshness, session binding)
+    from kyc_tools.verdicts import check as _vcheck           # type: ignore[attr-defined]
+    if not hasattr(_vcheck, "check"):
+        _vcheck = None
+except ImportError:
+    _vcheck = None
+DEFAULT_MAX_AGE_S = 7 * 86400.0   # a box offline for days still delivers; older is quarantined `stale`
+
+
+class _PgNonces:
+    """`nonce_use` of kyc_tools.verdicts.check over the issued_nonces table (same connection)."""
+
+    def __init__(self, ingest: "Ingest"):
+        self.ingest = ingest
+
+    def nonce_use(self, sha256: str, verdict_id: str) -> str:
+        c = self.ingest._conn
+        c.execute("UPDATE issued_nonces SET verdict_id = %s::uuid WHERE sha256 = %s AND verdict_id IS NULL",
+                  (verdict_id, sha256))
+        row = c.execute("SELECT verdict_id::text FROM issued_nonces WHERE sha256 = %s", (sha256,)).fetchone()
+        if row is None:
+            return "unknown"
+        return "ok" if row[0] == verdict_id else "replayed"
 
 
 @dataclass
@@ -80,6 +97,7 @@ class Item:
     topic: str
     payload: bytes
     retain: bool
+    correlation: bytes | None = None
 
 
 @dataclass
@@ -105,7 +123,7 @@ class Ingest:
                  batch_max: int = 200, batch_wait_s: float = 0.02, username: str = "",
                  password: str | None = None, ca_file: str = "", cert_file: str = "", key_file: str = "",
                  tls_context: ssl.SSLContext | None = None, stats_file: str | None = None,
-                 extra_checks: Callable[..., tuple[str, str] | None] | None = None, migrate: bool = True):
+                 max_age_s: float | None = DEFAULT_MAX_AGE_S, migrate: bool = True):
         self.dsn = dsn
         self.client_id = client_id
         self.group = group
@@ -113,7 +131,8 @@ class Ingest:
         self.depth = len(self.prefix.split("/"))
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_s
-        self.extra_checks = extra_checks if extra_checks is not None else _default_checks()
+        self.policy = _vcheck.Policy(max_age_s=max_age_s) if _vcheck is not None else None
+        self.nonces = _PgNonces(self)
         self.do_migrate = migrate
         self.stats_file = stats_file
         self.counts = {"received": 0, "inserted": 0, "duplicates": 0, "quarantined": 0, "statuses": 0,
@@ -177,7 +196,9 @@ class Ingest:
             log.warning("ingest %s: broker connection lost (%s); reconnecting", self.client_id, rc)
 
     def _on_message(self, c, userdata, msg) -> None:
-        self._q.put(Item(self._gen, msg.mid, msg.qos, msg.topic, bytes(msg.payload), bool(msg.retain)))
+        cd = getattr(getattr(msg, "properties", None), "CorrelationData", None)
+        self._q.put(Item(self._gen, msg.mid, msg.qos, msg.topic, bytes(msg.payload), bool(msg.retain),
+                         bytes(cd) if cd else None))
 
     # ------------------------------------------------------------ checks
     def _key(self, key_id: str):
@@ -229,16 +250,19 @@ class Ingest:
         if (enrolled.site, enrolled.device) != (site, device):
             return self._quarantine(it, "wrong_device_key", "key enrolled for another device than the topic's",
                                     obj, True)
-        rec = check_message(it.topic, it.payload, [enrolled.public_key], None, None, {device: kid})
-        if rec.status != "ok":
-            reason = "topic_mismatch" if "topic" in rec.error else "forged"
-            return self._quarantine(it, reason, rec.error, obj, True)
+        if _vcheck is not None:
+            ring = _vcheck.KeyRing()
+            ring.add(_verdict.load_public_key(enrolled.public_key), device)
+            out = _vcheck.check(it.payload, topic=it.topic, ring=ring, policy=self.policy,
+                                correlation=it.correlation, seen=None, nonces=self.nonces)
+            status, error = out.status, out.error
+        else:
+            rec = check_message(it.topic, it.payload, [enrolled.public_key], None, None, {device: kid})
+            status, error = rec.status, rec.error
+        if status != "ok":
+            reason = ("topic_mismatch" if "topic" in error else "forged") if status == "forged" else status
+            return self._quarantine(it, reason, error, obj, True)
         v = obj["verdict"]
-        if self.extra_checks is not None:
-            bad = self.extra_checks(v, topic=it.topic, now=time.time())
-            if bad:
-                code, detail = bad if isinstance(bad, tuple) else (str(bad), str(bad))
-                return self._quarantine(it, code, detail, obj, True)
         decided = _ts(v["decided_at"])
         return Outcome("verdict", (v["verdict_id"], site, device, v["result"], list(v["reasons"]),
                                    _ts(v["started_at"]), decided, kid,
@@ -456,7 +480,7 @@ def run_ingest(args) -> int:
                  prefix=args.prefix, session_expiry_s=args.session_expiry, receive_maximum=args.receive_maximum,
                  batch_max=args.batch, username=args.username or "", password=pw, ca_file=args.ca_file or "",
                  cert_file=args.cert_file or "", key_file=args.key_file or "", stats_file=args.stats_file,
-                 migrate=not args.no_migrate)
+                 migrate=not args.no_migrate, max_age_s=args.max_age if args.max_age > 0 else None)
     signal.signal(signal.SIGTERM, lambda *_: ing._stop.set())
     ing.start()
     print(f"kyc-edge verdicts ingest: {ing.client_id} -> $share/{ing.group}/{ing.prefix}/+/+/verdict",
