@@ -62,7 +62,8 @@ def boxes_main(spec_path: str) -> int:
         box = SimBox(spec["url"], root / b["device"], b["site"], b["device"], on_command=on_command,
                      health_fn=lambda h=holder: {"bundle_version": h["agent"].bundle_version} if "agent" in h else {},
                      **{"fleet.public_keys": (spec["fleet_pub"],), "device.groups": tuple(b["groups"]),
-                        "models.dir": spec["factory"], "fleet.download_timeout_s": 120.0})
+                        "models.dir": spec["factory"], "fleet.download_timeout_s": 120.0,
+                        "mqtt.connect_timeout_s": 30.0, "mqtt.reconnect_max_s": 5.0})
         agent = UpdateAgent(box.cfg, box.state, publish_status=box.link.publish_update_status,
                             self_test=self_test, factory_models=spec["factory"])
         holder["agent"] = agent
@@ -247,6 +248,7 @@ def run(args) -> dict:
     n_workers = int(args.workers)
     n_procs = max(1, min(int(args.box_procs), n_dev))
     duration = float(args.duration)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # clean up brokers, workers, PostgreSQL
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tmp = Path(tempfile.mkdtemp(prefix="kyc-bench-fleet-", dir=args.state_dir or None))

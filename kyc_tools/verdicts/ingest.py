@@ -296,6 +296,48 @@ class Ingest:
         return Outcome("update" if update else "status",
                        (obj.get("state"), json.dumps(obj, sort_keys=True), at, site, device))
 
+    def _check_safe(self, it: Item) -> Outcome:
+        import psycopg
+        try:
+            return self.check(it)
+        except psycopg.Error:
+            raise
+        except Exception as e:  # noqa: BLE001 - one odd message never stops the worker
+            log.exception("ingest %s: check failed on %s", self.client_id, it.topic)
+            if it.topic.endswith("/verdict"):
+                return self._quarantine(it, "rejected", f"check failed: {type(e).__name__}")
+            return Outcome("ignored")
+
+    def _write_each(self, batch: list[Item]) -> tuple[list[Outcome], set]:
+        """After a non-transient database error: one message per transaction; one that still fails
+        goes to the quarantine as `rejected` (so it is acknowledged and not re-sent forever)."""
+        import psycopg
+        outs: list[Outcome] = []
+        inserted: set = set()
+        for it in batch:
+            try:
+                o, ins = self._write([it])
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise
+            except psycopg.Error as e:
+                self._conn.rollback()
+                log.error("ingest %s: message on %s refused by the database (%s); quarantined",
+                          self.client_id, it.topic, type(e).__name__)
+                o = [self._quarantine(it, "rejected", f"database refused it: {type(e).__name__}")]
+                if it.topic.endswith("/verdict"):
+                    with self._conn.transaction():
+                        self._conn.execute(
+                            "INSERT INTO quarantine (topic, reason, detail, verdict_id, key_id, payload_sha256,"
+                            " payload_size, payload) VALUES (%s, %s, %s, %s, %s, %s, %s, NULL)"
+                            " ON CONFLICT (topic, payload_sha256) DO UPDATE SET seen = quarantine.seen + 1",
+                            o[0].row[:7])
+                else:
+                    o = [Outcome("ignored")]
+                ins = set()
+            outs += o
+            inserted |= ins
+        return outs, inserted
+
     # ------------------------------------------------------------ DB thread
     def _connect_db(self) -> None:
         if self._conn is not None and not self._conn.closed:
@@ -318,12 +360,15 @@ class Ingest:
 
     def _write(self, batch: list[Item]) -> tuple[list[Outcome], set]:
         conn = self._conn
-        outs = [self.check(it) for it in batch]
+        outs = [self._check_safe(it) for it in batch]
         conn.commit()              # key lookups ran in a transaction of their own
         inserted: set = set()
+        # One lock order for every worker (rows sorted by key): duplicates of the same verdicts on two
+        # workers, and the status rows every worker writes, then wait on each other but never deadlock.
+        rows = sorted((o.row for o in outs if o.kind == "verdict"), key=lambda r: r[0])
+        q = sorted((o.row for o in outs if o.kind == "quarantine"), key=lambda r: (r[0], r[5]))
         with conn.transaction():
             with conn.cursor() as cur:
-                rows = [o.row for o in outs if o.kind == "verdict"]
                 if rows:
                     cur.executemany(
                         "INSERT INTO verdicts (verdict_id, site, device, result, reasons, started_at,"
@@ -335,7 +380,6 @@ class Ingest:
                             inserted.add(r[0])
                         if not cur.nextset():
                             break
-                q = [o.row for o in outs if o.kind == "quarantine"]
                 if q:
                     cur.executemany(
                         "INSERT INTO quarantine (topic, reason, detail, verdict_id, key_id, payload_sha256,"
@@ -343,15 +387,29 @@ class Ingest:
                         " ON CONFLICT (topic, payload_sha256) DO UPDATE SET seen = quarantine.seen + 1,"
                         " last_at = clock_timestamp()", q)
                 _killpoint("before_commit", self.counts["batches"] + 1)
-                for o in outs:
-                    if o.kind == "status":
-                        cur.execute("UPDATE devices SET state = %s, status = coalesce(status, '{}'::jsonb) || %s::jsonb, status_at = %s,"
-                                    " status_received_at = clock_timestamp() WHERE site = %s AND device = %s"
-                                    " AND (status_at IS NULL OR status_at <= %s)", o.row + (o.row[2],))
-                    elif o.kind == "update":
+        # statuses: their own transaction (short row locks), newest per device only, in device order
+        st: dict = {}
+        up: dict = {}
+        for o in outs:
+            if o.kind == "status":
+                key = (o.row[3], o.row[4])
+                if key not in st or st[key][2] <= o.row[2]:
+                    st[key] = o.row
+            elif o.kind == "update":
+                key = (o.row[3], o.row[4])
+                if key not in up or up[key][2] <= o.row[2]:
+                    up[key] = o.row
+        if st or up:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    for key in sorted(st):
+                        cur.execute("UPDATE devices SET state = %s, status = coalesce(status, '{}'::jsonb) || %s::jsonb,"
+                                    " status_at = %s, status_received_at = clock_timestamp() WHERE site = %s AND"
+                                    " device = %s AND (status_at IS NULL OR status_at <= %s)", st[key] + (st[key][2],))
+                    for key in sorted(up):
                         cur.execute("UPDATE devices SET update_status = %s::jsonb, update_at = %s"
                                     " WHERE site = %s AND device = %s AND (update_at IS NULL OR update_at <= %s)",
-                                    o.row[1:] + (o.row[2],))
+                                    up[key][1:] + (up[key][2],))
         return outs, inserted
 
     def _take(self) -> list[Item]:
@@ -390,7 +448,15 @@ class Ingest:
             while not self._stop.is_set():
                 try:
                     self._connect_db()
-                    outs, inserted = self._write(batch)
+                    try:
+                        outs, inserted = self._write(batch)
+                    except (psycopg.OperationalError, psycopg.InterfaceError):
+                        raise
+                    except psycopg.Error as e:
+                        log.warning("ingest %s: batch refused (%s); one message at a time", self.client_id,
+                                    type(e).__name__)
+                        self._conn.rollback()
+                        outs, inserted = self._write_each(batch)
                     break
                 except (psycopg.OperationalError, psycopg.InterfaceError) as e:
                     self.counts["db_retries"] += 1
