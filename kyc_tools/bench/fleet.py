@@ -34,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CLK = os.sysconf("SC_CLK_TCK")
+BOXES_PER_PROC = 100
 
 
 # =================================================================== box process
@@ -246,7 +247,10 @@ def run(args) -> dict:
     n_dev = int(args.devices)
     v_each = int(args.count or 3)
     n_workers = int(args.workers)
-    n_procs = max(1, min(int(args.box_procs), n_dev))
+    # paho's loop uses select(), which takes no descriptor >= 1024; a box holds ~8 (socket, socket pair,
+    # SQLite + WAL + shm twice), so at most BOXES_PER_PROC boxes share one process.
+    n_procs = int(args.box_procs) or -(-n_dev // BOXES_PER_PROC)
+    n_procs = max(1, min(n_procs, n_dev))
     duration = float(args.duration)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # clean up brokers, workers, PostgreSQL
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -502,10 +506,10 @@ def run(args) -> dict:
 
 def add_args(s) -> None:
     g = s.add_argument_group("fleet bench (target fleet)")
-    g.add_argument("--devices", type=int, default=100, help="simulated boxes (default %(default)s; 1000 fits "
-                   "a 2-core machine with --box-procs 2)")
+    g.add_argument("--devices", type=int, default=100, help="simulated boxes (default %(default)s)")
     g.add_argument("--workers", type=int, default=4, help="ingest worker processes")
-    g.add_argument("--box-procs", type=int, default=2, help="processes hosting the boxes")
+    g.add_argument("--box-procs", type=int, default=0, help="processes hosting the boxes (default: one per "
+                   f"{BOXES_PER_PROC} boxes; paho's select() takes no file descriptor >= 1024)")
     g.add_argument("--duration", type=float, default=20.0, help="seconds over which the verdicts are made")
     g.add_argument("--dsn", help="use this PostgreSQL (default: a private initdb cluster)")
     g.add_argument("--fail-rate", type=float, default=0.03, help="agents made to fail their self-test")
