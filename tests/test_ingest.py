@@ -138,7 +138,7 @@ def ingest_env(tmp_path, pg_dsn):
     from kyc_tools.verdicts.ingest import Ingest
     b = Mosquitto(tmp_path, BROKER_CONF).start()
     ing = Ingest(pg_dsn, b.url, client_id="ingest-t", batch_wait_s=0.01).start()
-    assert ing.subscribed.wait(15) and ing.db_ready.wait(15)
+    assert ing.subscribed.wait(60) and ing.db_ready.wait(60)
     yield b, ing, pg_dsn
     ing.stop()
     b.stop()
@@ -155,12 +155,12 @@ def test_forged_unenrolled_and_misattributed_verdicts_are_quarantined(tmp_path, 
         ok_id = good.decide("pass")
         stranger_id = stranger.decide("pass")     # a real signature, but by a key nobody enrolled
         assert wait(lambda: q1(dsn, "SELECT count(*) FROM verdicts")[0][0] == 1
-                    and q1(dsn, "SELECT count(*) FROM quarantine")[0][0] == 1, 20)
+                    and q1(dsn, "SELECT count(*) FROM quarantine")[0][0] == 1, 60)
         # tampered: good's own signed fail, turned into a pass
         pub.publish("kyc/v1/shop-1/counter-a/verdict", forged_payload(good, result="pass", reasons=[]), qos=1)
         # other's genuine verdict replayed on good's topic (site/device in the verdict say counter-b)
         vid_b = other.decide("fail")
-        assert wait(lambda: q1(dsn, "SELECT count(*) FROM verdicts WHERE verdict_id = %s", vid_b)[0][0] == 1, 20)
+        assert wait(lambda: q1(dsn, "SELECT count(*) FROM verdicts WHERE verdict_id = %s", vid_b)[0][0] == 1, 60)
         pub.publish("kyc/v1/shop-1/counter-a/verdict", other.sent[vid_b], qos=1)
         # a verdict genuinely signed by counter-b's key but claiming to be counter-a's
         from kyc_tools.bench.simbox import fake_verdict
@@ -174,7 +174,7 @@ def test_forged_unenrolled_and_misattributed_verdicts_are_quarantined(tmp_path, 
         bad = json.loads(good.sent[ok_id])
         bad["verdict"]["name"] = "Jane Doe"       # unknown field: the closed schema refuses it
         pub.publish("kyc/v1/shop-1/counter-a/verdict", json.dumps(bad).encode(), qos=1)
-        assert wait(lambda: q1(dsn, "SELECT count(*) FROM quarantine")[0][0] >= 7, 20)
+        assert wait(lambda: q1(dsn, "SELECT count(*) FROM quarantine")[0][0] >= 7, 60)
         reasons = sorted(r[0] for r in q1(dsn, "SELECT reason FROM quarantine"))
         assert reasons == sorted(["unknown_key", "forged", "wrong_device_key", "wrong_device_key",
                                   "topic_mismatch", "invalid", "invalid"])
@@ -198,7 +198,7 @@ def test_forged_unenrolled_and_misattributed_verdicts_are_quarantined(tmp_path, 
         assert r2.returncode == 2 and "differs" in r2.stderr       # record names counter-a
         time.sleep(2.1)                                            # the worker's negative key cache
         x2 = stranger.decide("pass")
-        assert wait(lambda: q1(dsn, "SELECT count(*) FROM verdicts WHERE verdict_id = %s", x2)[0][0] == 1, 20)
+        assert wait(lambda: q1(dsn, "SELECT count(*) FROM verdicts WHERE verdict_id = %s", x2)[0][0] == 1, 60)
         assert q1(dsn, "SELECT count(*) FROM verdicts WHERE verdict_id = %s", stranger_id)[0][0] == 0
     finally:
         pub.close()
@@ -219,11 +219,11 @@ def test_status_into_devices_and_fleet_status_from_the_database(tmp_path, ingest
             box.decide("pass")
         boxes[0].decide("fail")
         assert wait(lambda: q1(dsn, "SELECT count(*) FROM devices WHERE state = 'online'")[0][0] == 2
-                    and q1(dsn, "SELECT count(*) FROM verdicts")[0][0] == 3, 20)
+                    and q1(dsn, "SELECT count(*) FROM verdicts")[0][0] == 3, 60)
         boxes[0].link.publish_update_status({"state": "applied", "bundle_version": 3, "target_version": 3})
-        assert wait(lambda: q1(dsn, "SELECT count(*) FROM devices WHERE update_status IS NOT NULL")[0][0] == 1, 20)
+        assert wait(lambda: q1(dsn, "SELECT count(*) FROM devices WHERE update_status IS NOT NULL")[0][0] == 1, 60)
         boxes[1].stop()
-        assert wait(lambda: q1(dsn, "SELECT state FROM devices WHERE device = 'counter-1'")[0][0] != "online", 20)
+        assert wait(lambda: q1(dsn, "SELECT state FROM devices WHERE device = 'counter-1'")[0][0] != "online", 60)
         from kyc_tools.fleet.operator import fleet_rows
         from kyc_tools.verdicts import db
         with db.connect(dsn) as c:
@@ -260,22 +260,22 @@ def test_postgres_outage_nothing_acknowledged_meanwhile(tmp_path):
     try:
         enrol(cluster.dsn, box)
         ing = Ingest(cluster.dsn, b.url, client_id="ingest-o", batch_wait_s=0.01).start()
-        assert ing.subscribed.wait(15)
+        assert ing.subscribed.wait(60)
         box.start()
         for _ in range(10):
             box.decide()
-        assert wait(lambda: q1(cluster.dsn, "SELECT count(*) FROM verdicts")[0][0] == 10, 20)
+        assert wait(lambda: q1(cluster.dsn, "SELECT count(*) FROM verdicts")[0][0] == 10, 60)
         cluster.stop()                               # PostgreSQL goes away
         acked = ing.counts["acked"]
         for _ in range(20):
             box.decide()
-        assert wait(lambda: ing.counts["db_retries"] >= 2, 20)
+        assert wait(lambda: ing.counts["db_retries"] >= 2, 60)
         time.sleep(1.0)
         assert ing.counts["acked"] == acked          # nothing acknowledged while the DB is down
         cluster.start()
-        assert wait(lambda: q1(cluster.dsn, "SELECT count(*) FROM verdicts")[0][0] == 30, 40)
+        assert wait(lambda: q1(cluster.dsn, "SELECT count(*) FROM verdicts")[0][0] == 30, 90)
         assert sorted(r[0] for r in q1(cluster.dsn, "SELECT verdict_id::text FROM verdicts")) == sorted(box.sent)
-        assert wait(lambda: ing.counts["acked"] >= acked + 20, 10)
+        assert wait(lambda: ing.counts["acked"] >= acked + 20, 30)
     finally:
         if ing is not None:
             ing.stop()
@@ -314,7 +314,7 @@ def test_freshness_window_and_nonce_binding(tmp_path, ingest_env):
         old = signed(now=time.time() - 8 * 86400)
         for s in (first, second, unissued, old):
             pub.publish(topic, json.dumps(s).encode(), qos=1)
-        assert wait(lambda: q1(dsn, "SELECT count(*) FROM quarantine")[0][0] == 3, 20)
+        assert wait(lambda: q1(dsn, "SELECT count(*) FROM quarantine")[0][0] == 3, 60)
         assert {r[0] for r in q1(dsn, "SELECT verdict_id::text FROM verdicts")} == {first["verdict"]["verdict_id"]}
         got = dict(q1(dsn, "SELECT verdict_id, reason FROM quarantine"))
         assert got == {second["verdict"]["verdict_id"]: "replayed", unissued["verdict"]["verdict_id"]: "unbound",
