@@ -242,7 +242,6 @@ def run(args) -> dict:
     from kyc_tools.fleet.rollout import FleetClient, staged_rollout
     from kyc_tools.verdicts import db as _db
     import paho.mqtt.client as mqtt
-    import psycopg
 
     n_dev = int(args.devices)
     v_each = int(args.count or 3)
