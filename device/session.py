@@ -81,7 +81,7 @@ class Session:
                  events: Callable[[dict], None] = lambda e: None, tick: Callable[[], None] = lambda: None,
                  should_abort: Callable[[], bool] = lambda: False, challenges: list[str] | None = None,
                  rng: random.Random | None = None, clock=time.monotonic, wall=time.time,
-                 hmac_key: bytes | None = None):
+                 hmac_key: bytes | None = None, binding: dict | None = None):
         self.cfg = cfg
         self.reader, self.camera, self.vision = reader, camera, vision
         self.sink, self.events, self.tick, self.should_abort = sink, events, tick, should_abort
@@ -89,6 +89,7 @@ class Session:
         self.rng = rng or random.SystemRandom()
         self.clock, self.wall = clock, wall
         self.hmac_key = hmac_key
+        self.binding = binding            # signed into the verdict: what started this session
         self.state = State.IDLE
         self.session_id = ""
         self.last_challenge_to_stored_ms: float | None = None
@@ -209,7 +210,8 @@ class Session:
             device=self.cfg.device.id, site=self.cfg.device.site,
             result="fail" if reasons else "pass", reasons=reasons, scores=scores, card=card_info,
             models=self.vision.versions, timings_ms=self.timings,
-            started_at=started_wall, decided_at=max(self.wall(), started_wall), verdict_id=self.session_id)
+            started_at=started_wall, decided_at=max(self.wall(), started_wall), verdict_id=self.session_id,
+            binding=self.binding)
         self.sink(v)
         if ev.last_challenge_t is not None:
             # last challenge frame -> verdict stored: the issue-9 latency figure

@@ -19,7 +19,7 @@ FORBIDDEN = ("device.camera", "device.vision", "device.liveness", "device.cardre
 # device.models: the model manifest and sha256 helpers (stdlib only); fleet verifies artifacts with it
 # device.localbroker: a loopback mosquitto for the link bench (stdlib only)
 ALLOWED_DEVICE = {"device", "device.verdict", "device.config", "device.errors", "device.models",
-                  "device.localbroker"}
+                  "device.localbroker", "device.ids"}   # ids: stdlib-only identifier patterns
 PACKAGES = ("device.link", "device.fleet")
 # third-party modules that would mean biometric code or image handling got pulled in
 FORBIDDEN_THIRD_PARTY = ("cv2", "numpy", "ai_edge_litert", "tflite_runtime", "PIL", "serial", "picamera2")
