@@ -426,6 +426,8 @@ class Daemon:
             else:
                 log.info("state directory %s: storage ok again", state)
             self.storage_state = problem
+            if self.link is not None:
+                self.link.publish_status()
         for name in ("storage_low", "storage_unwritable"):
             self._alarm(name, problem == name)
         if problem is None:
@@ -472,9 +474,16 @@ def _prepare_state_dir(state: Path) -> None:
     except OSError as e:
         raise StartupRefused(f"state: cannot create or use device.state_dir {state} ({_why(e)}); "
                              "check its owner and mount (systemd StateDirectory=)") from None
-    if not store_mod.writable(state):
-        raise StartupRefused(f"state: device.state_dir {state} is not writable (read-only mount, owner, "
-                             "or a full disk); verdicts cannot be stored")
+    err = store_mod.probe(state)
+    if store_mod.no_space(err):
+        # a full disk is not fatal: the ballast makes room to open the outbox, sessions are refused
+        # (storage_low) until space comes back, and the counter keeps its status and queue
+        freed = store_mod.release_ballast(state)
+        log.error("state: device.state_dir %s is full%s; new sessions will be refused (storage_low)", state,
+                  f" (released {freed} bytes of ballast)" if freed else "")
+    elif err is not None:
+        raise StartupRefused(f"state: device.state_dir {state} is not writable ({os.strerror(err)}: read-only "
+                             "mount or owner); verdicts cannot be stored")
 
 
 def _load_signer(state: Path):

@@ -19,6 +19,7 @@ This module imports nothing from the biometric side.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -41,9 +42,9 @@ def free_bytes(path: str | os.PathLike) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def writable(path: str | os.PathLike) -> bool:
+def probe(path: str | os.PathLike) -> int | None:
     """A small create + write + fsync + unlink in the directory itself (catches read-only mounts,
-    wrong owners, and a disk that is completely full)."""
+    wrong owners, and a disk that is completely full). None when it worked, else the errno."""
     p = Path(path) / PROBE
     try:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -53,20 +54,30 @@ def writable(path: str | os.PathLike) -> bool:
         finally:
             os.close(fd)
         p.unlink()
-        return True
-    except OSError:
+        return None
+    except OSError as e:
         try:
             p.unlink()
         except OSError:
             pass
-        return False
+        return e.errno or errno.EIO
+
+
+def writable(path: str | os.PathLike) -> bool:
+    return probe(path) is None
+
+
+def no_space(err: int | None) -> bool:
+    return err in (errno.ENOSPC, errno.EDQUOT)
 
 
 def check(state_dir: str | os.PathLike, reserve_bytes: int) -> str | None:
     """None when the state directory can take a session's writes, else `storage_unwritable` or
-    `storage_low`. The ballast file's bytes count as free (they are released when needed)."""
-    if not writable(state_dir):
-        return "storage_unwritable"
+    `storage_low` (also for a disk so full that the probe cannot be written). The ballast file's
+    bytes count as free (they are released when needed)."""
+    err = probe(state_dir)
+    if err is not None:
+        return "storage_low" if no_space(err) else "storage_unwritable"
     try:
         free = free_bytes(state_dir) + _ballast_size(state_dir)
     except OSError:
