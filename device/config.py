@@ -96,6 +96,8 @@ class ReaderConfig:
     photo_decoder: str = opt("auto", "How the chip photo is decoded: `wlt` (vendor library), `bmp`, `jpeg`, or `auto` (by magic bytes).",
                              choices=("auto", "wlt", "bmp", "jpeg"))
     wlt_library: str = opt("", "Path to the vendor's libwlt2bmp.so (needed for WLT photos).")
+    photo_max_side: int = opt(2048, "A JPEG / JPEG 2000 / BMP chip photo whose header claims a wider or taller image is refused (`card_read_failed`) before decoding.", lo=64, hi=16384)
+    photo_max_pixels: int = opt(2_000_000, "Pixel-count cap checked from the photo header before decoding (bounds the decoder's memory: 3 bytes per pixel).", lo=4096, hi=268_435_456)
     presence_debounce: int = opt(2, "Consecutive presence polls that must agree before card_present() changes.", lo=1, hi=10)
     reconnect_backoff_max_s: float = opt(5.0, "Ceiling of the back-off between reopen attempts after the reader vanished.", lo=0.05, hi=300)
 
