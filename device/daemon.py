@@ -203,7 +203,7 @@ class Daemon:
             raise StartupRefused(f"state: cannot open {state / 'outbox.sqlite'} for writing ({_why(e)})") from None
         self.link = Link(cfg, self.outbox, health=self.health, on_command=self.on_command, signer=self.signer)
         if recovery is not None:
-            self.link.alarms.add("outbox_recovered")
+            self._alarm("outbox_recovered", True)
         self.store = store_mod.VerdictStore(self.signer, self.outbox, state, alarm=self._alarm, kick=self.link.kick)
         store_mod.ensure_ballast(state, cfg.storage.ballast_bytes, cfg.storage.reserve_bytes)
         self._check_storage(force=True)
@@ -226,7 +226,7 @@ class Daemon:
             # auto without a WLT library: BMP/JPEG photos decode, a real card's WLT photo cannot
             log.warning("reader.photo_decoder = 'auto' but reader.wlt_library is not set: cards whose chip "
                         "photo is WLT (all resident cards) will fail with photo_decoder_unavailable")
-            self.link.alarms.add("photo_decoder_wlt_missing")
+            self._alarm("photo_decoder_wlt_missing", True)
         try:
             self.reader.open()          # photo_decoder_unavailable raises here, at start-up
             self.reader_state = "ok"
