@@ -16,8 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-MAX_CORRELATION = 256          # bytes (outbox.MAX_CORRELATION)
-MAX_TOPIC = 256                # characters (outbox.MAX_TOPIC)
+from device.link.outbox import MAX_CORRELATION, MAX_TOPIC   # the outbox columns' limits: one truth
 NONCE_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,128}")
 
 
