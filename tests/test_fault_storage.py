@@ -216,3 +216,25 @@ def test_unwritable_state_dir_path_is_one_line(tmp_path, broker, shared_data, mo
         _one_clear_line(_run_once(rig.cfg_path), "state_dir")
     finally:
         rig.close()
+
+
+def test_no_ballast_the_verdict_waits_in_memory_until_space_returns(tmp_path, tmpfs_state, broker, shared_data,
+                                                                     model_dir):
+    rig = Rig(tmp_path, broker, shared_data, model_dir, state_dir=tmpfs_state,
+              extra={"storage": {"reserve_bytes": 4_000_000, "ballast_bytes": 0, "check_interval_s": 0.5}})
+    try:
+        rig.start()
+        filler = []
+        rig.insert()
+        rig.wait(lambda: any(e.get("event") == "capturing" for e in rig.events()), 30, "the capture phase")
+        filler.append(_fill(tmpfs_state))
+        rig.wait(lambda: "verdict_unstored" in rig.status().get("alarms", []), 60, "verdict_unstored in status")
+        rig.sim.remove()
+        assert rig.verdicts() == [] and rig.proc.poll() is None
+        filler[0].unlink()
+        rig.wait(lambda: len(rig.verdicts()) == 1, 20, "the kept verdict to be stored and published")
+        assert rig.verdicts()[0][0]["verdict"]["result"] == "pass"
+        rig.wait(lambda: "verdict_unstored" not in rig.status().get("alarms", ["verdict_unstored"]), 10,
+                 "the alarm to clear")
+    finally:
+        rig.close()
