@@ -172,7 +172,6 @@ class Daemon:
     # ------------------------------------------------------------------ start-up
     def _start(self) -> int:
         from device.link.mqtt import Link
-        from device.verdict import Signer
 
         from device import store as store_mod
 

@@ -1,11 +1,8 @@
 """Issue 20 items 12 and 14, and "storing a verdict can never be skipped silently", on real parts."""
 from __future__ import annotations
 
-import json
 import signal
-import time
 
-import pytest
 
 from device import verdict as V
 from tests.fault_rig import BASE, Rig
@@ -48,7 +45,6 @@ def test_a_verdict_failing_its_schema_still_leaves_a_signed_internal_error_verdi
     """In-process Daemon on the real parts (mosquitto, pty reader, replay camera, models); the bug is
     stood in for by a model version string the closed schema refuses."""
     from device.daemon import Daemon
-    from tests.brokers import Sub
     rig = Rig(tmp_path, broker, shared_data, model_dir)       # config, simulator, subscriber only
     d = Daemon(str(rig.cfg_path), env={})
     from device import config as C
@@ -64,7 +60,6 @@ def test_a_verdict_failing_its_schema_still_leaves_a_signed_internal_error_verdi
         assert len(rows) == 1
         v = V.verify(rows[0].signed(), [d.signer.public_key])
         assert v["result"] == "fail" and v["reasons"] == ["internal_error"]
-        events = []
         rig.wait(lambda: any(e.get("event") == "verdict" for e in rig.events()), 10, "the verdict event")
         ev = [e for e in rig.events() if e.get("event") == "verdict"][-1]
         assert ev["verdict_id"] == v["verdict_id"] and ev["reason"] == "internal_error"

@@ -3,9 +3,7 @@ state directory (a real tmpfs filled mid-session), a corrupt outbox, a truncated
 read-only state directory, each against the daemon subprocess on real parts."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys

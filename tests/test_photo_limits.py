@@ -3,7 +3,6 @@ JPEG / JPEG 2000 / BMP header before decoding; memory stays bounded. Fuzzed with
 and on the real parts: the daemon given such a card answers `card_read_failed` and keeps serving."""
 from __future__ import annotations
 
-import json
 import struct
 import subprocess
 import sys
