@@ -9,11 +9,15 @@ This module imports nothing from the biometric side: link/ and fleet/ depend on 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin
+from urllib.parse import urlsplit
+
+from device import ids
 
 DEFAULT_PATH = Path("/etc/kyc-edge/config.toml")
 
@@ -92,6 +96,8 @@ class ReaderConfig:
     photo_decoder: str = opt("auto", "How the chip photo is decoded: `wlt` (vendor library), `bmp`, `jpeg`, or `auto` (by magic bytes).",
                              choices=("auto", "wlt", "bmp", "jpeg"))
     wlt_library: str = opt("", "Path to the vendor's libwlt2bmp.so (needed for WLT photos).")
+    photo_max_side: int = opt(2048, "A JPEG / JPEG 2000 / BMP chip photo whose header claims a wider or taller image is refused (`card_read_failed`) before decoding.", lo=64, hi=16384)
+    photo_max_pixels: int = opt(2_000_000, "Pixel-count cap checked from the photo header before decoding (bounds the decoder's memory: 3 bytes per pixel).", lo=4096, hi=268_435_456)
     presence_debounce: int = opt(2, "Consecutive presence polls that must agree before card_present() changes.", lo=1, hi=10)
     reconnect_backoff_max_s: float = opt(5.0, "Ceiling of the back-off between reopen attempts after the reader vanished.", lo=0.05, hi=300)
 
@@ -172,6 +178,13 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    reserve_bytes: int = opt(20_000_000, "Free space the state directory must keep: below it new sessions are refused (`storage_low` in status, a `refused` event) instead of a full disk losing a verdict.", lo=0, hi=10_000_000_000_000)
+    ballast_bytes: int = opt(1_000_000, "A file of this size is kept in the state directory and deleted when a verdict cannot be stored for lack of space, so the verdict of a session that filled the disk still gets written (0 = none).", lo=0, hi=1_000_000_000)
+    check_interval_s: float = opt(30.0, "While idle, re-check free space and writability this often (also before every session).", lo=0.1, hi=3600)
+
+
+@dataclass(frozen=True)
 class PrivacyConfig:
     card_number_hmac_key_file: str = opt("", "Per-deployment key file; with it the verdict carries HMAC-SHA256 of the card number, without it nothing.")
 
@@ -228,6 +241,7 @@ class Config:
     session: SessionConfig = opt(SessionConfig, "Session timeouts.", factory=True)
     mqtt: MqttConfig = opt(MqttConfig, "MQTT link.", factory=True)
     outbox: OutboxConfig = opt(OutboxConfig, "Durable verdict outbox.", factory=True)
+    storage: StorageConfig = opt(StorageConfig, "State-directory space and writability checks.", factory=True)
     privacy: PrivacyConfig = opt(PrivacyConfig, "Privacy.", factory=True)
     fleet: FleetConfig = opt(FleetConfig, "Fleet updates.", factory=True)
     log: LogConfig = opt(LogConfig, "Logging.", factory=True)
@@ -264,6 +278,9 @@ def _check_value(key: str, tp: Any, meta: dict, value: Any, problems: list[str])
             problems.append(bad)
             return None
         value = float(value)
+        if not math.isfinite(value):      # nan passes every lo/hi comparison: refuse it outright
+            problems.append(bad + " (finite)")
+            return None
     elif tp is str:
         if not isinstance(value, str):
             problems.append(bad)
@@ -286,7 +303,7 @@ def _check_value(key: str, tp: Any, meta: dict, value: Any, problems: list[str])
 
 def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
     if not isinstance(data, dict):
-        problems.append(f"config: {prefix or 'root'} = {data!r}: expected a table")
+        problems.append(f"config: {prefix.rstrip('.') or 'root'} = {data!r}: expected a table")
         return cls()
     known = {f.name: f for f in fields(cls)}
     for k in data:
@@ -336,13 +353,39 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
         problems.append(f"config: camera.lost_s = {cfg.camera.lost_s}: expected more than camera.stall_s ({cfg.camera.stall_s})")
     if not all(c.isalnum() or c in "._-" for c in cfg.consent.notice_version) or not cfg.consent.notice_version:
         problems.append(f"config: consent.notice_version = {cfg.consent.notice_version!r}: expected a token of letters, digits . _ -")
+    _check_mqtt(cfg, problems)
+    _check_names(cfg, problems)
+
+
+def _check_mqtt(cfg: Config, problems: list[str]) -> None:
     url = cfg.mqtt.url
-    if not (url.startswith("mqtt://") or url.startswith("mqtts://")) or ":" not in url.split("://", 1)[1]:
-        problems.append(f"config: mqtt.url = {url!r}: expected mqtt://host:port or mqtts://host:port")
+    try:
+        u = urlsplit(url)
+        port = u.port                  # ValueError when out of 0..65535 or not a number
+    except ValueError:
+        u, port = None, None
+    if u is None or u.scheme not in ("mqtt", "mqtts") or not u.hostname or port is None or not 1 <= port <= 65535 \
+            or u.path not in ("", "/") or u.query or u.fragment or not url.isascii():
+        problems.append(f"config: mqtt.url = {url!r}: expected mqtt://host:port or mqtts://host:port (port 1..65535)")
+    if not ids.is_prefix(cfg.mqtt.prefix):
+        problems.append(f"config: mqtt.prefix = {cfg.mqtt.prefix!r}: expected topic levels of letters, digits, "
+                        "'.', '_', '-' separated by '/' (no wildcards, no empty level, no leading '$' or '/')")
+
+
+def _check_names(cfg: Config, problems: list[str]) -> None:
+    """device.id, device.site and device.groups go into topics and the signed verdict: the same
+    pattern as the verdict schema (device/ids.py), so check-config accepts exactly what it does."""
+    want = "expected 1-64 ASCII letters, digits, '.', '_', '-', starting with a letter or digit, no run of 9 digits"
     for key in ("id", "site"):
         v = getattr(cfg.device, key)
-        if not v or any(ch in v for ch in "/+#") or v != v.strip():
-            problems.append(f"config: device.{key} = {v!r}: expected a non-empty topic-safe name (no / + # or spaces)")
+        if not ids.is_name(v):
+            problems.append(f"config: device.{key} = {v!r}: {want}")
+    if cfg.device.site in ids.RESERVED_SITES:
+        problems.append(f"config: device.site = {cfg.device.site!r}: reserved for fleet-wide topics")
+    for g in cfg.device.groups:
+        if not ids.is_name(g):
+            problems.append(f"config: device.groups = {list(cfg.device.groups)!r}: each group: {want}")
+            break
 
 
 def from_dict(data: dict) -> Config:

@@ -86,7 +86,8 @@ class Session:
                  events: Callable[[dict], None] = lambda e: None, tick: Callable[[], None] = lambda: None,
                  should_abort: Callable[[], bool] = lambda: False, challenges: list[str] | None = None,
                  rng: random.Random | None = None, clock=time.monotonic, wall=time.time,
-                 hmac_key: bytes | None = None, consent: Callable | None = None):
+                 hmac_key: bytes | None = None, consent: Callable | None = None,
+                 binding: dict | None = None):
         self.cfg = cfg
         self.reader, self.camera, self.vision = reader, camera, vision
         self.sink, self.events, self.tick, self.should_abort = sink, events, tick, should_abort
@@ -96,6 +97,7 @@ class Session:
         self.hmac_key = hmac_key
         self.consent = consent
         self.consent_record: dict | None = None
+        self.binding = binding            # signed into the verdict: what started this session
         self.state = State.IDLE
         self.session_id = ""
         self.last_challenge_to_stored_ms: float | None = None
@@ -219,7 +221,7 @@ class Session:
             result="fail" if reasons else "pass", reasons=reasons, scores=scores, card=card_info,
             models=self.vision.versions, timings_ms=self.timings,
             started_at=started_wall, decided_at=max(self.wall(), started_wall), verdict_id=self.session_id,
-            consent=self.consent_record)
+            consent=self.consent_record, binding=self.binding)
         self.sink(v)
         if ev.last_challenge_t is not None:
             # last challenge frame -> verdict stored: the issue-9 latency figure

@@ -26,7 +26,8 @@ FORBIDDEN = ("device.camera", "device.vision", "device.liveness", "device.cardre
 # device.challenge_names: the challenge names for the session-event schema and config (stdlib only)
 # device.notify / device.logs: sd_notify and log set-up (stdlib; the display process uses them)
 ALLOWED_DEVICE = {"device", "device.verdict", "device.config", "device.errors", "device.models",
-                  "device.localbroker", "device.challenge_names", "device.notify", "device.logs"}
+                  "device.localbroker", "device.challenge_names", "device.notify", "device.logs",
+                  "device.ids"}   # ids: stdlib-only identifier patterns (issue 20)
 # device.display: the customer display sees session events only, never a frame (issue 15)
 PACKAGES = ("device.link", "device.fleet", "device.display")
 # third-party modules that would mean biometric code or image handling got pulled in
