@@ -77,9 +77,12 @@ def _lazy(module: str):
 
 def register_eval(sub) -> None:
     p = sub.add_parser("pad", help="frame-level PAD (ISO/IEC 30107-3: APCER per attack type, BPCER, ACER, EER)")
-    p.add_argument("--labels", required=True, help="CSV with path,label (nuaa: live/print; celeba: live/spoof)")
+    p.add_argument("--labels", required=True, help="CSV with path,label[,video] (nuaa: live/print; celeba: live/spoof; replay-attack: live/5 attack types, video)")
     p.add_argument("--root", help="image root (default: the CSV's folder)")
-    p.add_argument("--threshold", type=float, default=0.5, help="accept as bona fide when p_real >= this")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="accept as bona fide when p_real >= this (default: the configured liveness.pad_threshold)")
+    p.add_argument("--config", "-c", help="config file whose liveness.pad_threshold is the default threshold")
+    p.add_argument("--split", help="only rows whose `split` column is this (replay-attack-dev: train, devel)")
     p.add_argument("--box-expand", type=float, default=1.0, help="widen the detector box before the crop")
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--stride", type=int, default=1, help="use every k-th row")
