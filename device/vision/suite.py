@@ -31,7 +31,8 @@ class VisionSuite:
             detector_path=str(paths["detector"]), landmark_path=str(paths["landmarks"]), pad_paths=pad,
             iris_path=str(paths["iris"]),
             threads=th, quality=cfg.quality, detector_variant=cfg.models.detector,
-            blink_min_s=cfg.liveness.blink_min_s, blink_max_s=cfg.liveness.blink_max_s))
+            blink_min_s=cfg.liveness.blink_min_s, blink_max_s=cfg.liveness.blink_max_s,
+            pad_fusion=cfg.liveness.pad_fusion))
         self.detector = self.tracker.detector   # one BlazeFace for the card photo and the frames (stateless per call)
         self.embedder = FaceEmbedder.create(EmbedderOptions(str(paths["embedder"]), threads=th))
         # embeddings made ahead of the decision (card at card-read time, the session's first crop during

@@ -53,7 +53,9 @@ def model_files(model_dir: Path) -> dict[str, Path]:
 
 
 def make_tracker(model_dir: Path, pad: bool = True, iris: bool = True, threads: int = 1, **kw):
+    from device.config import Config
     from device.liveness.tracking import FaceTracker, TrackerOptions
+    kw.setdefault("pad_fusion", Config().liveness.pad_fusion)
     f = model_files(model_dir)
     return FaceTracker.create(TrackerOptions(
         detector_path=str(f["detector"]), landmark_path=str(f["landmarks"]),
@@ -82,6 +84,7 @@ def register_eval(sub) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="accept as bona fide when p_real >= this (default: the configured liveness.pad_threshold)")
     p.add_argument("--config", "-c", help="config file whose liveness.pad_threshold is the default threshold")
+    p.add_argument("--fusion", choices=("mean2", "logit4"), help="PAD score fusion (default: the configured liveness.pad_fusion)")
     p.add_argument("--split", help="only rows whose `split` column is this (replay-attack-dev: train, devel)")
     p.add_argument("--box-expand", type=float, default=1.0, help="widen the detector box before the crop")
     p.add_argument("--limit", type=int, default=0)

@@ -13,7 +13,9 @@ the CSV's folder). Bona fide labels: live, real, bonafide, genuine, 1. Every oth
 type (PAI species): nuaa `print`, celeba-spoof `spoof`. For NUAA the print attacks are also broken
 down by `pos` (00 still, 01-04 moved/bent) when the column exists.
 
-Per image: BlazeFace, the largest face, MiniFASNet V2 (2.7) + V1SE (4.0) ensemble -> p_real.
+Per image: BlazeFace, the largest face, the PAD score the device computes -> p_real: `--fusion`
+(default the configured liveness.pad_fusion) `logit4` = V2 2.7 + V1SE 4.0 + both on the face box,
+log-odds fused; `mean2` = the upstream V2 (2.7) + V1SE (4.0) mean.
 An image without a detected face is a failure to acquire: it is counted (`fta`) and scored 0
 (rejected), which counts against BPCER for bona fide images and is a correct rejection for attacks.
 
@@ -71,13 +73,13 @@ def model_paths(model_dir: Path) -> tuple[Path, tuple[Path, Path]]:
 class FramePad:
     """Detector + ensemble on still images (largest face)."""
 
-    def __init__(self, model_dir: Path, threads: int = 1, box_expand: float = 1.0):
+    def __init__(self, model_dir: Path, threads: int = 1, box_expand: float = 1.0, fusion: str = "mean2"):
         from device.vision.antispoof import AntiSpoof, AntiSpoofOptions
         from device.vision.detect import DetectorOptions, FaceDetector
         det, pads = model_paths(model_dir)
         self.det = FaceDetector.create(DetectorOptions(str(det), threads=threads))
         self.pad = AntiSpoof.create(AntiSpoofOptions(tuple(str(p) for p in pads), threads=threads,
-                                                     box_expand=box_expand))
+                                                     box_expand=box_expand, fusion=fusion))
         self.ms: list[float] = []
 
     def score(self, rgb: np.ndarray) -> float | None:
@@ -114,9 +116,9 @@ def bpcer_at_apcer(scores, bona, target: float) -> tuple[float, float]:
 
 
 def evaluate(rows: list[dict], model_dir: Path, threshold: float = 0.5, threads: int = 1,
-             box_expand: float = 1.0, progress: bool = True) -> tuple[dict, np.ndarray]:
+             box_expand: float = 1.0, progress: bool = True, fusion: str = "mean2") -> tuple[dict, np.ndarray]:
     """-> (summary dict, per-row p_real scores; 0 where no face was found)."""
-    fp = FramePad(model_dir, threads, box_expand)
+    fp = FramePad(model_dir, threads, box_expand, fusion)
     scores, fta = [], 0
     bar = Progress(len(rows), "eval pad") if progress else None
     for r in rows:
@@ -202,6 +204,16 @@ def plot(path, rows, scores, title="PAD", video=None) -> None:
     plot_det(path, curves, title=title)
 
 
+def configured_fusion(config_path: str | None) -> str:
+    from device import config as config_mod
+    try:
+        if config_path or Path(config_mod.DEFAULT_PATH).is_file():
+            return config_mod.load(config_path).liveness.pad_fusion
+    except config_mod.ConfigError:
+        pass
+    return config_mod.Config().liveness.pad_fusion
+
+
 def configured_threshold(config_path: str | None) -> tuple[float, str]:
     from device import config as config_mod
     if config_path:
@@ -230,11 +242,12 @@ def run(args) -> int:
         thr, source = configured_threshold(getattr(args, "config", None))
     else:
         thr, source = float(args.threshold), "--threshold"
-    res, scores = evaluate(rows, md, thr, args.threads, args.box_expand)
+    fusion = getattr(args, "fusion", None) or configured_fusion(getattr(args, "config", None))
+    res, scores = evaluate(rows, md, thr, args.threads, args.box_expand, fusion=fusion)
     from kyc_tools.eval.commands_liveness import model_files
     files = model_files(md)
     res = {"command": "eval pad", "labels": str(args.labels), **({"split": split} if split else {}),
-           "model_dir": str(md), "threshold_source": source,
+           "model_dir": str(md), "threshold_source": source, "fusion": fusion,
            "models": {k: files[k].name for k in ("detector", "antispoof_v2", "antispoof_v1se")}, **res}
     video = None
     if rows and "video" in rows[0]:

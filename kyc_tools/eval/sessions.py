@@ -68,9 +68,11 @@ def observe_all(tracker, frames) -> list:
     return obs
 
 
-def replay(obs_list, tracker_stats: dict, seq: list[str], cfg: LivenessConfig):
-    """Run one challenge sequence over recorded observations -> (decision, runner, pad_scores used)."""
-    runner = ChallengeRunner(cfg, sequence=seq)
+def replay(obs_list, tracker_stats: dict, seq: list[str], cfg: LivenessConfig, rng=None):
+    """Run one challenge sequence over recorded observations -> (decision, runner, pad_scores used).
+    rng draws the random pauses before the prompts (default: a fixed seed, so runs repeat)."""
+    import random
+    runner = ChallengeRunner(cfg, sequence=seq, rng=rng or random.Random(0))
     started = False
     pads = []
     for o in obs_list:
