@@ -39,65 +39,63 @@ def print_tone(rgb: np.ndarray, seed: int = 0) -> np.ndarray:
     f = 0.12 + 0.72 * f                              # ink black is grey, paper white is off-white
     f = f ** 1.15
     f += rng.normal(0, 0.02, f.shape[:2])[..., None]  # paper grain
-    f = cv2.GaussianBlur(f, (0, 0), 1.0)
+    # halftone: the printer's dot screen (period ~3 px, 45 deg), visible as a fine periodic texture
+    yy, xx = np.mgrid[0:f.shape[0], 0:f.shape[1]].astype(np.float32)
+    dots = 0.5 + 0.5 * np.cos(2 * np.pi * (xx + yy) / 4.2) * np.cos(2 * np.pi * (xx - yy) / 4.2)
+    f = f * (0.88 + 0.24 * dots[..., None])
+    f = cv2.GaussianBlur(f, (0, 0), 0.8)
     f *= np.array([1.0, 0.98, 0.92], np.float32)     # warm paper
     return np.clip(f * 255, 0, 255).astype(np.uint8)
 
 
-def _plane_map(h, w, yaw_deg, bend, f_px, dist):
-    """Inverse map for a sheet of size (w, h) turned by yaw and bent into a cylinder (bend = 1/R in
-    units of the half-width), seen by a pinhole camera of focal f_px at distance dist (px units)."""
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    # forward model: sheet point (u, v) -> 3-D -> image. Solve the inverse numerically by sampling the
-    # forward map densely and inverting with remap of a forward-splatted grid (small, smooth warps).
-    u = (xs - w / 2) / (w / 2)
-    v = (ys - h / 2)
-    a = math.radians(yaw_deg)
+def _sheet_points(sw: int, sh: int, yaw_deg: float, bend: float, f_px: float, dist: float, u: np.ndarray):
+    """Image x of the sheet's columns u (px from its left edge) and the vertical scale there, for a
+    sheet of width sw turned by yaw about its vertical axis and bent into a cylinder (bend = the
+    angle in radians that the half-width subtends; 0 = flat), seen by a pinhole camera of focal f_px
+    at distance dist."""
+    half = sw / 2
+    uu = (u - half) / half                            # -1 .. 1
     if abs(bend) > 1e-6:
-        R = 1.0 / bend
-        th = u / R
-        X = R * np.sin(th) * (w / 2)
-        Z = R * (1 - np.cos(th)) * (w / 2)
+        R = half / bend
+        th = uu * bend
+        X, Z = R * np.sin(th), R * (1 - np.cos(th))
     else:
-        X, Z = u * (w / 2), np.zeros_like(u)
+        X, Z = uu * half, np.zeros_like(uu)
+    a = math.radians(yaw_deg)
     Xr = X * math.cos(a) + Z * math.sin(a)
     Zr = -X * math.sin(a) + Z * math.cos(a) + dist
-    px = f_px * Xr / Zr + w / 2
-    py = f_px * v / Zr + h / 2
-    return px.astype(np.float32), py.astype(np.float32)
+    return f_px * Xr / Zr, f_px / Zr
 
 
 def warp_sheet(img: np.ndarray, yaw_deg: float, bend: float, out_shape, scale: float = 0.8,
-               bg: np.ndarray | None = None) -> np.ndarray:
-    """Render the sheet `img` turned and bent into a frame of out_shape over bg."""
+               bg: np.ndarray | None = None, strips: int = 24) -> np.ndarray:
+    """Render the sheet `img` turned and bent into a frame of out_shape over bg: the cylinder is cut
+    into `strips` vertical facets, each a plane mapped by its own homography (exact for a flat sheet)."""
     H, W = out_shape[:2]
     h, w = img.shape[:2]
     s = scale * min(H / h, W / w)
     sheet = cv2.resize(img, (int(w * s), int(h * s)), interpolation=cv2.INTER_AREA)
     sh, sw = sheet.shape[:2]
     f_px = 1.2 * W
-    px, py = _plane_map(sh, sw, yaw_deg, bend, f_px, dist=f_px)
-    # forward splat: rasterise each sheet pixel's target via a dense grid warp using cv2.remap on the
-    # inverse, obtained by inverting the smooth map with a coarse-to-fine fixed-point iteration
-    mx = np.zeros((H, W), np.float32)
-    my = np.zeros((H, W), np.float32)
-    gy, gx = np.mgrid[0:H, 0:W].astype(np.float32)
-    ox, oy = (W - sw) / 2, (H - sh) / 2
-    tx, ty = gx - ox, gy - oy
-    # initial guess: identity; iterate u <- u + (target - F(u)) using the local Jacobian ~ 1/scale
-    ux, uy = tx.copy(), ty.copy()
-    for _ in range(12):
-        fx = cv2.remap(px, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        fy = cv2.remap(py, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        ux += (tx - fx) * 0.9
-        uy += (ty - fy) * 0.9
-    mx[:], my[:] = ux, uy
-    out = cv2.remap(sheet, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    inside = ((mx >= 0) & (mx < sw - 1) & (my >= 0) & (my < sh - 1))
-    if bg is None:
-        bg = _background(H, W)
-    res = bg.copy()
-    res[inside] = out[inside]
+    res = (_background(H, W) if bg is None else bg).copy()
+    edges = np.linspace(0, sw, strips + 1)
+    xs, ks = _sheet_points(sw, sh, yaw_deg, bend, f_px, f_px, edges)
+    cx, cy = W / 2, H / 2
+    for i in range(strips):
+        u0, u1 = edges[i], edges[i + 1]
+        src = np.float32([[u0, 0], [u1, 0], [u1, sh], [u0, sh]])
+        dst = np.float32([[cx + xs[i], cy - ks[i] * sh / 2], [cx + xs[i + 1], cy - ks[i + 1] * sh / 2],
+                          [cx + xs[i + 1], cy + ks[i + 1] * sh / 2], [cx + xs[i], cy + ks[i] * sh / 2]])
+        M = cv2.getPerspectiveTransform(src, dst)
+        x0 = int(max(0, np.floor(dst[:, 0].min()) - 1))
+        x1 = int(min(W, np.ceil(dst[:, 0].max()) + 1))
+        if x1 <= x0:
+            continue
+        T = np.array([[1, 0, -x0], [0, 1, 0], [0, 0, 1]], np.float64) @ M
+        part = cv2.warpPerspective(sheet, T, (x1 - x0, H), flags=cv2.INTER_LINEAR)
+        mask = cv2.warpPerspective(np.full((sh, sw), 255, np.uint8), T, (x1 - x0, H), flags=cv2.INTER_NEAREST)
+        m = mask > 0
+        res[:, x0:x1][m] = part[m]
     return res
 
 
@@ -112,7 +110,7 @@ def print_attack(rgb: np.ndarray, n: int = 60, fps: float = 15.0, max_deg: float
     for i in range(n):
         ph = 2 * math.pi * i / n
         yaw = max_deg * math.sin(ph)
-        bend = max_bend * 0.5 * (1 - math.cos(2 * ph))
+        bend = max_bend * 0.5 * (1 - math.cos(2 * ph))   # radians over the half-width
         fr = warp_sheet(paper, yaw, bend, rgb.shape, bg=bg)
         dx, dy = rng.normal(0, 2, 2)
         M = np.float32([[1, 0, dx], [0, 1, dy]])
@@ -121,8 +119,8 @@ def print_attack(rgb: np.ndarray, n: int = 60, fps: float = 15.0, max_deg: float
     return out
 
 
-def screen_attack(frames, scale: float = 0.72, gamma: float = 1.6, moire: float = 0.10,
-                  reflection: float = 0.25, seed: int = 0) -> list[tuple[float, np.ndarray]]:
+def screen_attack(frames, scale: float = 0.72, gamma: float = 1.25, moire: float = 0.08,
+                  reflection: float = 0.15, seed: int = 0) -> list[tuple[float, np.ndarray]]:
     """frames: [(t, rgb)] of a genuine clip -> the same clip replayed on a screen held to the camera."""
     out = []
     t0, f0 = frames[0]
@@ -138,7 +136,8 @@ def screen_attack(frames, scale: float = 0.72, gamma: float = 1.6, moire: float 
             np.cos(2 * math.pi * (yy * math.cos(a) - xx * math.sin(a)) / 3.3))
     beat = 0.5 + 0.5 * np.cos(2 * math.pi * (xx + 0.6 * yy) / 41.0)
     pattern = (1.0 + moire * grid * beat)[..., None]
-    refl = np.clip(1 - np.abs((xx / sw - yy / sh) - 0.2) / 0.25, 0, 1)[..., None] * reflection
+    # a window's reflection: a soft bright diagonal band across the upper-left of the glass
+    refl = np.clip(1 - np.abs((xx / sw + yy / sh) - 0.35) / 0.15, 0, 1)[..., None] * reflection
     for i, (t, rgb) in enumerate(frames):
         fr = bg.copy().astype(np.float32)
         fr[y0 - bez:y0 + sh + bez, x0 - bez:x0 + sw + bez] = 12.0          # black bezel
