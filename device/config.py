@@ -135,7 +135,7 @@ class LivenessConfig:
     prompt_pause_max_s: float = opt(1.5, "Longest random pause before each challenge prompt.", lo=0, hi=10)
     response_window_s: float = opt(4.0, "The response must begin within this time after its prompt (else `challenge_timeout`); 0 = no window.", lo=0, hi=60)
     response_min_latency_s: float = opt(0.12, "A turn already under way this soon after its prompt began before it (`response_too_early`).", lo=0, hi=2)
-    pad_threshold: float = opt(0.5, "Fused passive real-score below which the session is `spoof_suspected`.", lo=0, hi=1)
+    pad_threshold: float = opt(0.35, "Fused passive real-score below which the session is `spoof_suspected` (0.35: chosen for pad_fusion logit4 on replay-attack train, video BPCER <= 5 % and frame BPCER <= 3 %; docs/liveness.md; use 0.5 with mean2).", lo=0, hi=1)
     pad_enabled: bool = opt(True, "Run the passive anti-spoofing models.")
     pad_fusion: str = opt("logit4", "Passive score: `logit4` = MiniFASNet V2 2.7 + V1SE 4.0 + both on the face box, log-odds fused (calibrated on replay-attack train, docs/liveness.md); `mean2` = the upstream two-model mean.", choices=("mean2", "logit4"))
     identity_threshold: float = opt(0.35, "Start/end embeddings must be at least this similar (`identity_changed`).", lo=-1, hi=1)

@@ -238,5 +238,7 @@ def test_eval_sessions_command_genuine_only(shared_data, model_dir, capsys, tmp_
     out = json.loads(capsys.readouterr().out)
     g = out["genuine_blink_video"]
     assert g["blink_only_pass"] is True and g["blinks_found"] == 10
-    assert g["runs"]["blink+turn_left"]["ok"] and g["runs"]["turn_left+blink"]["ok"]
+    # with the timing rule (random pauses, seeded in the eval) the recording, not made to prompts,
+    # still passes turn_left+blink; blink+turn_left's turn prompt comes while the head is already turned
+    assert g["runs"]["turn_left+blink"]["ok"]
     assert out["challenge_sequences"] and "print_attacks" not in out
