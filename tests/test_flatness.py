@@ -124,3 +124,21 @@ def test_nuaa_moved_prints_flagged_more_than_live(tracker, shared_data):
             r = _run(tracker, [(pic / 20.0, _img_loader(p)) for pic, p in items])
             flagged[label] += bool(r.flat)
     assert flagged["live"] == 0 and flagged["print"] >= 2, flagged
+
+
+def test_flat_face_rule_interface(real_lm):
+    """The rule form (LivenessCheck continuity rule): frames in, `flat_face` at the decision."""
+    from types import SimpleNamespace
+    from device.liveness.flatness import FlatFaceRule
+    rule = FlatFaceRule()
+    flat = real_lm.copy()
+    flat[:, 2] = 0
+    photo = _rot_y(flat, 25)
+    photo[:, 2] = real_lm[:, 2]
+    assert rule.on_frame(None, SimpleNamespace(t=0.0, yaw=0.0, landmarks=real_lm), True) is None
+    for i in range(5):
+        rule.on_frame(None, SimpleNamespace(t=0.1 * (i + 1), yaw=25.0, landmarks=photo), True)
+        rule.on_frame(None, SimpleNamespace(t=0.1 * (i + 1), yaw=25.0, landmarks=None), False)  # not in view
+    assert rule.at_decision(None) == "flat_face" and rule.last.pairs == 5
+    rule.reset()
+    assert rule.at_decision(None) is None and rule.last.flat is None

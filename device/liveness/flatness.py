@@ -179,3 +179,28 @@ class FlatFaceCheck:
 
     def wipe(self) -> None:
         self.reset()
+
+
+class FlatFaceRule:
+    """The check as a liveness continuity rule (the `ContinuityRule` interface of issue 13's
+    LivenessCheck: reset / on_frame / at_decision): fed every frame with one tracked face; at the
+    decision it adds `flat_face` when the face turned and moved like a plane. `score` keeps the last
+    result for reports (numbers only)."""
+    reason = "flat_face"
+
+    def __init__(self, options: FlatFaceOptions | None = None):
+        self.check = FlatFaceCheck(options)
+        self.last: FlatResult | None = None
+
+    def reset(self) -> None:
+        self.check.reset()
+        self.last = None
+
+    def on_frame(self, check, obs, in_view: bool) -> str | None:
+        if in_view:
+            self.check.update(obs.t, obs.yaw, obs.landmarks)
+        return None
+
+    def at_decision(self, check) -> str | None:
+        self.last = self.check.result()
+        return self.reason if self.last.flat else None
