@@ -77,6 +77,13 @@ def _lazy(module: str):
     return run
 
 
+def _sessions(args):
+    import importlib
+    if getattr(args, "manifest", None):
+        return importlib.import_module("kyc_tools.eval.session_manifest").run_manifest(args)
+    return importlib.import_module("kyc_tools.eval.sessions").run(args)
+
+
 def register_eval(sub) -> None:
     p = sub.add_parser("pad", help="frame-level PAD (ISO/IEC 30107-3: APCER per attack type, BPCER, ACER, EER)")
     p.add_argument("--labels", required=True, help="CSV with path,label[,video] (nuaa: live/print; celeba: live/spoof; replay-attack: live/5 attack types, video)")
@@ -103,7 +110,11 @@ def register_eval(sub) -> None:
     _common(p)
     p.set_defaults(func=_lazy("kyc_tools.eval.liveness"))
 
-    p = sub.add_parser("sessions", help="session-level replay: NUAA print attempts (must all fail), genuine blink video")
+    p = sub.add_parser("sessions", help="session-level: --manifest CSV through the daemon's Session; else NUAA print attempts and the blink video")
+    p.add_argument("--manifest", help="CSV path,label[,subject]: every clip through device.session.Session, once per challenge sequence")
+    p.add_argument("--draws", type=int, default=1, help="--manifest: random-pause draws per sequence (seeded 0..draws-1)")
+    p.add_argument("--config", "-c", help="--manifest: config file (default: built-in defaults)")
+    p.add_argument("--limit", type=int, default=0, help="--manifest: first N clips only")
     shared_data = SHARED_MODELS.parent / "data"
     p.add_argument("--nuaa", default=str(shared_data / "nuaa-train"), help="NUAA folder with labels.csv ('' to skip)")
     p.add_argument("--blink", default=str(shared_data / "blink" / "demo_old.mp4"), help="genuine video ('' to skip)")
@@ -112,4 +123,4 @@ def register_eval(sub) -> None:
     p.add_argument("--no-iris", action="store_true")
     p.add_argument("--per-attempt", action="store_true", help="include every attempt's details")
     _common(p)
-    p.set_defaults(func=_lazy("kyc_tools.eval.sessions"))
+    p.set_defaults(func=_sessions)
