@@ -31,9 +31,10 @@ def genuine(shared_data):
 
 
 def _sessions(tracker, frames):
-    obs = observe_all(tracker, [(t, (lambda x: (lambda: x))(f)) for t, f in frames])
-    st = {"max_gap_s": tracker.max_gap_s, "faces_seen_max": tracker.faces_seen_max}
-    return {"+".join(seq): replay(obs, st, seq, CFG)[0] for seq in possible_sequences(CFG)}
+    """Observed once (tracker + the session's quality gate), then fed to a fresh LivenessCheck per
+    sequence as Session does (kyc_tools.eval.sessions.replay)."""
+    rec = observe_all(tracker, [(t, (lambda x: (lambda: x))(f)) for t, f in frames])
+    return {"+".join(seq): replay(rec, seq, CFG)[0] for seq in possible_sequences(CFG)}
 
 
 def test_genuine_source_clip_is_served(tracker, genuine):

@@ -11,10 +11,10 @@ import pytest
 
 from device import config as config_mod
 from device.config import LivenessConfig
-from device.liveness.blink import Blink
+from device.vision.blink import Blink
 from device.liveness.challenges import ChallengeRunner
 from device.liveness.decision import decide
-from device.liveness.tracking import Observation
+from device.vision.tracking import Observation
 
 
 def _obs(t, yaw=0.0, blink=None, closed=False):
@@ -117,8 +117,7 @@ def test_cost_on_the_genuine_blink_video(shared_data, model_dir):
     from kyc_tools.eval.liveness import video_frames
     from kyc_tools.eval.sessions import observe_all, replay
     tr = make_tracker(model_dir, pad=False, iris=True)
-    obs = observe_all(tr, video_frames(need(shared_data / "blink" / "demo_old.mp4")))
-    st = {"max_gap_s": tr.max_gap_s, "faces_seen_max": tr.faces_seen_max}
+    rec = observe_all(tr, video_frames(need(shared_data / "blink" / "demo_old.mp4")))
     cfg = LivenessConfig(challenges=("blink",), count=1, pad_enabled=False)
-    ok = [replay(obs, st, ["blink"], cfg, rng=random.Random(s))[0].ok for s in range(20)]
+    ok = [replay(rec, ["blink"], cfg, rng=random.Random(s))[0].ok for s in range(20)]
     assert all(ok)

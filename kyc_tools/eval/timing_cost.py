@@ -4,7 +4,7 @@
 
 Clips: the blink video, the head-pose clips, and every clip of ../shared/data/sessions-dev
 (manifest.csv: genuine and replay). Each clip is observed once by the tracker (PAD, iris); the
-observations are then replayed through the challenge runner + decision (kyc_tools.eval.sessions
+observations are then fed to a fresh LivenessCheck, as Session does (kyc_tools.eval.sessions
 .replay) for every challenge sequence the default draw can produce, once with the timing rule off
 (no pause, no response window) and `--draws` times with it on (each time other random pauses, seeded
 0..draws-1). Per clip: the share of (sequence, pause draw) runs that pass, and whether at least one
@@ -26,16 +26,16 @@ from pathlib import Path
 NO_TIMING = dict(prompt_pause_min_s=0.0, prompt_pause_max_s=0.0, response_window_s=0.0)
 
 
-def clip_runs(obs, st, cfg, seqs, draws: int) -> dict:
+def clip_runs(rec, cfg, seqs, draws: int) -> dict:
     from kyc_tools.eval.sessions import replay
     off = dataclasses.replace(cfg, **NO_TIMING)
     res = {"off": [], "on": []}
     reasons_on: dict[str, int] = {}
     for seq in seqs:
-        d, _, _ = replay(obs, st, seq, off)
+        d, _ = replay(rec, seq, off)
         res["off"].append(d.ok)
         for k in range(draws):
-            d, _, _ = replay(obs, st, seq, cfg, rng=random.Random(k))
+            d, _ = replay(rec, seq, cfg, rng=random.Random(k))
             res["on"].append(d.ok)
             for r in d.reasons:
                 reasons_on[r] = reasons_on.get(r, 0) + 1
@@ -74,9 +74,8 @@ def main(argv=None) -> int:
            "clips": {}}
     bar = Progress(len(jobs), "timing cost")
     for label, key, frames in jobs:
-        obs = observe_all(tr, frames())
-        st = {"max_gap_s": tr.max_gap_s, "faces_seen_max": tr.faces_seen_max}
-        out["clips"][key] = {"label": label, **clip_runs(obs, st, cfg, seqs, a.draws)}
+        rec = observe_all(tr, frames())
+        out["clips"][key] = {"label": label, **clip_runs(rec, cfg, seqs, a.draws)}
         bar.update()
     bar.close()
     summ = {}
