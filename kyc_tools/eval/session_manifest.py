@@ -15,8 +15,9 @@ continuity rules, PAD evidence, decision). Nothing of the session is re-implemen
 once per challenge sequence the configured draw can produce (x `--draws` random-pause draws,
 seeded 0..draws-1, so a run repeats). The card is fabricated (never real data) and carries a
 frame of the clip itself as its photo, so the face match is not what is measured: a run "passes
-liveness" when its verdict has no reason other than the match stage's (face_mismatch,
-quality_too_low, card_*); the verdict result is reported too.
+liveness" when its verdict has no reason other than face_mismatch (the only reason that comes after
+the liveness decision; quality_too_low ends the session before it and is a failure); the verdict
+result is reported too.
 
 Outcomes: an attack is stopped only if no run passes (the attacker's best case); a genuine clip is
 served if at least one run passes (the customer's best case), with the share of runs it passes.
@@ -37,7 +38,9 @@ from pathlib import Path
 import numpy as np
 
 GENUINE = {"genuine", "live", "real", "bonafide", "bona_fide"}
-MATCH_REASONS = {"face_mismatch", "quality_too_low", "card_photo_no_face", "card_expired", "card_invalid_number"}
+# only face_mismatch comes after the liveness decision; a session that ended before it (quality_too_low:
+# no frame passed the quality gate; card problems) has no liveness decision and counts as a failure
+MATCH_REASONS = {"face_mismatch"}
 ACTIVE_REASONS = {"challenge_timeout", "response_too_early"}
 PASSIVE_REASONS = {"spoof_suspected", "flat_face"}
 
