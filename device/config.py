@@ -138,8 +138,13 @@ class LivenessConfig:
     turn_yaw_deg: float = opt(18.0, "Yaw a head turn must reach.", lo=5, hi=80)
     blink_min_s: float = opt(0.04, "Shortest eye closure that counts as a blink.", lo=0, hi=2)
     blink_max_s: float = opt(1.5, "Longest eye closure that counts as a blink.", lo=0.05, hi=10)
-    pad_threshold: float = opt(0.5, "Fused passive real-score below which the session is `spoof_suspected`.", lo=0, hi=1)
+    prompt_pause_min_s: float = opt(0.5, "Shortest random pause before each challenge prompt (replay resistance: a recording cannot be timed to the prompts).", lo=0, hi=10)
+    prompt_pause_max_s: float = opt(1.5, "Longest random pause before each challenge prompt.", lo=0, hi=10)
+    response_window_s: float = opt(4.0, "The response must begin within this time after its prompt (else `challenge_timeout`); 0 = no window.", lo=0, hi=60)
+    response_min_latency_s: float = opt(0.12, "A turn already under way this soon after its prompt began before it (`response_too_early`).", lo=0, hi=2)
+    pad_threshold: float = opt(0.35, "Fused passive real-score below which the session is `spoof_suspected` (0.35: chosen for pad_fusion logit4 on replay-attack train, video BPCER <= 5 % and frame BPCER <= 3 %; docs/liveness.md; use 0.5 with mean2).", lo=0, hi=1)
     pad_enabled: bool = opt(True, "Run the passive anti-spoofing models.")
+    pad_fusion: str = opt("logit4", "Passive score: `logit4` = MiniFASNet V2 2.7 + V1SE 4.0 + both on the face box, log-odds fused (calibrated on replay-attack train, docs/liveness.md); `mean2` = the upstream two-model mean.", choices=("mean2", "logit4"))
     identity_threshold: float = opt(0.35, "Start/end embeddings must be at least this similar (`identity_changed`).", lo=-1, hi=1)
 
 
@@ -344,6 +349,8 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
             break
     if lv.count > len(set(lv.challenges)):
         problems.append(f"config: liveness.count = {lv.count}: expected at most the {len(set(lv.challenges))} distinct challenges in liveness.challenges")
+    if lv.prompt_pause_min_s > lv.prompt_pause_max_s:
+        problems.append(f"config: liveness.prompt_pause_min_s = {lv.prompt_pause_min_s}: expected at most liveness.prompt_pause_max_s ({lv.prompt_pause_max_s})")
     if lv.blink_min_s >= lv.blink_max_s:
         problems.append(f"config: liveness.blink_min_s = {lv.blink_min_s}: expected less than liveness.blink_max_s ({lv.blink_max_s})")
     q = cfg.quality

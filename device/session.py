@@ -121,7 +121,8 @@ class Session:
         elif e["state"] == "passed":
             self._emit({"event": "challenge_passed", **step})
         else:
-            self._emit({"event": "challenge_failed", "reason": "challenge_timeout", **step})
+            reason = "response_too_early" if e["state"] == "too_early" else "challenge_timeout"
+            self._emit({"event": "challenge_failed", "reason": reason, **step})
 
     def _enter(self, state: State) -> None:
         self.state = state

@@ -47,7 +47,7 @@ class VisionSuite:
         th = cfg.models.threads
         self.tracker = build_tracker(paths, threads=th, pad=cfg.liveness.pad_enabled, quality=cfg.quality,
                                      detector_variant=cfg.models.detector, blink_min_s=cfg.liveness.blink_min_s,
-                                     blink_max_s=cfg.liveness.blink_max_s)
+                                     blink_max_s=cfg.liveness.blink_max_s, pad_fusion=cfg.liveness.pad_fusion)
         self.detector = self.tracker.detector   # one BlazeFace for the card photo and the frames (stateless per call)
         self.embedder = FaceEmbedder.create(EmbedderOptions(str(paths["embedder"]), threads=th))
         # embeddings made ahead of the decision (card at card-read time, the session's first crop during

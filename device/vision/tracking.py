@@ -62,6 +62,7 @@ class TrackerOptions:
     count_min_px: float = 40.0
     pose_tau_s: float = 0.08
     pad_every_s: float = 0.2
+    pad_fusion: str = "mean2"         # device.vision.antispoof fusion ("mean2" | "logit4"); the suite passes the config's
     iris_alternate: bool = True       # iris model on one eye per frame, in turn (half the cost; 10/10 blinks kept)
     blink_min_s: float = 0.04
     blink_max_s: float = 1.5
@@ -143,7 +144,7 @@ class FaceTracker:
         self.pad = None
         if o.pad_paths:
             from device.vision.antispoof import AntiSpoof, AntiSpoofOptions
-            self.pad = AntiSpoof.create(AntiSpoofOptions(tuple(o.pad_paths), threads=o.threads))
+            self.pad = AntiSpoof.create(AntiSpoofOptions(tuple(o.pad_paths), threads=o.threads, fusion=o.pad_fusion))
         self.blinker = BlinkDetector(o.blink_min_s, o.blink_max_s, min_open_mesh=o.quality.min_ear)
         self.reset()
 
