@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -20,8 +19,9 @@ _REGISTRARS = [
     ("device.link.commands", "register"),
     ("device.camera.commands", "register"),
 ]
-# Workstation verbs (eval, bench, fleet manager, verdicts, fuzz) live in other packages, found by
-# entry point, so the box's package never imports them; `pip install kyc-edge[tools]` adds them.
+# Workstation verbs (eval, bench, fleet manager, verdicts, fuzz) live in another distribution,
+# kyc-edge-tools (tools/ in this repo), found by entry point, so the box's package never imports them;
+# `pip install ./tools` (or its wheel) adds them to the same `kyc-edge` command.
 COMMAND_PLUGINS = "kyc_edge.commands"
 
 
@@ -69,7 +69,7 @@ def cmd_models(args) -> int:
     elif args.config:
         dest = config_mod.models_dir(load_config_or_exit(args.config))
     else:
-        dest = Path(os.environ.get("KYC_EDGE_MODEL_DIR") or models.MANIFEST.parent / "store")
+        dest = models.default_dir()
     if args.action == "install":
         try:
             models.install(dest, mirror=Path(args.mirror) if args.mirror else None,
@@ -152,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
         reg = _load(mod, fn)
         if reg:
             reg(sub)
+    seen = set()
     for ep in entry_points(group=COMMAND_PLUGINS):
+        if ep.value in seen:     # the same registrar declared by two installed distributions
+            continue
+        seen.add(ep.value)
         ep.load()(sub)
     return p
 

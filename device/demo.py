@@ -7,7 +7,6 @@ a pty, serving a fabricated card with the given photo -> the replay camera on th
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,9 +17,9 @@ import time
 from pathlib import Path
 
 from device import config as config_mod
+from device import models as models_mod
 from device.localbroker import LocalBroker
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def toml_value(v) -> str:
@@ -98,7 +97,7 @@ def run_demo(args) -> int:
             print(f"demo: started mosquitto at {url}", file=sys.stderr)
         sim = Simulator(card=None)
         port = sim.start_pty()
-        model_dir = (base and base.models.dir) or os.environ.get("KYC_EDGE_MODEL_DIR") or str(REPO / "models" / "store")
+        model_dir = (base and base.models.dir) or str(models_mod.default_dir())
         device_id, site, prefix = ("demo-counter", "demo-shop", "kyc/v1") if base is None else \
             (base.device.id, base.device.site, base.mqtt.prefix)
         cfg_path = write_config(work / "config.toml", {

@@ -19,7 +19,28 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-MANIFEST = Path(__file__).resolve().parents[1] / "models" / "manifest.json"
+# Package data: in a source checkout a symlink to models/manifest.json (the one file scripts/build-models
+# updates), in a built wheel a copy of it, so an installed box needs no checkout.
+MANIFEST = Path(__file__).resolve().parent / "model_manifest.json"
+
+
+def checkout_root() -> Path | None:
+    """The source checkout this package runs from, or None when installed from a wheel."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "models" / "manifest.json").is_file() and (root / "setup.cfg").is_file() else None
+
+
+def default_dir() -> Path:
+    """Model directory when neither an argument nor the config names one: $KYC_EDGE_MODEL_DIR, else a
+    checkout's models/store, else <default state_dir>/models (where an installed box keeps them)."""
+    env = os.environ.get("KYC_EDGE_MODEL_DIR")
+    if env:
+        return Path(env)
+    root = checkout_root()
+    if root:
+        return root / "models" / "store"
+    from device.config import DeviceConfig
+    return Path(DeviceConfig().state_dir) / "models"
 
 
 class ModelInstallError(Exception):

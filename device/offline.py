@@ -48,7 +48,8 @@ def offline_config(args) -> config_mod.Config:
     if getattr(args, "models_dir", None):
         changes["models.dir"] = args.models_dir
     elif not cfg.models.dir and not os.environ.get("KYC_EDGE_MODEL_DIR"):
-        changes["models.dir"] = str(Path(__file__).resolve().parents[1] / "models" / "store")
+        from device import models
+        changes["models.dir"] = str(models.default_dir())
     if getattr(args, "model_set", None):
         changes["models.set"] = args.model_set
     return config_mod.replace(cfg, **changes)
