@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from device import verdict as verdict_mod
+from device.cardreader.records import problem as card_problem
 from device.config import Config
 from device.errors import CameraError, CardError, KycError
 
@@ -146,10 +147,9 @@ class Session:
             t = self._timed("card_read", t)
             self._enter(State.CARD_READ)
             card_info = self._card_info(card)
-            if card_info["expired"]:
-                raise SessionFailed("card_expired")
-            if card.record.card_type == "resident" and not card.record.number_valid():
-                raise SessionFailed("card_invalid_number")
+            problem = card_problem(card.record, self.wall())     # the one card policy
+            if problem:
+                raise SessionFailed(problem)
             card_face = self.vision.card_face(card.photo)
             card.wipe()        # the decoded photo is no longer needed once its face is aligned
             if card_face is None:

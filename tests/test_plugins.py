@@ -62,3 +62,72 @@ def test_a_camera_backend_is_one_file():
     assert got["pixel"] == [77, 77, 77] and got["shape"] == [64, 80, 3]
     assert got["bad_level"] == ["config: camera.pattern.level = 300: expected an integer in 0..255"]
     assert got["reference"] == ["camera.pattern.level"] and got["example_has_section"]
+
+
+CARD = r'''
+import json, time
+from device.cardreader import records
+from device.cardreader.reader import CardReader
+from device.cardreader.simulator import FakeCard, Simulator
+from device.cardreader.commands import CARD_TYPES
+from device.config import ReaderConfig
+from device import verdict
+from device.errors import CardError
+out = {"types": list(records.CARD_TYPES), "cli_types": list(CARD_TYPES), "schema": list(verdict.card_types())}
+good = FakeCard.of("visa_test", valid_to="20991231") if "visa_test" in records.CARD_TYPES else FakeCard.unsupported("V")
+sim = Simulator(good)
+port = sim.start_pty()
+r = CardReader(ReaderConfig(port=port, timeout_s=0.25, retries=2, presence_debounce=1))
+r.open()
+def read():
+    try:
+        c = r.read_card()
+    except CardError as e:
+        return {"reason": e.reason}
+    out_ = {"type": c.record.card_type, "problem": records.problem(c.record, time.time())}
+    c.wipe()
+    return out_
+out["good"] = read()
+if "visa_test" in records.CARD_TYPES:
+    num = records.parse_text(good.text).number        # flip the check digit: a wrong number
+    bad = FakeCard.of("visa_test", number=num[:-1] + str((int(num[-1]) + 1) % 10), valid_to="20991231")
+    sim.insert(bad); out["bad_number"] = read()
+    sim.insert(FakeCard.of("visa_test", valid_to="20200101")); out["expired"] = read()
+sim.stop(); r.close()
+try:
+    verdict.build(device="d1", site="s1", result="fail", reasons=["card_expired"],
+                  scores={"liveness": None, "spoof": None, "similarity": None, "threshold": 0.42},
+                  card={"type": "visa_test", "expired": True}, models={}, timings_ms={},
+                  started_at=1.7e9, decided_at=1.7e9 + 1)
+    out["verdict"] = "valid"
+except verdict.VerdictError as e:
+    out["verdict"] = str(e)[:200]
+print(json.dumps(out))
+'''
+
+
+def test_a_card_type_is_one_file():
+    assert (PLUGINS / "card_visa.py").is_file()
+    without = _run(CARD, None)
+    assert "visa_test" not in without["types"] and "visa_test" not in without["schema"]
+    assert without["good"] == {"reason": "unsupported_card_type"}       # mark 'V' unknown without it
+    assert without["verdict"] != "valid" and "card" in without["verdict"]
+
+    got = _run(CARD, "tests.plugins.card_visa")
+    assert got["types"] == ["resident", "permit_hmt", "foreign", "visa_test"]
+    assert "visa_test" in got["cli_types"] and got["schema"][-1] == "visa_test"
+    assert got["good"] == {"type": "visa_test", "problem": None}
+    assert got["bad_number"] == {"type": "visa_test", "problem": "card_invalid_number"}
+    assert got["expired"] == {"type": "visa_test", "problem": "card_expired"}
+    assert got["verdict"] == "valid"
+
+
+def test_the_schema_file_lists_exactly_the_built_in_card_types():
+    from device import verdict
+    from device.cardreader import records
+    assert set(records.BUILT_IN) <= set(records.CARD_TYPES)
+    if "KYC_EDGE_PLUGINS" not in os.environ:
+        assert tuple(records.CARD_TYPES) == records.BUILT_IN
+    assert verdict.card_types()[:3] == records.BUILT_IN
+    v1 = json.loads((REPO / "device/schema/verdict.v1.schema.json").read_text())
+    assert v1["properties"]["card"]["properties"]["type"]["enum"] == [*records.BUILT_IN, "unknown", None]

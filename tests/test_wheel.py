@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from device.cardreader.simulator import Simulator
 from device.demo import write_config
 from device.notify import NotifyListener
 from tests.conftest import REPO
@@ -138,14 +137,13 @@ def test_installed_wheels_run_without_a_checkout(wheels, venv, shared_data, mode
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["result"] == "pass"
 
-    # `kyc-edge run` until READY=1 against real mosquitto, the pty reader twin and the replay camera
-    sim = Simulator(card=None)
-    port = sim.start_pty()
+    # `kyc-edge run` until READY=1 against real mosquitto, the reader twin (kycsim://, a real pty
+    # served inside the daemon) and the replay camera
     cfg = write_config(outside / "config.toml", {
         "device": {"id": "counter-wheel", "site": "shop-test", "state_dir": str(outside / "state")},
         "camera": {"backend": "replay"},
         "camera.replay": {"path": str(shared_data / BLINK_VIDEO), "pace": "realtime", "loop": True},
-        "reader": {"port": port, "poll_s": 0.1},
+        "reader": {"port": "kycsim://none", "poll_s": 0.1},
         "models": {"dir": str(model_dir)},
         "mqtt": {"url": broker.url, "connect_timeout_s": 5.0},
         "log": {"level": "info", "target": "stderr"},
@@ -166,7 +164,6 @@ def test_installed_wheels_run_without_a_checkout(wheels, venv, shared_data, mode
             proc.wait()
         log.close()
         ns.close()
-        sim.stop()
 
     # 2. with the tools' wheel: the same command gains the workstation verbs
     _pip("--python", py, "install", "--no-deps", "--no-index", "-q", str(wheels["kyc_edge_tools"]))
