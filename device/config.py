@@ -413,6 +413,11 @@ def state_dir(cfg: Config) -> Path:
     return Path(cfg.device.state_dir)
 
 
+def outbox_path(cfg: Config) -> Path:
+    """outbox.path, else <state_dir>/outbox.sqlite."""
+    return Path(cfg.outbox.path) if cfg.outbox.path else state_dir(cfg) / "outbox.sqlite"
+
+
 def models_dir(cfg: Config) -> Path:
     if cfg.models.dir:
         return Path(cfg.models.dir)

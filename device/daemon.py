@@ -160,7 +160,7 @@ class Daemon:
         bundle = slots.active_bundle(state)
         self.cfg = cfg = slots.merged_config(self.base_cfg, bundle)
         self.model_dir = slots.model_dir(bundle, self.factory_models)
-        self.outbox = Outbox(state / "outbox.sqlite", cfg.outbox.max_rows)
+        self.outbox = Outbox(config_mod.outbox_path(cfg), cfg.outbox.max_rows)
         self.link = Link(cfg, self.outbox, health=self.health, on_command=self.on_command, signer=self.signer)
         self._start_fleet(state)    # before the link starts, so no update command can arrive unseen
         self.link.start()
