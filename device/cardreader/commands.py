@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import statistics
 import sys
 import threading
-import time
 
 from device.cardreader import protocol as P
 from device.cardreader import records
