@@ -131,3 +131,31 @@ def test_the_schema_file_lists_exactly_the_built_in_card_types():
     assert verdict.card_types()[:3] == records.BUILT_IN
     v1 = json.loads((REPO / "device/schema/verdict.v1.schema.json").read_text())
     assert v1["properties"]["card"]["properties"]["type"]["enum"] == [*records.BUILT_IN, "unknown", None]
+
+
+def test_registries_refuse_incomplete_or_clashing_plugins():
+    import types
+
+    import pytest
+
+    from device.camera import backends
+    from device.cardreader import records
+    half = types.ModuleType("half_backend")
+    half.KEY, half.DOC = "half", "no Options, no probe, no create"
+    with pytest.raises(TypeError, match="missing Options, probe, create"):
+        backends.register(half)
+    assert "half" not in backends.backends()
+
+    class Clash(records.CardRecord):           # 'J' is the permit's mark
+        card_type, LETTERS, LAYOUT = "clash", ("J",), records.PERMIT_LAYOUT
+    with pytest.raises(ValueError, match="already registered"):
+        records.register(Clash)
+
+    class Unknown(records.CardRecord):
+        card_type, LETTERS, LAYOUT = "unknown", ("Q",), records.PERMIT_LAYOUT
+    with pytest.raises(ValueError, match="lower_snake"):
+        records.register(Unknown)
+    assert "clash" not in records.CARD_TYPES and records.parse_text(
+        records.build_text("permit_hmt", records.PermitRecord.sample_fields(seed=2, valid_to="20301231"))
+    ).card_type == "permit_hmt"
+    assert records.problem(None, 0) == "unsupported_card_type"
