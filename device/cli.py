@@ -19,9 +19,8 @@ _REGISTRARS = [
     ("device.link.commands", "register"),
     ("device.camera.commands", "register"),
 ]
-# Workstation verbs (eval, bench, fleet manager, verdicts, fuzz) live in another distribution,
-# kyc-edge-tools (tools/ in this repo), found by entry point, so the box's package never imports them;
-# `pip install ./tools` (or its wheel) adds them to the same `kyc-edge` command.
+# Workstation verbs (eval, bench, fleet manager, verdicts, fuzz) live in other packages, found by
+# entry point, so the box's package never imports them; `pip install kyc-edge[tools]` adds them.
 COMMAND_PLUGINS = "kyc_edge.commands"
 
 
@@ -64,12 +63,10 @@ def cmd_check_config(args) -> int:
 
 def cmd_models(args) -> int:
     from device import models
-    if args.dir:
-        dest = Path(args.dir)
-    elif args.config:
+    if args.config and not args.dir:
         dest = config_mod.models_dir(load_config_or_exit(args.config))
     else:
-        dest = models.default_dir()
+        dest = models.find_model_dir(args.dir)
     if args.action == "install":
         try:
             models.install(dest, mirror=Path(args.mirror) if args.mirror else None,
@@ -152,11 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         reg = _load(mod, fn)
         if reg:
             reg(sub)
-    seen = set()
     for ep in entry_points(group=COMMAND_PLUGINS):
-        if ep.value in seen:     # the same registrar declared by two installed distributions
-            continue
-        seen.add(ep.value)
         ep.load()(sub)
     return p
 

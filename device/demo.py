@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 from device import config as config_mod
-from device import models as models_mod
 from device.localbroker import LocalBroker
 
 
@@ -97,7 +96,8 @@ def run_demo(args) -> int:
             print(f"demo: started mosquitto at {url}", file=sys.stderr)
         sim = Simulator(card=None)
         port = sim.start_pty()
-        model_dir = (base and base.models.dir) or str(models_mod.default_dir())
+        from device.models import find_model_dir
+        model_dir = str(find_model_dir(configured=base and base.models.dir))
         device_id, site, prefix = ("demo-counter", "demo-shop", "kyc/v1") if base is None else \
             (base.device.id, base.device.site, base.mqtt.prefix)
         cfg_path = write_config(work / "config.toml", {

@@ -30,17 +30,38 @@ def checkout_root() -> Path | None:
     return root if (root / "models" / "manifest.json").is_file() and (root / "setup.cfg").is_file() else None
 
 
-def default_dir() -> Path:
-    """Model directory when neither an argument nor the config names one: $KYC_EDGE_MODEL_DIR, else a
-    checkout's models/store, else <default state_dir>/models (where an installed box keeps them)."""
-    env = os.environ.get("KYC_EDGE_MODEL_DIR")
-    if env:
-        return Path(env)
-    root = checkout_root()
-    if root:
-        return root / "models" / "store"
-    from device.config import DeviceConfig
-    return Path(DeviceConfig().state_dir) / "models"
+# `kyc-edge models install`'s default: a checkout's models/store; installed from a wheel, the
+# default state_dir's models/ (device.state_dir defaults to /var/lib/kyc-edge, config.py)
+STORE = (checkout_root() / "models" / "store") if checkout_root() else Path("/var/lib/kyc-edge/models")
+_PROBE = "face_detection_short_range.tflite"
+
+
+def model_dirs_with_models(extra=()) -> list[Path]:
+    """Directories holding installed models, in the one search order: $KYC_EDGE_MODEL_DIR,
+    models/store, $KYC_EDGE_MODEL_MIRROR, then `extra` (a workstation's ../shared/models)."""
+    cands = [os.environ.get("KYC_EDGE_MODEL_DIR"), STORE, os.environ.get("KYC_EDGE_MODEL_MIRROR"), *extra]
+    out: list[Path] = []
+    for c in cands:
+        if c and (Path(c) / _PROBE).is_file() and Path(c) not in out:
+            out.append(Path(c))
+    return out
+
+
+def find_model_dir(explicit=None, configured=None, *, fallback=None, search: bool = False, extra=()) -> Path:
+    """The one model-directory lookup. First set of: `explicit` (a --models-dir flag), `configured`
+    (config models.dir), $KYC_EDGE_MODEL_DIR. Otherwise, with search=True (workstation tools, tests),
+    the first of model_dirs_with_models(extra); else `fallback` (the daemon: <state_dir>/models),
+    else models/store."""
+    for d in (explicit, configured):
+        if d:
+            return Path(d)
+    if search:
+        found = model_dirs_with_models(extra)
+        if found:
+            return found[0]
+    elif os.environ.get("KYC_EDGE_MODEL_DIR"):
+        return Path(os.environ["KYC_EDGE_MODEL_DIR"])
+    return Path(fallback) if fallback else STORE
 
 
 class ModelInstallError(Exception):

@@ -55,16 +55,19 @@ def model_build_dir() -> Path | None:
 
 
 def model_dirs() -> list[Path]:
-    """Candidate float model directories, in order (each may be missing)."""
-    root = checkout()
-    cands = [_env("KYC_EDGE_MODEL_DIR"), root / "models" / "store" if root else None,
-             _env("KYC_EDGE_MODEL_MIRROR"), shared_path("models")]
+    """Candidate float model directories, in device.models' one search order (each may be missing):
+    $KYC_EDGE_MODEL_DIR, models.STORE (a checkout's models/store), $KYC_EDGE_MODEL_MIRROR, then
+    $KYC_EDGE_SHARED/models."""
+    from device import models
+    cands = [_env("KYC_EDGE_MODEL_DIR"), models.STORE, _env("KYC_EDGE_MODEL_MIRROR"), shared_path("models")]
     return [c for c in cands if c]
 
 
 def float_model_dirs() -> list[Path]:
-    """The candidates that hold the models (the detector is the marker)."""
-    return [d for d in model_dirs() if (d / DETECTOR_FILE).exists()]
+    """The candidates that hold the models (device.models.model_dirs_with_models)."""
+    from device.models import model_dirs_with_models
+    shared = shared_path("models")
+    return model_dirs_with_models(extra=(shared,) if shared else ())
 
 
 def default_model_dir() -> Path | None:

@@ -186,7 +186,7 @@ def test_installed_wheels_run_without_a_checkout(wheels, venv, shared_data, mode
 
 def test_no_source_checkout_assumptions_outside_the_fallbacks():
     """Paths into a checkout (parents[N], ../shared, .venv-mediapipe, models/build|store) are decided in
-    one place per package: kyc_tools/paths.py and device/models.py (checkout_root, default_dir)."""
+    one place per package: kyc_tools/paths.py and device/models.py (checkout_root, STORE)."""
     import re
     pat = re.compile(r"parents\[\d\]|REPO\.parent|[\"']\.venv-mediapipe[\"']|[\"']build[\"']\s*$")
     bad = []

@@ -50,12 +50,8 @@ def model_files(model_dir: Path) -> dict[str, Path]:
 
 
 def make_tracker(model_dir: Path, pad: bool = True, iris: bool = True, threads: int = 1, **kw):
-    from device.liveness.tracking import FaceTracker, TrackerOptions
-    f = model_files(model_dir)
-    return FaceTracker.create(TrackerOptions(
-        detector_path=str(f["detector"]), landmark_path=str(f["landmarks"]),
-        pad_paths=(str(f["antispoof_v2"]), str(f["antispoof_v1se"])) if pad else None,
-        iris_path=str(f["iris"]) if (iris and "iris" in f) else None, threads=threads, **kw))
+    from device.vision.tracking import build_tracker
+    return build_tracker(model_files(model_dir), threads=threads, pad=pad, iris=iris, **kw)
 
 
 def _common(p) -> None:
