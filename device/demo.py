@@ -20,7 +20,6 @@ from device import config as config_mod
 from device.localbroker import LocalBroker
 
 
-
 def toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
