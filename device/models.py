@@ -33,6 +33,8 @@ def checkout_root() -> Path | None:
 # `kyc-edge models install`'s default: a checkout's models/store; installed from a wheel, the
 # default state_dir's models/ (device.state_dir defaults to /var/lib/kyc-edge, config.py)
 STORE = (checkout_root() / "models" / "store") if checkout_root() else Path("/var/lib/kyc-edge/models")
+if not MANIFEST.is_file():    # a wheel without the package data: setup.cfg data_files
+    MANIFEST = Path(sys.prefix) / "share" / "kyc-edge" / "models" / "manifest.json"
 _PROBE = "face_detection_short_range.tflite"
 
 
