@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -42,9 +43,11 @@ def _copy_sources(dst: Path) -> Path:
 
 
 def _pip(*args, cwd=None) -> subprocess.CompletedProcess:
+    # never from the checkout: a kyc_edge.egg-info left there by an in-tree build (scripts/build-deb)
+    # is on the target interpreter's sys.path via its cwd (or PYTHONPATH) and makes pip skip the install
     r = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", *args],
-                       capture_output=True, text=True, timeout=300, cwd=cwd,
-                       env={**os.environ, "PIP_NO_INDEX": "1"})
+                       capture_output=True, text=True, timeout=300, cwd=cwd or tempfile.gettempdir(),
+                       env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PIP_NO_INDEX": "1"})
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     return r
 
