@@ -12,12 +12,15 @@ import dataclasses
 import math
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin
 from urllib.parse import urlsplit
 
 from device import ids
+
+from device.camera import backends as camera_backends   # the backends' declarations (stdlib only)
+from device.options import opt
 
 DEFAULT_PATH = Path("/etc/kyc-edge/config.toml")
 
@@ -30,14 +33,6 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def opt(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
-        choices: tuple | None = None, factory: bool = False):
-    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices}
-    if factory:
-        return field(default_factory=default, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
 # ---------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class DeviceConfig:
@@ -48,32 +43,8 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
-class ReplayCameraConfig:
-    path: str = opt("", "Video file or folder of images to replay.")
-    pace: str = opt("realtime", "`realtime` paces frames at their timestamps; `fast` as fast as consumed.",
-                    choices=("realtime", "fast"))
-    loop: bool = opt(True, "Start again at the end.")
-    fps: float = opt(0.0, "Pace for image folders and single images (0 = a frames.csv beside the images, else 15 fps); videos keep their own timestamps.", lo=0, hi=240)
-    faults: str = opt("", "Fault script for tests and demos: `kind@at_s[:arg]`, comma-separated, kind `stall` (arg seconds), `disconnect` (seconds) or `drop` (frames); at_s counts from open.")
-
-
-@dataclass(frozen=True)
-class V4L2CameraConfig:
-    device: str = opt("/dev/video0", "V4L2 device node.")
-    fourcc: str = opt("MJPG", "Pixel format asked of the camera (MJPG suits USB webcams).")
-    pipeline: str = opt("", "GStreamer pipeline instead of a device (Jetson CSI; needs an OpenCV built with GStreamer).")
-
-
-@dataclass(frozen=True)
-class Picamera2CameraConfig:
-    format: str = opt("RGB888", "Main stream format.", choices=("RGB888", "YUV420"))
-    autofocus: bool = opt(True, "Continuous autofocus where the sensor supports it.")
-    exposure_us: int = opt(0, "Fixed exposure time in microseconds (0 = auto).", lo=0, hi=1_000_000)
-
-
-@dataclass(frozen=True)
-class CameraConfig:
-    backend: str = opt("auto", "Frame source.", choices=("auto", "picamera2", "v4l2", "replay"))
+class _CameraCore:
+    backend: str = opt("auto", "Frame source.")
     width: int = opt(1280, "Capture width in pixels.", lo=64, hi=4096)
     height: int = opt(720, "Capture height in pixels.", lo=64, hi=4096)
     fps: int = opt(30, "Capture rate asked of the camera.", lo=1, hi=240)
@@ -81,9 +52,40 @@ class CameraConfig:
     lost_s: float = opt(10.0, "No frame for this long (counted from the last frame, like stall_s) marks the camera `lost`; a running session fails with `camera_lost`, reopening goes on.", lo=0.5, hi=600)
     reopen_backoff_max_s: float = opt(30.0, "Ceiling of the exponential back-off between reopen attempts.", lo=0.1, hi=600)
     reopen_backoff_min_s: float = opt(0.25, "First delay before reopening a failed camera; doubles per failed attempt up to reopen_backoff_max_s.", lo=0.01, hi=60)
-    replay: ReplayCameraConfig = opt(ReplayCameraConfig, "Replay backend.", factory=True)
-    v4l2: V4L2CameraConfig = opt(V4L2CameraConfig, "V4L2 / GStreamer backend.", factory=True)
-    picamera2: Picamera2CameraConfig = opt(Picamera2CameraConfig, "picamera2 backend.", factory=True)
+
+
+def _camera_config_class() -> type:
+    """[camera]: the common keys, `backend` with one choice per backend, and one section per backend,
+    each declared by its module in device/camera/backends/ (KEY, DOC, Options)."""
+    found = camera_backends.backends()
+    ann: dict[str, Any] = {"backend": str}
+    ns: dict[str, Any] = {"__module__": __name__, "__qualname__": "CameraConfig", "__annotations__": ann,
+                          "backend": opt("auto", "Frame source.", choices=camera_backends.choices())}
+    for key, mod in found.items():
+        ann[key] = mod.Options
+        ns[key] = opt(mod.Options, mod.DOC, factory=True)
+    return dataclass(frozen=True)(type("CameraConfig", (_CameraCore,), ns))
+
+
+CameraConfig = _camera_config_class()
+
+
+def _rebuild_camera() -> None:
+    global CameraConfig
+    CameraConfig = _camera_config_class()
+    _HINTS.clear()
+
+
+camera_backends.on_change(_rebuild_camera)
+
+
+def __getattr__(name: str):
+    # ReplayCameraConfig, V4L2CameraConfig, ...: a backend's section, by the old class names
+    if name.endswith("CameraConfig"):
+        mod = camera_backends.backends().get(name[:-len("CameraConfig")].lower())
+        if mod is not None:
+            return mod.Options
+    raise AttributeError(name)
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,7 @@ class LogConfig:
 @dataclass(frozen=True)
 class Config:
     device: DeviceConfig = opt(DeviceConfig, "Identity and state.", factory=True)
-    camera: CameraConfig = opt(CameraConfig, "Camera.", factory=True)
+    camera: CameraConfig = opt(lambda: CameraConfig(), "Camera.", factory=True)
     reader: ReaderConfig = opt(ReaderConfig, "ID-card reader.", factory=True)
     models: ModelsConfig = opt(ModelsConfig, "Models.", factory=True)
     match: MatchConfig = opt(MatchConfig, "Face match.", factory=True)
@@ -487,6 +489,11 @@ def example_toml() -> str:
 
 def state_dir(cfg: Config) -> Path:
     return Path(cfg.device.state_dir)
+
+
+def outbox_path(cfg: Config) -> Path:
+    """outbox.path, else <state_dir>/outbox.sqlite."""
+    return Path(cfg.outbox.path) if cfg.outbox.path else state_dir(cfg) / "outbox.sqlite"
 
 
 def models_dir(cfg: Config) -> Path:

@@ -206,10 +206,11 @@ class Daemon:
         bundle = slots.active_bundle(state)
         self.cfg = cfg = slots.merged_config(self.base_cfg, bundle)
         self.model_dir = slots.model_dir(bundle, self.factory_models)
+        outbox_file = config_mod.outbox_path(cfg)       # [outbox] path, else <state_dir>/outbox.sqlite
         try:
-            self.outbox, recovery = store_mod.open_outbox(state / "outbox.sqlite", cfg.outbox.max_rows)
+            self.outbox, recovery = store_mod.open_outbox(outbox_file, cfg.outbox.max_rows)
         except (OSError, sqlite3.Error) as e:
-            raise StartupRefused(f"state: cannot open {state / 'outbox.sqlite'} for writing ({_why(e)})") from None
+            raise StartupRefused(f"state: cannot open {outbox_file} for writing ({_why(e)})") from None
         self.link = Link(cfg, self.outbox, health=self.health, on_command=self.on_command, signer=self.signer)
         if recovery is not None:
             self._alarm("outbox_recovered", True)

@@ -22,8 +22,6 @@ import numpy as np
 from device import config as config_mod
 from device.localbroker import LocalBroker
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def toml_value(v) -> str:
     if isinstance(v, bool):

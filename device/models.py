@@ -19,9 +19,21 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-MANIFEST = Path(__file__).resolve().parents[1] / "models" / "manifest.json"
-STORE = MANIFEST.parent / "store"       # models/store of a checkout: `kyc-edge models install`'s default
-if not MANIFEST.is_file():    # installed from the wheel (the .deb, a software slot): setup.cfg data_files
+# Package data: in a source checkout a symlink to models/manifest.json (the one file scripts/build-models
+# updates), in a built wheel a copy of it, so an installed box needs no checkout.
+MANIFEST = Path(__file__).resolve().parent / "model_manifest.json"
+
+
+def checkout_root() -> Path | None:
+    """The source checkout this package runs from, or None when installed from a wheel."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "models" / "manifest.json").is_file() and (root / "setup.cfg").is_file() else None
+
+
+# `kyc-edge models install`'s default: a checkout's models/store; installed from a wheel, the
+# default state_dir's models/ (device.state_dir defaults to /var/lib/kyc-edge, config.py)
+STORE = (checkout_root() / "models" / "store") if checkout_root() else Path("/var/lib/kyc-edge/models")
+if not MANIFEST.is_file():    # a wheel without the package data: setup.cfg data_files
     MANIFEST = Path(sys.prefix) / "share" / "kyc-edge" / "models" / "manifest.json"
 _PROBE = "face_detection_short_range.tflite"
 

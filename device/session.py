@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from device import verdict as verdict_mod
+from device.cardreader.records import problem as card_problem
 from device.config import Config
 from device.errors import CameraError, CardError, KycError
 from device.liveness.check import LivenessCheck
@@ -157,10 +158,9 @@ class Session:
             t = self._timed("card_read", t)
             self._enter(State.CARD_READ)
             card_info = self._card_info(card)
-            if card_info["expired"]:
-                raise SessionFailed("card_expired")
-            if card.record.card_type == "resident" and not card.record.number_valid():
-                raise SessionFailed("card_invalid_number")
+            problem = card_problem(card.record, self.wall())     # the one card policy
+            if problem:
+                raise SessionFailed(problem)
             if self.consent is not None:      # before any face (card photo or frame) is analysed
                 self._ask_consent(card)
             card_face = self.vision.card_face(card.photo)

@@ -45,6 +45,22 @@ SIG_ALG = "Ed25519"
 _VALIDATORS = {ver: jsonschema.Draft202012Validator(sch) for ver, sch in _SCHEMAS.items()}
 
 
+def card_types() -> tuple[str, ...]:
+    """card.type values the current schema accepts besides "unknown" and null."""
+    enum = SCHEMA["properties"]["card"]["properties"]["type"]["enum"]
+    return tuple(x for x in enum if x not in ("unknown", None))
+
+
+def allow_card_type(name: str) -> None:
+    """A card type added by a plugin (device.cardreader.records.register) joins the current schema's
+    card.type enum in this process. The built-in types are the schema file's own (a test keeps the
+    registry and the file equal); v1 stays frozen."""
+    enum = SCHEMA["properties"]["card"]["properties"]["type"]["enum"]
+    if name not in enum:
+        enum.insert(len(card_types()), name)
+        _VALIDATORS[SCHEMA_VERSION] = jsonschema.Draft202012Validator(SCHEMA)
+
+
 class VerdictError(KycError):
     """A verdict (or signed payload) is malformed, forged or tampered. Messages name the JSON
     path and the rule broken, never the offending value (it could be PII)."""

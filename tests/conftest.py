@@ -64,7 +64,7 @@ def pg_cluster():
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        missing("psycopg not installed (scripts/setup installs kyc-edge[tools])")
+        missing("psycopg not installed (scripts/setup installs kyc-edge-tools)")
     with pg.Postgres() as cluster:
         yield cluster
 

@@ -56,7 +56,17 @@ def test_bench_frame_folder_and_int8_fallback(capsys, shared_data, model_dir):
     assert out["ours"]["frames"] == 3 and out["ours"]["model_set"] == "int8"
     # every role names the file it really loaded; roles without an int8 build are listed as float fallbacks
     assert set(out["ours"]["models"]) >= {"detector", "landmarks", "embedder"}
-    assert isinstance(out["ours"]["int8_fallback_to_float"], list)
+    # the fallback list is exactly the roles with no int8 file where the bench looks (model dir, builds)
+    from device import models as M
+    from kyc_tools import paths
+    dirs = [model_dir] + ([paths.model_build_dir()] if paths.model_build_dir() else [])
+    int8 = {e.role for e in M.entries() if e.precision == "int8" and any((d / e.file).exists() for d in dirs)}
+    expected = sorted(set(out["ours"]["models"]) - int8)
+    assert sorted(out["ours"]["int8_fallback_to_float"]) == expected
+    floats = {e.role: e.file for e in M.entries(include_built=False)}
+    for role in expected:
+        assert out["ours"]["models"][role] == floats.get(role, out["ours"]["models"][role])
+        assert "int8" not in out["ours"]["models"][role]
 
 
 def test_stats_empty_is_null():

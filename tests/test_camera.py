@@ -3,6 +3,7 @@ stall / loss / recovery. Real media from ../shared/data, or frames synthesized h
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import threading
 import time
@@ -168,7 +169,7 @@ def test_repr_hides_pixels_and_frame_is_frozen(tmp_path):
     with make_source(cam_cfg(tmp_path / "a.png")) as src:
         f = src.read(1.0)
     assert isinstance(f, Frame) and "array" not in repr(f) and "160x120" in repr(f)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         f.n = 5
 
 

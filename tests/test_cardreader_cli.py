@@ -47,19 +47,22 @@ def test_simulate_subprocess_serves_a_card_and_takes_commands():
         r = CardReader(ReaderConfig(port=info["port"], timeout_s=0.3, retries=1)).open()
         try:
             assert r.read_card().record.card_type == "foreign"
-            p.stdin.write("remove\n"); p.stdin.flush()
+            p.stdin.write("remove\n")
+            p.stdin.flush()
             assert json.loads(p.stdout.readline())["ok"] == "remove"
             with pytest.raises(CardError) as ei:
                 r.read_card()
             assert ei.value.reason == "card_removed"
-            p.stdin.write("insert unsupported\n"); p.stdin.flush()
+            p.stdin.write("insert unsupported\n")
+            p.stdin.flush()
             p.stdout.readline()
             with pytest.raises(CardError) as ei:
                 r.read_card()
             assert ei.value.reason == "unsupported_card_type"
         finally:
             r.close()
-        p.stdin.write("quit\n"); p.stdin.flush()
+        p.stdin.write("quit\n")
+        p.stdin.flush()
         assert p.wait(10) == 0
     finally:
         if p.poll() is None:

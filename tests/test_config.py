@@ -1,4 +1,5 @@
 import subprocess
+import tomllib
 import sys
 from pathlib import Path
 
@@ -67,8 +68,16 @@ def test_check_config_cli_exit_codes(tmp_path):
 def test_example_config_is_complete_and_current():
     text = (REPO / "systemd" / "config.example.toml").read_text()
     assert text == C.example_toml(), "example config is stale: run scripts/sync-readme"
-    for key, *_ in C.reference():
-        assert key.rsplit(".", 1)[-1] + " = " in text
+    # every key at its full dotted path (not just its leaf name: camera.fps must not stand in for
+    # camera.replay.fps), each at its default, and nothing else
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+    parsed = flat(tomllib.loads(text))
+    assert parsed == flat(C.to_dict(C.Config()))
+    assert set(parsed) == {key for key, *_ in C.reference()}
 
 
 def test_run_with_bad_config_exits_2_without_traceback(tmp_path):

@@ -29,10 +29,25 @@ def test_watchdog_pid_of_another_process_disables_it(tmp_path):
     assert n.watchdog_s is None and n.watchdog() is False
 
 
-def test_no_notify_socket_is_silent():
-    n = Notifier({})
+def test_no_notify_socket_is_silent(tmp_path, monkeypatch):
+    """The notifier reads only the environment it is given: without NOTIFY_SOCKET there it sends
+    nothing, even with a listener named in this process's own environment."""
+    sock = NotifySocket(tmp_path / "n.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", sock.path)
+    n = Notifier({"WATCHDOG_USEC": "1000000"})
     assert not n.enabled
-    n.ready("x")   # must not raise
+    n.ready("x")
+    n.status("y")
+    n.watchdog(now=1e9)
+    n.stopping()
+    time.sleep(0.2)
+    assert sock.messages == []
+    m = Notifier()                               # the process environment: the listener hears it
+    m.ready("x")
+    assert sock.wait_for("READY=1", 2.0)
+    time.sleep(0.1)
+    assert sock.messages == ["READY=1", "STATUS=x", f"MAINPID={os.getpid()}"]
+    sock.close()
 
 
 class _Camera:

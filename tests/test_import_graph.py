@@ -26,8 +26,18 @@ FORBIDDEN = ("device.camera", "device.vision", "device.liveness", "device.cardre
 # device.challenge_names: the challenge names for the session-event schema and config (stdlib only)
 # device.notify / device.logs: sd_notify and log set-up (stdlib; the display process uses them)
 ALLOWED_DEVICE = {"device", "device.verdict", "device.config", "device.errors", "device.models",
-                  "device.localbroker", "device.challenge_names", "device.notify", "device.logs",
-                  "device.ids"}   # ids: stdlib-only identifier patterns (issue 20)
+                  "device.localbroker", "device.challenge_names", "device.options", "device.plugins",
+                  "device.notify", "device.logs", "device.ids"}   # ids: stdlib-only identifier patterns (issue 20)
+# The camera backends' declarations (config section, key, probe; device/camera/backends/) build
+# config's [camera] section. They are standard library only (test below), so they, and the package
+# __init__ that holds them (numpy only on demand), are not the biometric side.
+DECLARATIONS = ("device.camera", "device.camera.backends")
+
+
+def biometric(name: str) -> bool:
+    if name in DECLARATIONS or name.startswith("device.camera.backends."):
+        return False
+    return any(name == f or name.startswith(f + ".") for f in FORBIDDEN)
 # device.display: the customer display sees session events only, never a frame (issue 15)
 PACKAGES = ("device.link", "device.fleet", "device.display")
 # third-party modules that would mean biometric code or image handling got pulled in
@@ -70,13 +80,14 @@ def test_importing_link_and_fleet_loads_no_biometric_module():
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["failed"] == {}, res["failed"]
     loaded = res["loaded"]
-    bad = [m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
+    bad = [m for m in loaded if biometric(m)]
     assert bad == [], f"biometric modules imported transitively: {bad}"
     third = [m for m in loaded if m.split(".")[0] in FORBIDDEN_THIRD_PARTY]
     assert third == [], f"image/ML/serial libraries imported transitively: {sorted(set(third))[:10]}"
     device_mods = {m for m in loaded if m == "device" or m.startswith("device.")}
     unexpected = {m for m in device_mods - ALLOWED_DEVICE
-                  if not any(m == p or m.startswith(p + ".") for p in PACKAGES)}
+                  if not any(m == p or m.startswith(p + ".") for p in PACKAGES)
+                  and m not in DECLARATIONS and not m.startswith("device.camera.backends.")}
     assert unexpected == set(), f"device modules outside the allowed set: {sorted(unexpected)}"
 
 
@@ -102,7 +113,7 @@ def _imports(path: Path, module: str | None = None) -> list[tuple[int, str]]:
 
 
 @pytest.mark.parametrize("pkg", PACKAGES + ("device.verdict", "device.models", "device.localbroker",
-                                   "device.challenge_names"))
+                                            "device.challenge_names", "device.options", "device.plugins"))
 def test_source_has_no_biometric_imports(pkg):
     root = REPO / pkg.replace(".", "/")
     files = sorted(root.rglob("*.py")) if root.is_dir() else [root.with_suffix(".py")]
@@ -110,14 +121,32 @@ def test_source_has_no_biometric_imports(pkg):
     bad = []
     for f in files:
         for line, name in _imports(f):
-            if any(name == x or name.startswith(x + ".") for x in FORBIDDEN) or \
-                    name.split(".")[0] in FORBIDDEN_THIRD_PARTY:
+            if biometric(name) or name.split(".")[0] in FORBIDDEN_THIRD_PARTY:
                 bad.append(f"{f.relative_to(REPO)}:{line}: {name}")
         text = f.read_text(encoding="utf-8")
         for x in FORBIDDEN:          # also `from device import camera`-style, caught by the AST too
             short = x.split(".")[1]
             if f"from device import {short}" in text:
                 bad.append(f"{f.relative_to(REPO)}: from device import {short}")
+    assert bad == [], "\n".join(bad)
+
+
+def test_camera_backend_declarations_import_only_the_standard_library_at_top_level():
+    """device/config.py imports every backend declaration; the implementation (cv2, numpy,
+    device.camera.base) may only be imported inside create() / auto_open()."""
+    files = sorted((REPO / "device" / "camera" / "backends").glob("*.py"))
+    assert len(files) >= 4
+    ok_device = {"device.options", "device.plugins", "device.errors"}
+    bad = []
+    for f in files + [REPO / "device" / "camera" / "__init__.py"]:
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        for node in tree.body:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) else []
+            for n in names:
+                if n.split(".")[0] in FORBIDDEN_THIRD_PARTY or (
+                        n.startswith("device") and not any(n == x or n.startswith(x + ".") for x in ok_device)):
+                    bad.append(f"{f.relative_to(REPO)}:{node.lineno}: {n}")
     assert bad == [], "\n".join(bad)
 
 

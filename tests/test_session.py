@@ -63,6 +63,11 @@ def test_impostor_fails_face_mismatch(shared_data, model_dir, suite):
 @pytest.mark.parametrize("fake, reason", [
     (FakeCard.resident(valid_to="20200101"), "card_expired"),
     (FakeCard.resident(number="990101199001011234"), "card_invalid_number"),
+    # a residence permit ('J') with a wrong GB 11643 check digit (the right one ends in 0)
+    (FakeCard.permit_hmt(number="810002198505050021"), "card_invalid_number"),
+    # a foreign card whose number does not start with its nationality code
+    (FakeCard.foreign(number="AAA000000000003"), "card_invalid_number"),
+    (FakeCard.permit_hmt(valid_to="20200101"), "card_expired"),
 ])
 def test_card_problems_have_their_reason(shared_data, model_dir, suite, fake, reason):
     cfg = cfg_for(shared_data / BLINK_VIDEO, model_dir)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import os
 import stat
@@ -163,7 +164,8 @@ def test_key_created_0600_on_first_start_and_reloaded(tmp_path):
     s2 = V.Signer.load_or_create(state)
     assert s2.key_id == s1.key_id and s2.public_key_b64 == s1.public_key_b64
     assert len(base64.b64decode(s1.public_key_b64)) == 32
-    assert len(s1.key_id) == 16 and int(s1.key_id, 16) >= 0
+    # key_id: the first 16 hex of SHA-256 over the raw 32-byte public key, computed here independently
+    assert s1.key_id == hashlib.sha256(base64.b64decode(s1.public_key_b64)).hexdigest()[:16]
     assert "PRIVATE" not in repr(s1) and s1.public_key_b64 not in repr(s1)
     os.chmod(p, 0o644)                    # loosened by someone: tightened again
     V.Signer.load_or_create(state)

@@ -10,7 +10,6 @@ import glob
 import logging
 import re
 
-from device.camera.base import Frame, FrameSource, HEALTH_STATES
 from device.errors import CameraError
 
 log = logging.getLogger("kyc_edge.camera")
@@ -21,6 +20,15 @@ __all__ = ["Frame", "FrameSource", "HEALTH_STATES", "open_source", "make_source"
 VIDEO_DEVICE_GLOB = "/dev/video*"
 
 
+def __getattr__(name: str):
+    # Frame / FrameSource / HEALTH_STATES load device.camera.base (numpy) only when asked for: the
+    # backends' declarations (device/camera/backends/) are imported by device/config.py.
+    if name in ("Frame", "FrameSource", "HEALTH_STATES"):
+        from device.camera import base
+        return getattr(base, name)
+    raise AttributeError(name)
+
+
 def video_devices() -> list[str]:
     """/dev/videoN nodes, numerically sorted."""
     def key(p: str):
@@ -29,55 +37,44 @@ def video_devices() -> list[str]:
     return sorted(glob.glob(VIDEO_DEVICE_GLOB), key=key)
 
 
-def make_source(cfg, backend: str | None = None, **kw) -> FrameSource:
-    """An unopened source for an explicit backend ('picamera2' | 'v4l2' | 'replay')."""
+def make_source(cfg, backend: str | None = None, **kw):
+    """An unopened source for an explicit backend (a KEY of device/camera/backends/)."""
+    from device.camera import backends
     backend = backend or cfg.backend
-    if backend == "replay":
-        from device.camera.replay import ReplaySource
-        return ReplaySource(cfg, **kw)
-    if backend == "v4l2":
-        from device.camera.v4l2 import V4L2Source
-        return V4L2Source(cfg, **kw)
-    if backend == "picamera2":
-        from device.camera.picamera2 import Picamera2Source
-        return Picamera2Source(cfg, **kw)
-    raise CameraError("camera_unavailable", f"unknown camera backend {backend!r}")
+    mod = backends.backends().get(backend)
+    if mod is None:
+        raise CameraError("camera_unavailable", f"unknown camera backend {backend!r}")
+    return mod.create(cfg, **kw)
 
 
-def open_source(cfg) -> FrameSource:
+def _auto_open(mod, cfg, tried: list[str]):
+    if hasattr(mod, "auto_open"):
+        return mod.auto_open(cfg, tried)
+    why = mod.probe()
+    if why is not None:
+        tried.append(f"{mod.KEY} ({why})")
+        return None
+    try:
+        return mod.create(cfg).open()
+    except CameraError as e:
+        tried.append(f"{mod.KEY} ({(e.detail or e.reason).split(': ', 1)[-1]})")
+        return None
+
+
+def open_source(cfg):
     """Open (and start) the configured source; ``cfg`` is the ``CameraConfig`` section.
 
-    'auto': picamera2 if importable and a camera is present, else the first /dev/video* that opens
-    and delivers a frame, else ``CameraError('camera_unavailable')`` naming everything tried.
+    'auto': each backend that declares an AUTO priority, in that order (picamera2 if importable and
+    a camera is present, then the first /dev/video* that opens and delivers a frame), else
+    ``CameraError('camera_unavailable')`` naming everything tried.
     The returned source is already open; ``with open_source(cfg) as src:`` closes it at the end.
     """
     if cfg.backend != "auto":
         return make_source(cfg).open()
+    from device.camera import backends
     tried: list[str] = []
-    from device.camera import picamera2 as pc2
-    why = pc2.probe()
-    if why is None:
-        src = make_source(cfg, "picamera2")
-        try:
-            return src.open()
-        except CameraError as e:
-            tried.append(f"picamera2 ({(e.detail or e.reason).split(': ', 1)[-1]})")
-    else:
-        tried.append(f"picamera2 ({why})")
-    from device.camera.v4l2 import V4L2Source
-    devs = video_devices()
-    if not devs:
-        tried.append(f"v4l2 (no {VIDEO_DEVICE_GLOB})")
-    for dev in devs:
-        src = V4L2Source(cfg, device=dev)
-        try:
-            src.open()
-        except CameraError as e:
-            tried.append(f"{dev} ({(e.detail or e.reason).split(': ', 1)[-1]})")
-            continue
-        if src.wait_first_frame(timeout=max(1.0, min(cfg.stall_s, 3.0))):
-            log.info("camera auto: using %s", dev)
+    for mod in backends.auto_order():
+        src = _auto_open(mod, cfg, tried)
+        if src is not None:
             return src
-        src.close()
-        tried.append(f"{dev} (opened, no frame)")
     raise CameraError("camera_unavailable", "no camera found; tried: " + "; ".join(tried))

@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import statistics
 import sys
 import threading
-import time
 
 from device.cardreader import protocol as P
+from device.cardreader import records
 from device.cardreader.simulator import FAULT_KINDS, FakeCard, Fault, Simulator
 
-CARD_TYPES = ("resident", "permit_hmt", "foreign", "unsupported")
+CARD_TYPES = (*records.CARD_TYPES, "unsupported")     # every registered type, and an unknown mark
 
 
 def _make_card(kind: str, photo_bytes: bytes | None, valid_to: str | None) -> FakeCard:
@@ -29,7 +28,8 @@ def _make_card(kind: str, photo_bytes: bytes | None, valid_to: str | None) -> Fa
     kw = {"photo_bytes": photo_bytes}
     if valid_to is not None:
         kw["valid_to"] = None if valid_to in ("long", "长期") else valid_to
-    return getattr(FakeCard, kind)(**kw)
+    maker = getattr(FakeCard, kind, None)     # the built-ins keep their own defaults
+    return maker(**kw) if maker else FakeCard.of(kind, **kw)
 
 
 def _photo_from(path: str | None) -> bytes | None:

@@ -29,6 +29,10 @@ from device.cardreader.photo import PhotoDecoder, make_decoder
 from device.cardreader.records import CardRecord, parse_text
 from device.errors import CardError
 
+# `kycsim://CARD` (protocol_kycsim.py): the in-process simulator twin behind the same reader.port
+if "device.cardreader" not in serial.protocol_handler_packages:
+    serial.protocol_handler_packages.append("device.cardreader")
+
 log = logging.getLogger("kyc_edge.cardreader")
 
 TEXT_LEN, PHOTO_LEN = 256, 1024

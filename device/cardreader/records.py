@@ -6,6 +6,13 @@ Card types are told apart by the UTF-16 character at byte offset 248:
   'I'           foreign permanent resident ID card, 2017 edition
 anything else   CardError("unsupported_card_type") - never a best-effort parse.
 
+One registry (`CARD_TYPES`, filled by `@register`) drives everything that depends on the type: the
+parser (type mark -> record class), the simulator's fabricated cards (`sample_fields()`), the
+verdict schema's card.type enum and the card policy, `problem()`, the only place that decides
+card_expired / card_invalid_number / unsupported_card_type. A new card type is one module with one
+`@register`ed CardRecord subclass (LETTERS, LAYOUT, checks, sample_fields), found through the entry
+point group kyc_edge.card_types or $KYC_EDGE_PLUGINS (device/plugins.py).
+
 Privacy: the raw field bytes live in bytearrays that `wipe()` zero-fills. `repr()`/`str()` show
 the card type only; no exception message carries a field value.
 """
@@ -79,6 +86,7 @@ def _as_date(now) -> _dt.date:
 
 class CardRecord:
     card_type = "unknown"
+    LETTERS: tuple[str, ...] = ()          # type marks at byte 248 that select this type; [0] is written
     LAYOUT: dict[str, tuple[int, int]] = {}
     REQUIRED = ("name", "number", "valid_from", "valid_to", "birth", "sex")
 
@@ -150,12 +158,13 @@ class CardRecord:
         return gb11643_valid(self.number)
 
     def problem(self, now) -> str | None:
-        """The verdict reason code this record earns on its own, if any."""
-        if not self.number_valid():
-            return "card_invalid_number"
-        if self.expired(now):
-            return "card_expired"
-        return None
+        """The verdict reason code this record earns on its own, if any (see `problem()`)."""
+        return problem(self, now)
+
+    @classmethod
+    def sample_fields(cls, *, seed: int, valid_to: str, number: str | None = None) -> dict[str, str]:
+        """Fabricated fields for the simulator's card of this type (never a real person's data)."""
+        raise NotImplementedError
 
     def number_hmac(self, key: bytes) -> str:
         """HMAC-SHA256 (hex) of the card number under the per-deployment key."""
@@ -178,9 +187,65 @@ class CardRecord:
     __str__ = __repr__
 
 
+def fabricated_number(seed: int = 1, birth: str = "19900101", prefix: str = "99") -> str:
+    """An 18-character GB 11643 number with a correct check digit and a region that does not exist."""
+    body = (prefix + f"{seed % 10000:04d}")[:6] + birth + f"{seed % 1000:03d}"
+    return body + gb11643_check_char(body)
+
+
+# ---------------------------------------------------------------- the registry
+CARD_TYPES: dict[str, type[CardRecord]] = {}
+BUILT_IN = ("resident", "permit_hmt", "foreign")     # = device/schema/verdict.schema.json card.type
+_BY_LETTER: dict[str, type[CardRecord]] = {}
+
+
+def register(cls: type[CardRecord]) -> type[CardRecord]:
+    """Class decorator: add a card type (its card_type name and LETTERS must be new)."""
+    if not (isinstance(cls, type) and issubclass(cls, CardRecord)) or not cls.LETTERS or not cls.LAYOUT:
+        raise TypeError(f"{cls!r}: a CardRecord subclass with LETTERS and LAYOUT")
+    taken = [x for x in cls.LETTERS if x in _BY_LETTER and _BY_LETTER[x] is not cls]
+    if taken or (cls.card_type in CARD_TYPES and CARD_TYPES[cls.card_type] is not cls):
+        raise ValueError(f"card type {cls.card_type!r} / marks {taken} already registered")
+    if cls.card_type in ("unknown", "unsupported") or not re.fullmatch(r"[a-z][a-z0-9_]*", cls.card_type):
+        raise ValueError(f"card type name {cls.card_type!r}: lower_snake, not unknown/unsupported")
+    CARD_TYPES[cls.card_type] = cls
+    for x in cls.LETTERS:
+        _BY_LETTER[x] = cls
+    if cls.card_type not in BUILT_IN:       # the schema file lists the built-ins already
+        from device import verdict
+        verdict.allow_card_type(cls.card_type)
+    return cls
+
+
+def problem(record: CardRecord | None, now) -> str | None:
+    """THE card policy: the verdict reason a card earns on its own, or None.
+
+    unsupported_card_type  no registered type (record None: its type mark is not in the registry)
+    card_invalid_number    the number fails its type's check (GB 11643 check digit for resident and
+                           permit cards; format and nationality prefix for foreign cards)
+    card_expired           `now` (epoch seconds or a date) is after valid_to
+    """
+    if record is None or CARD_TYPES.get(type(record).card_type) is not type(record):
+        return "unsupported_card_type"
+    if not record.number_valid():
+        return "card_invalid_number"
+    if record.expired(now):
+        return "card_expired"
+    return None
+
+
+@register
 class ResidentRecord(CardRecord):
     card_type = "resident"
+    LETTERS = (" ", "\x00")
     LAYOUT = RESIDENT_LAYOUT
+
+    @classmethod
+    def sample_fields(cls, *, seed, valid_to, number=None):
+        birth = "19900101"
+        return dict(name="测试样本", sex="1", nation="01", birth=birth, address="测试省样本市示例路1号",
+                    number=number or fabricated_number(seed, birth), authority="样本市公安局测试分局",
+                    valid_from="20150101", valid_to=valid_to)
 
     def _validate(self, v):
         super()._validate(v)
@@ -190,10 +255,20 @@ class ResidentRecord(CardRecord):
             raise CardError("card_read_failed", "resident: number is not 17 digits + check character")
 
 
+@register
 class PermitRecord(CardRecord):
     """Hong Kong / Macau / Taiwan residents' residence permit ('J'); number is GB 11643 (81/82/83...)."""
     card_type = "permit_hmt"
+    LETTERS = ("J",)
     LAYOUT = PERMIT_LAYOUT
+
+    @classmethod
+    def sample_fields(cls, *, seed, valid_to, number=None):
+        birth = "19850505"
+        return dict(name="测试港澳", sex="2", birth=birth, address="测试省样本市示例路2号",
+                    number=number or fabricated_number(seed, birth, prefix="81"),
+                    authority="样本市公安局", valid_from="20200101", valid_to=valid_to,
+                    pass_number="H99999999", issue_count="01")
 
     def _validate(self, v):
         super()._validate(v)
@@ -213,12 +288,20 @@ class PermitRecord(CardRecord):
         return int(self.field("issue_count"))
 
 
+@register
 class ForeignRecord(CardRecord):
     """Foreign permanent resident ID card, 2017 edition ('I'): 15-character number
     (3-letter nationality code + 12 digits). Its check character scheme is not public in the
     material we have, so number_valid() checks the format and the nationality prefix only."""
     card_type = "foreign"
+    LETTERS = ("I",)
     LAYOUT = FOREIGN_LAYOUT
+
+    @classmethod
+    def sample_fields(cls, *, seed, valid_to, number=None):
+        return dict(name_en="TEST, SAMPLE PERSON", sex="1", number=number or f"ZZZ{seed % 10**12:012d}",
+                    nationality="ZZZ", name="测试外籍", valid_from="20220101",
+                    valid_to=valid_to, birth="19800303", version="1", authority_code="9999")
     REQUIRED = ("name_en", "number", "valid_from", "valid_to", "birth", "sex", "nationality")
 
     def _validate(self, v):
@@ -237,9 +320,6 @@ class ForeignRecord(CardRecord):
         return bool(re.fullmatch(r"[A-Z]{3}\d{12}", n)) and n[:3] == self.field("nationality")
 
 
-_TYPES = {" ": ResidentRecord, "\x00": ResidentRecord, "J": PermitRecord, "I": ForeignRecord}
-
-
 def card_type_letter(text: bytes | bytearray) -> str:
     if len(text) != TEXT_LEN:
         raise CardError("card_read_failed", f"text block is {len(text)} bytes, expected {TEXT_LEN}")
@@ -251,10 +331,9 @@ def card_type_letter(text: bytes | bytearray) -> str:
 
 def parse_text(text: bytes | bytearray) -> CardRecord:
     """256-byte text block -> typed record; CardError(card_read_failed | unsupported_card_type)."""
-    letter = card_type_letter(text)
-    cls = _TYPES.get(letter)
+    cls = _BY_LETTER.get(card_type_letter(text))
     if cls is None:
-        raise CardError("unsupported_card_type", "unknown type mark")
+        raise CardError(problem(None, None), "unknown type mark")
     return cls(text)
 
 
@@ -269,10 +348,21 @@ def _put(buf: bytearray, layout, name: str, value: str) -> None:
 
 def build_text(card_type: str, fields: dict[str, str], type_letter: str | None = None) -> bytes:
     """Fabricate a 256-byte text block (simulator / tests). `type_letter` overrides the mark."""
-    layout = {"resident": RESIDENT_LAYOUT, "permit_hmt": PERMIT_LAYOUT, "foreign": FOREIGN_LAYOUT}[card_type]
+    cls = CARD_TYPES[card_type]
     buf = bytearray(" ".encode("utf-16-le") * (TEXT_LEN // 2))
     for k, v in fields.items():
-        _put(buf, layout, k, v)
-    letter = type_letter if type_letter is not None else {"resident": " ", "permit_hmt": "J", "foreign": "I"}[card_type]
+        _put(buf, cls.LAYOUT, k, v)
+    letter = type_letter if type_letter is not None else cls.LETTERS[0]
     buf[TYPE_OFFSET:TYPE_OFFSET + 2] = letter.encode("utf-16-le")
     return bytes(buf)
+
+
+def _load_plugins() -> None:
+    """Card types from other modules (entry point group kyc_edge.card_types, $KYC_EDGE_PLUGINS): each
+    registers itself with @register when imported."""
+    from device import plugins
+    plugins.entry_point_modules("kyc_edge.card_types")
+    plugins.named_modules()
+
+
+_load_plugins()

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from device.cardreader import protocol as P
-from device.cardreader.records import build_text, gb11643_check_char
+from device.cardreader import records
+from device.cardreader.records import build_text, fabricated_number  # noqa: F401  (re-exported)
 from device.cardreader.photo import PHOTO_FIELD_LEN, card_photo_jpeg
 
 FAULT_KINDS = ("noise", "bad_checksum", "truncated", "bad_length", "slow", "no_reply",
@@ -77,12 +78,6 @@ class Fault:
         if d:
             f.delay_s = float(d)
         return f
-
-
-def fabricated_number(seed: int = 1, birth: str = "19900101", prefix: str = "99") -> str:
-    """An 18-character GB 11643 number with a correct check digit and a region that does not exist."""
-    body = (prefix + f"{seed % 10000:04d}")[:6] + birth + f"{seed % 1000:03d}"
-    return body + gb11643_check_char(body)
 
 
 def synthetic_face_rgb(w: int = 204, h: int = 252, seed: int = 0) -> np.ndarray:
@@ -130,6 +125,14 @@ class FakeCard:
         return d.strftime("%Y%m%d") if isinstance(d, (_dt.date, _dt.datetime)) else str(d)
 
     @classmethod
+    def of(cls, card_type: str, photo_bytes: bytes | None = None, valid_to="20351231", number: str | None = None,
+           seed: int = 1, **extra) -> "FakeCard":
+        """A fabricated card of any registered type (records.CARD_TYPES), fields from its sample_fields()."""
+        rec = records.CARD_TYPES[card_type]
+        fields = rec.sample_fields(seed=seed, valid_to=cls._date(valid_to), number=number)
+        return cls(card_type, build_text(card_type, fields), cls._photo(photo_bytes), **extra)
+
+    @classmethod
     def resident(cls, photo_bytes: bytes | None = None, valid_to="20351231", number: str | None = None,
                  seed: int = 1, fingerprint: bytes = b"", new_address: str = "",
                  birth: str = "19900101") -> "FakeCard":
@@ -141,20 +144,12 @@ class FakeCard:
     @classmethod
     def permit_hmt(cls, photo_bytes: bytes | None = None, valid_to="20301231", number: str | None = None,
                    seed: int = 2) -> "FakeCard":
-        birth = "19850505"
-        fields = dict(name="测试港澳", sex="2", birth=birth, address="测试省样本市示例路2号",
-                      number=number or fabricated_number(seed, birth, prefix="81"),
-                      authority="样本市公安局", valid_from="20200101", valid_to=cls._date(valid_to),
-                      pass_number="H99999999", issue_count="01")
-        return cls("permit_hmt", build_text("permit_hmt", fields), cls._photo(photo_bytes))
+        return cls.of("permit_hmt", photo_bytes, valid_to, number, seed)
 
     @classmethod
     def foreign(cls, photo_bytes: bytes | None = None, valid_to="20320101", number: str | None = None,
                 seed: int = 3) -> "FakeCard":
-        fields = dict(name_en="TEST, SAMPLE PERSON", sex="1", number=number or f"ZZZ{seed % 10**12:012d}",
-                      nationality="ZZZ", name="测试外籍", valid_from="20220101",
-                      valid_to=cls._date(valid_to), birth="19800303", version="1", authority_code="9999")
-        return cls("foreign", build_text("foreign", fields), cls._photo(photo_bytes))
+        return cls.of("foreign", photo_bytes, valid_to, number, seed)
 
     @classmethod
     def unsupported(cls, letter: str = "Y", photo_bytes: bytes | None = None) -> "FakeCard":

@@ -46,8 +46,8 @@ from pathlib import Path
 import numpy as np
 
 from device.notify import NotifyListener
+from kyc_tools import paths as tool_paths
 
-REPO = Path(__file__).resolve().parents[2]
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm"}
 STAGES = ("decode", "detect", "landmarks", "pad", "detect_landmarks", "per_frame_path",
           "align", "embed", "align_embed", "per_frame_total")
@@ -191,9 +191,9 @@ def resolve_models(models_dir: Path, model_set: str) -> tuple[Path, dict, list[s
     from device import models as models_mod
     load_dir = models_dir
     if model_set == "int8":
-        build = REPO / "models" / "build"
+        build = tool_paths.model_build_dir()
         built = {e.file for e in models_mod.entries() if e.precision == "int8"}
-        extra = [build / f for f in built if not (models_dir / f).exists() and (build / f).exists()]
+        extra = [build / f for f in built if build and not (models_dir / f).exists() and (build / f).exists()]
         if extra:
             import atexit
             import shutil
@@ -371,9 +371,8 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
 # ------------------------------------------------------------------ MediaPipe peer
 def mediapipe_python() -> Path | None:
     """$KYC_EDGE_MEDIAPIPE_PYTHON if set (only that), else .venv-mediapipe/bin/python; None if missing."""
-    env = os.environ.get("KYC_EDGE_MEDIAPIPE_PYTHON")
-    cand = Path(env) if env else REPO / ".venv-mediapipe" / "bin" / "python"
-    return cand if cand.is_file() and os.access(cand, os.X_OK) else None
+    cand = tool_paths.mediapipe_python()
+    return cand if cand and cand.is_file() and os.access(cand, os.X_OK) else None
 
 
 class LockstepPeer:
@@ -499,7 +498,8 @@ class LockstepPeer:
 
 
 # ------------------------------------------------------------------ session + daemon figures
-BLINK_VIDEO = REPO.parent / "shared" / "data" / "blink" / "demo_old.mp4"
+# the default clip: $KYC_EDGE_SHARED/data/blink (a checkout: ../shared); a placeholder path otherwise
+BLINK_VIDEO = tool_paths.shared_path("data", "blink", "demo_old.mp4") or Path("$KYC_EDGE_SHARED/data/blink/demo_old.mp4")
 
 
 def _blink_card_photo(video: Path) -> np.ndarray:
@@ -644,7 +644,7 @@ def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int =
                 log = open(tmp / f"daemon{i}.log", "wb")
                 t0 = time.monotonic()
                 proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(cfg_path)],
-                                        cwd=REPO, env=env, stdout=log, stderr=log)
+                                        env=tool_paths.child_env(env), stdout=log, stderr=log)
                 procs.append(proc)
                 t_ready = ns.first("READY=1", 60.0, alive=lambda: proc.poll() is None)
                 if t_ready is None:
@@ -713,7 +713,7 @@ def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int =
 def bench_frames(args) -> dict:
     """`kyc-edge bench frame`: one JSON-able dict (see the module doc)."""
     t_start = time.perf_counter()
-    frames = Path(args.frames) if getattr(args, "frames", None) else REPO.parent / "shared" / "data" / "blink" / "demo_old.mp4"
+    frames = Path(args.frames) if getattr(args, "frames", None) else BLINK_VIDEO
     if not frames.exists():
         raise SystemExit(f"bench: --frames {frames} does not exist")
     models_dir = Path(args.models_dir) if getattr(args, "models_dir", None) else default_models_dir()

@@ -231,14 +231,13 @@ def bench_publisher_kill(work: Path, n: int, rate: float, seed: int) -> dict:
     coll = _Collector()
     lst = _subscriber(broker.url, signer, coll, "bench-sub-2")
     reported: list[tuple[int, str]] = []
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    from kyc_tools import paths
+    env = paths.child_env()
 
     def spawn(start: int) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "kyc_tools.bench.link", "--child", "--state", str(state),
                                  "--url", broker.url, "--n", str(n), "--start", str(start), "--rate", str(rate)],
-                                stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+                                stdout=subprocess.PIPE, text=True, env=env)
 
     def reader(proc: subprocess.Popen, out: list) -> None:
         for line in proc.stdout:

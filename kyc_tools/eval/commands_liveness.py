@@ -1,6 +1,7 @@
 """`kyc-edge eval pad | liveness | sessions` (wired into cli.py by register_eval).
 
-Model directory: --model-dir, else $KYC_EDGE_MODEL_DIR, else models/store, else ../shared/models.
+Model directory: --model-dir, else the first of kyc_tools.paths.model_dirs() that holds the models
+($KYC_EDGE_MODEL_DIR, a checkout's models/store, $KYC_EDGE_MODEL_MIRROR, $KYC_EDGE_SHARED/models).
 Files are looked up by their float names; for an int8 build directory (scripts/build-models --out
 models/build) each role takes the int8 file when the manifest names one that exists there and
 falls back to the float file of the next directory otherwise (as device.models.resolve does).
@@ -8,18 +9,15 @@ The iris model (the manifest's `iris` role) is resolved the same way.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED_MODELS = Path(os.environ.get("KYC_EDGE_SHARED", REPO.parent / "shared")) / "models"
 REQUIRED = ("detector", "landmarks", "antispoof_v2", "antispoof_v1se")
 DETECTOR_FILE = "face_detection_short_range.tflite"
 
 
 def _float_dirs() -> list[Path]:
-    from device.models import model_dirs_with_models
-    return model_dirs_with_models(extra=(SHARED_MODELS,))
+    from kyc_tools import paths
+    return paths.float_model_dirs()
 
 
 def resolve_model_dir(arg: str | None) -> Path:
@@ -110,7 +108,8 @@ def register_eval(sub) -> None:
     p.add_argument("--draws", type=int, default=1, help="--manifest: random-pause draws per sequence (seeded 0..draws-1)")
     p.add_argument("--config", "-c", help="--manifest: config file (default: built-in defaults)")
     p.add_argument("--limit", type=int, default=0, help="--manifest: first N clips only")
-    shared_data = SHARED_MODELS.parent / "data"
+    from kyc_tools import paths
+    shared_data = paths.shared_path("data") or Path("$KYC_EDGE_SHARED/data")
     p.add_argument("--nuaa", default=str(shared_data / "nuaa-train"), help="NUAA folder with labels.csv ('' to skip)")
     p.add_argument("--blink", default=str(shared_data / "blink" / "demo_old.mp4"), help="genuine video ('' to skip)")
     p.add_argument("--src-fps", type=float, default=20.0, help="NUAA capture rate: t = picNo / this")

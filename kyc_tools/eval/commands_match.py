@@ -16,7 +16,7 @@ def register_eval(subparsers) -> None:
     p.add_argument("--model", help="embedder model: file name in the model dir(s) or a path (default mobilefacenet.tflite)")
     p.add_argument("--detector-model", help="detector model file name or path (default by --detector)")
     p.add_argument("--detector", choices=("short_range", "full_range"), default="short_range")
-    p.add_argument("--models-dir", help="model directory (default $KYC_EDGE_MODEL_DIR, models/store, ../shared/models)")
+    p.add_argument("--models-dir", help="model directory (default $KYC_EDGE_MODEL_DIR; in a checkout models/store; $KYC_EDGE_MODEL_MIRROR; $KYC_EDGE_SHARED/models)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--flip-tta", action="store_true", help="embed each face with its mirror (2 calls per pair)")
     p.add_argument("--threshold", type=float, help="also report TAR/FAR at this threshold (e.g. match.threshold)")

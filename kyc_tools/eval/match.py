@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from kyc_tools import paths
 from kyc_tools.eval import common
 from device.vision.align import align_face
 from device.vision.detect import MODEL_FILES, DetectorOptions, FaceDetector
@@ -25,7 +26,6 @@ from device.vision.embed import EmbedderOptions, FaceEmbedder, prepare_card_face
 
 CARD_W, CARD_H = 102, 126
 CARD_MAX_BYTES = 1024
-REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------ chip-like photo
@@ -73,8 +73,11 @@ def card_style(rgb: np.ndarray, face=None, max_bytes: int = CARD_MAX_BYTES) -> n
 
 # ------------------------------------------------------------------ models
 def default_model_dir() -> Path:
-    from device.models import find_model_dir
-    return find_model_dir(search=True, extra=(REPO.parent / "shared" / "models",))
+    found = paths.default_model_dir()
+    if found is None:
+        raise FileNotFoundError("no model directory: pass --models-dir or set KYC_EDGE_MODEL_DIR "
+                                "(kyc-edge models install)")
+    return found
 
 
 def _find(name: str | None, default: str, dirs) -> str:
@@ -151,7 +154,7 @@ def run_match_eval(args) -> dict:
         raise ValueError(f"no pairs in {args.pairs} for folds {folds}")
     images = Path(args.images)
     mdir = Path(getattr(args, "models_dir", None) or default_model_dir())
-    dirs = [mdir, REPO / "models" / "build", REPO.parent / "shared" / "models"]
+    dirs = paths.lookup_dirs(mdir)
     variant = getattr(args, "detector", None) or "short_range"
     det_path = _find(getattr(args, "detector_model", None), MODEL_FILES[variant], dirs)
     emb_path = _find(getattr(args, "model", None), "mobilefacenet.tflite", dirs)

@@ -15,7 +15,6 @@ Self-test vectors need a TFLite runtime; `fleet bundle` computes them in a subpr
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -71,7 +70,8 @@ def compute_vectors(models: Path, names: list[str]) -> list[dict]:
     cmd = [sys.executable, "-m", "device.selftest", "compute", "--models", str(models)]
     for n in names:
         cmd += ["--only", n]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    from kyc_tools import paths
+    env = paths.child_env()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     if r.returncode:
         raise RuntimeError(f"computing self-test vectors failed: {r.stderr.strip()[-400:]}")

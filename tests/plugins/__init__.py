@@ -1,0 +1,1 @@
+"""Plugins the tests register: each hardware edge extended by one file."""
