@@ -73,7 +73,8 @@ class VerdictSubscriber:
 
 
 def shared_blink_video() -> Path:
-    shared = Path(os.environ.get("KYC_EDGE_SHARED") or REPO.parent / "shared")
+    # a source checkout's ../shared is only the fallback; installed boxes set KYC_EDGE_SHARED
+    shared = Path(os.environ.get("KYC_EDGE_SHARED") or Path(__file__).resolve().parents[2] / "shared")
     return shared / "data" / "blink" / "demo_old.mp4"
 
 
@@ -98,7 +99,8 @@ def builtin_card_photo(video: Path):
     try:
         from device import models as models_mod
         from device.vision.detect import DetectorOptions, FaceDetector
-        model_dir = Path(os.environ.get("KYC_EDGE_MODEL_DIR") or REPO / "models" / "store")
+        from device.models import find_model_dir
+        model_dir = find_model_dir(search=True)
         det = FaceDetector.create(DetectorOptions(str(models_mod.resolve(model_dir, "float", "short_range")["detector"])))
         faces = det.detect(np.ascontiguousarray(frame[:, :, ::-1])).faces
         if faces:

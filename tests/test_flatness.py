@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from device.liveness.flatness import (FlatFaceCheck, FlatFaceOptions, POINTS, apply_homography, fit_homography,
+from device.liveness.flatness import (FlatFaceCheck, FlatFaceOptions, apply_homography, fit_homography,
                                       parallax_ratio)
 from kyc_tools.eval.commands_liveness import make_tracker
 from kyc_tools.eval.liveness import clips, video_frames
