@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from device.vision.align import SIZE, align_face
+from device.vision.align import SIZE, align_face, align_on_mesh
 from device.vision.runtime import ModelRuntime
 
 
@@ -107,6 +107,11 @@ class FaceEmbedder:
         eb = self._run([b, b[:, ::-1]]).sum(0)
         return EmbedResult(l2n(np.stack([ea, eb])))
 
+    def embed_card(self, a: np.ndarray) -> EmbedResult:
+        """The card face with its mirror image as the batch of 2 (one call), summed: card-side
+        test-time augmentation; the card is embedded once per session (docs/match.md)."""
+        return EmbedResult(l2n(self._run([a, a[:, ::-1]]).sum(0))[None])
+
     def embed_one(self, a: np.ndarray) -> EmbedResult:
         """One face -> EmbedResult with vectors (1, D) L2-normalised (`.vector`); the face fills both
         slots, or face + mirror with flip_tta."""
@@ -119,16 +124,28 @@ def _largest(faces):
     return max(faces, key=lambda f: f.width * f.height) if faces else None
 
 
-def prepare_card_face(detector, rgb: np.ndarray, pad_scales=(2.0, 3.0)) -> np.ndarray | None:
+def _align_card(img: np.ndarray, face, landmarker, min_presence: float) -> np.ndarray:
+    """FaceMesh 5-point alignment when a landmarker is given and finds the face, else BlazeFace's."""
+    if landmarker is not None:
+        from device.vision.landmarks import roi_from_keypoints
+        r = landmarker.detect(img, roi_from_keypoints(face.box, face.keypoints))
+        if r.presence >= min_presence:
+            return align_on_mesh(img, r.landmarks)
+    return align_face(img, face.keypoints)
+
+
+def prepare_card_face(detector, rgb: np.ndarray, pad_scales=(2.0, 3.0), landmarker=None,
+                      min_presence: float = 0.5) -> np.ndarray | None:
     """Detect + align the face of a (small) card photo; once per session. None if no face is found.
 
     BlazeFace short range is trained on faces filling a fair part of the frame; a 102x126 chip photo
     whose face fills almost all of it is sometimes missed, so on a miss the photo is pasted in the
-    middle of a larger grey canvas and detection is retried.
+    middle of a larger grey canvas and detection is retried. With `landmarker` (FaceMesh) the face is
+    aligned on its 5 landmark points, as the live frames are (docs/match.md).
     """
     face = _largest(detector.detect(rgb).faces)
     if face is not None:
-        return align_face(rgb, face.keypoints)
+        return _align_card(rgb, face, landmarker, min_presence)
     h, w = rgb.shape[:2]
     for s in pad_scales:
         H, W = int(round(h * s)), int(round(w * s))
@@ -137,7 +154,7 @@ def prepare_card_face(detector, rgb: np.ndarray, pad_scales=(2.0, 3.0)) -> np.nd
         canvas[top:top + h, left:left + w] = rgb
         face = _largest(detector.detect(canvas).faces)
         if face is not None:
-            out = align_face(canvas, face.keypoints)
+            out = _align_card(canvas, face, landmarker, min_presence)
             canvas.fill(0)
             return out
         canvas.fill(0)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from device.vision.align import align_face
+from device.vision.align import align_face, align_on_mesh
 from device.vision.occlusion import lower_face_covered
 
 # failure codes, in the order they are checked
@@ -103,7 +103,8 @@ def gate(rgb: np.ndarray, obs, cfg) -> tuple[QualityResult | None, np.ndarray | 
     VisionSuite.quality_crop) and the evaluations use this one."""
     if obs.faces != 1 or obs.keypoints is None or obs.box is None:
         return None, None
-    aligned = align_face(rgb, obs.keypoints)
+    # FaceMesh's 5 points where the tracker has landmarks (as the card is aligned), else BlazeFace's
+    aligned = align_on_mesh(rgb, obs.landmarks) if obs.landmarks is not None else align_face(rgb, obs.keypoints)
     q = assess(rgb, obs.box, aligned, obs.yaw, obs.pitch, obs.ear, cfg)
     if not q.ok:
         aligned.fill(0)

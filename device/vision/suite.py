@@ -62,9 +62,9 @@ class VisionSuite:
 
     # -- card
     def card_face(self, photo: np.ndarray) -> np.ndarray | None:
-        face = prepare_card_face(self.detector, photo)
-        # embedded now, before capture starts: off the last-challenge -> verdict path
-        self._card_vec = self.embedder.embed_one(face).vector if face is not None else None
+        face = prepare_card_face(self.detector, photo, landmarker=self.tracker.landmarker)
+        # embedded now (with its mirror, one call), before capture starts: off the last-challenge -> verdict path
+        self._card_vec = self.embedder.embed_card(face).vector if face is not None else None
         return face
 
     # -- per frame

@@ -19,6 +19,8 @@ def register_eval(subparsers) -> None:
     p.add_argument("--models-dir", help="model directory (default $KYC_EDGE_MODEL_DIR; in a checkout models/store; $KYC_EDGE_MODEL_MIRROR; $KYC_EDGE_SHARED/models)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--flip-tta", action="store_true", help="embed each face with its mirror (2 calls per pair)")
+    p.add_argument("--align", choices=("mesh", "blazeface"), default="mesh",
+                   help="mesh: FaceMesh 5 points on both sides, card with its mirror, as the device (default); blazeface: the old 4-point path")
     p.add_argument("--threshold", type=float, help="also report TAR/FAR at this threshold (e.g. match.threshold)")
     p.add_argument("--limit", type=int, default=0, help="at most this many pairs, spread over the file (0 = all)")
     p.set_defaults(func=cmd_eval_match)

@@ -22,7 +22,9 @@ from kyc_tools import paths
 from kyc_tools.eval import common
 from device.vision.align import align_face
 from device.vision.detect import MODEL_FILES, DetectorOptions, FaceDetector
-from device.vision.embed import EmbedderOptions, FaceEmbedder, prepare_card_face
+from device.vision.align import align_on_mesh
+from device.vision.embed import EmbedderOptions, FaceEmbedder, cosine, prepare_card_face
+from device.vision.landmarks import FaceLandmarker, LandmarkerOptions, roi_from_keypoints
 
 CARD_W, CARD_H = 102, 126
 CARD_MAX_BYTES = 1024
@@ -118,12 +120,20 @@ def _load_rgb(path: Path) -> np.ndarray:
 class PairScorer:
     """The device's match path for one pair of images: returns (similarity | None, live_ok, card_ok)."""
 
-    def __init__(self, detector: FaceDetector, embedder: FaceEmbedder, card_style_first: bool = False):
-        self.det, self.emb, self.card = detector, embedder, card_style_first
+    def __init__(self, detector: FaceDetector, embedder: FaceEmbedder, card_style_first: bool = False,
+                 landmarker=None):
+        self.det, self.emb, self.card, self.lmk = detector, embedder, card_style_first, landmarker
 
     def live_face(self, rgb):
+        """As the session aligns a tracked frame: FaceMesh's 5 points, else BlazeFace's keypoints."""
         f = self.det.detect(rgb).largest()
-        return None if f is None else align_face(rgb, f.keypoints)
+        if f is None:
+            return None
+        if self.lmk is not None:
+            r = self.lmk.detect(rgb, roi_from_keypoints(f.box, f.keypoints))
+            if r.presence >= 0.5:
+                return align_on_mesh(rgb, r.landmarks)
+        return align_face(rgb, f.keypoints)
 
     def make_card(self, img1: np.ndarray) -> np.ndarray:
         """The card-side photo: img1 itself, or its chip-like version with --card-style."""
@@ -133,15 +143,21 @@ class PairScorer:
 
     def score(self, img1: np.ndarray, img2: np.ndarray, card_ready: bool = False):
         """img1 is the card side (made chip-like here unless card_ready), img2 the live side."""
-        card = prepare_card_face(self.det, img1 if card_ready else self.make_card(img1))
+        card = prepare_card_face(self.det, img1 if card_ready else self.make_card(img1), landmarker=self.lmk)
         live = self.live_face(img2)
         if live is None:                # LFW images are tight crops: give the live side the same padded retry
-            live = prepare_card_face(self.det, img2)
+            live = prepare_card_face(self.det, img2, landmarker=self.lmk)
         if card is None or live is None:
             return None, live is not None, card is not None
-        res = self.emb.embed(live, card)
-        s = res.similarity()
-        res.wipe()
+        if self.lmk is None:            # --align blazeface: the old path, one call for both faces
+            res = self.emb.embed(live, card)
+            s = res.similarity()
+            res.wipe()
+            return s, True, True
+        c, v = self.emb.embed_card(card), self.emb.embed_one(live)   # card with its mirror, as VisionSuite
+        s = cosine(v.vector, c.vector)
+        c.wipe()
+        v.wipe()
         return s, True, True
 
 
@@ -161,7 +177,11 @@ def run_match_eval(args) -> dict:
     threads = int(getattr(args, "threads", 1) or 1)
     det = FaceDetector.create(DetectorOptions(det_path, variant=variant, threads=threads))
     emb = FaceEmbedder.create(EmbedderOptions(emb_path, threads=threads, flip_tta=bool(getattr(args, "flip_tta", False))))
-    scorer = PairScorer(det, emb, card_style_first=bool(getattr(args, "card_style", False)))
+    lmk = None
+    if (getattr(args, "align", None) or "mesh") == "mesh":
+        lmk_path = _find(getattr(args, "landmark_model", None), "face_landmark.tflite", dirs)
+        lmk = FaceLandmarker.create(LandmarkerOptions(lmk_path, threads=threads))
+    scorer = PairScorer(det, emb, card_style_first=bool(getattr(args, "card_style", False)), landmarker=lmk)
 
     scores, labels, fold_of = [], [], []
     fte_pairs = fte_card = fte_live = 0
@@ -191,6 +211,7 @@ def run_match_eval(args) -> dict:
         "model": Path(emb_path).name,
         "detector": Path(det_path).name,
         "flip_tta": bool(getattr(args, "flip_tta", False)),
+        "align": "mesh" if lmk is not None else "blazeface",
         "accuracy": m["accuracy"],
         "accuracy_std": m["accuracy_std"],
         "tar_at_far_1e-2": m["tar_at_far_1e-2"],
