@@ -85,7 +85,9 @@ def record_inputs(frames: Path, limit: int, models_dir: Path, per_stage: int = 2
                 crops.append(c)
         for i in range(0, len(crops) - 1, 2):
             suite.embedder.embed(crops[i], crops[i + 1])
-        suite.wipe()
+        suite.reset()          # zero-fills every interpreter input (privacy), as after a session
+        for c in crops:
+            c.fill(0)
     finally:
         rt_mod.ModelRuntime.set = orig
     out = {}
