@@ -122,7 +122,8 @@ class UpdateAgent:
                  apply: Callable[[Path | None], Any] = lambda bundle_dir: None,
                  factory_models: str | os.PathLike | None = None,
                  daemon_version: str = DAEMON_VERSION,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 software: Any = None):
         self.cfg = cfg
         self.fcfg = cfg.fleet
         self.state_dir = Path(state_dir)
@@ -161,6 +162,9 @@ class UpdateAgent:
             self._staged = staged           # self-tested before a power cut; switch it in
         self._worker = threading.Thread(target=self._work, name="kyc-fleet", daemon=True)
         self._worker.start()
+        self.software = software            # device.fleet.software.SoftwareUpdater (kind=software)
+        if software is not None:
+            software.attach(self)
 
     # ------------------------------------------------------------------ public
     @property
@@ -171,6 +175,8 @@ class UpdateAgent:
         self._stop.set()
         self._jobs.put(None)
         self._worker.join(2)
+        if self.software is not None:
+            self.software.close()
 
     def on_command(self, name: str, payload: Any, props: Any = None) -> bool:
         """Feed every command here; returns True if it was an update command (handled)."""
@@ -194,6 +200,8 @@ class UpdateAgent:
         if not self._reported_start:
             self._reported_start = True
             self._report_start()
+        if self.software is not None:
+            self.software.poll(session_active)
         if session_active:
             return
         with self._lock:
@@ -271,6 +279,10 @@ class UpdateAgent:
         if not mf.targeted(m, self.cfg.device.id, self.cfg.device.groups):
             log.info("fleet: %s not targeted at this device; ignored", mf.short_id(m))
             return
+        if m.get("kind") == "software":
+            if self.software is None:
+                raise FleetError("software_unsupported", "no fleet.software_root on this device")
+            return self.software.submit(m, env)
         tv = m["bundle_version"]
         with self._lock:
             dup = self._active.get(m["nonce"])
