@@ -40,6 +40,10 @@ def register(sub) -> None:
     s.add_argument("--models-dir")
     s.add_argument("--limit", type=int, default=0, help="at most this many frames / iterations (0 = all)")
     s.add_argument("--vs-mediapipe", action="store_true")
+    s.add_argument("--precisions", help="frame bench: also time every model stage at these precisions in the same run, "
+                   "e.g. float,weight_only,full_int8 (JSON block `precision`)")
+    s.add_argument("--variants-dir", help="where the weight-only / full-int8 candidates are (default models/build/work, "
+                   "as scripts/build-models leaves them)")
     s.add_argument("--count", type=int, default=0, help="iterations for cardreader/link benches")
     s.add_argument("--broker-kills", type=int, default=20)
     s.add_argument("--pace", choices=("fast", "realtime"), default="fast", help="camera bench replay pace")

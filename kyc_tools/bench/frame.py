@@ -775,6 +775,13 @@ def bench_frames(args) -> dict:
     out["summary"]["start_to_ready_cpu_median_ms"] = rc["median"] if rc else None
     drss = out["daemon"].get("daemon_rss_mb")
     out["summary"]["daemon_rss_mb"] = drss
+    precs = getattr(args, "precisions", None)
+    if precs:
+        from kyc_tools.bench import precision
+        vdir = Path(getattr(args, "variants_dir", None) or REPO / "models" / "build" / "work")
+        fdir = models_dir if (models_dir / "face_landmark.tflite").is_file() else default_models_dir()
+        out["precision"] = precision.compare(frames, limit, fdir, vdir,
+                                             precisions=tuple(p.strip() for p in precs.split(",") if p.strip()))
     out["conditions_end"] = {"loadavg": [round(x, 2) for x in os.getloadavg()]}
     out["bench_wall_s"] = round(time.perf_counter() - t_start, 2)
     return out

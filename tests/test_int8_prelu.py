@@ -1,0 +1,78 @@
+"""scripts/build-models PReLU rewrite on the real FaceMesh: x + (1-a)*relu(-x) in MUL/ADD only, same float
+outputs, and after static a8w8 quantization the whole graph is one XNNPACK partition (PReLU would stay float)."""
+from __future__ import annotations
+
+import importlib.util
+from importlib.machinery import SourceFileLoader
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import missing
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bm():
+    loader = SourceFileLoader("build_models", str(REPO / "scripts" / "build-models"))
+    spec = importlib.util.spec_from_loader("build_models", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def mesh_crops(bm, model_dir, shared_data):
+    """Real FaceMesh input crops: NUAA train faces (a calibration set, not an evaluation split)."""
+    from device.vision.detect import DetectorOptions, FaceDetector
+    det = FaceDetector.create(DetectorOptions(str(model_dir / "face_detection_short_range.tflite")))
+    files = bm.images_under(shared_data / "nuaa-train", 12)
+    xs = bm.calibration_inputs("landmarks", files, det)
+    assert len(xs) >= 8
+    return xs
+
+
+def test_prelu_rewrite_same_float_function(bm, model_dir, mesh_crops, tmp_path):
+    src = model_dir / "face_landmark.tflite"
+    plain, rw = tmp_path / "prep.tflite", tmp_path / "rw.tflite"
+    bm.prepare(src, plain)
+    info = bm.prepare(src, rw, prelu_rewrite=True)
+    assert info["prelu_rewritten"] == 23
+    ops = bm.op_counts(rw)
+    assert "PRELU" not in ops and ops.get("MUL") == 2 * 23 and ops.get("ADD") == 20 + 23
+    a, b = bm.interp(plain), bm.interp(rw)
+    for x in mesh_crops:
+        ra, rb = bm.run(a, x), bm.run(b, x)
+        for u, v in zip(ra, rb):
+            assert np.allclose(u, v, atol=1e-3 * (np.abs(u).max() + 1e-6))
+
+
+def test_static_int8_facemesh_runs_in_one_xnnpack_partition(bm, model_dir, mesh_crops, tmp_path):
+    try:
+        import ai_edge_quantizer  # noqa: F401
+    except ImportError:
+        missing("ai-edge-quantizer not installed (setup.cfg extra `quantize`)")
+    from kyc_tools.bench.precision import partitions
+    src = model_dir / "face_landmark.tflite"
+    calib, check = mesh_crops[:-3], mesh_crops[-3:]
+    rw, q, qp = tmp_path / "rw.tflite", tmp_path / "static.tflite", tmp_path / "static_prelu.tflite"
+    bm.prepare(src, rw, prelu_rewrite=True)
+    bm.quantize(rw, q, "static", calib, "input_1")
+    p = partitions(q)
+    # all compute is int8 in one delegate partition; only the float input QUANTIZE / output DEQUANTIZE
+    # are outside the int8 graph
+    assert p["xnnpack_partitions"] == 1, p
+    assert p["ops"].get("QUANTIZE") == 1 and p["ops"].get("DEQUANTIZE") == 2, p
+    assert p["float_compute_ops"] == {} and p["int8_compute_ops"] == 25 + 20 + 46 + 43 + 6 + 3, p
+    # without the rewrite the quantizer leaves the 23 PReLUs float, between QUANTIZE / DEQUANTIZE pairs
+    plain = tmp_path / "prep.tflite"
+    bm.prepare(src, plain)
+    bm.quantize(plain, qp, "static", calib, "input_1")
+    pp = partitions(qp)
+    assert pp["float_compute_ops"].get("PRELU") == 23 and pp["ops"]["QUANTIZE"] > 20, pp
+    # and the int8 landmarks stay within 1 px (of 192) of float on held-out crops
+    g = bm.agreement("landmarks", src, q, check)
+    assert g["mean_landmark_px_diff"] < 1.0, g
