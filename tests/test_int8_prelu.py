@@ -6,7 +6,6 @@ import importlib.util
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 

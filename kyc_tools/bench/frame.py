@@ -778,7 +778,8 @@ def bench_frames(args) -> dict:
     precs = getattr(args, "precisions", None)
     if precs:
         from kyc_tools.bench import precision
-        vdir = Path(getattr(args, "variants_dir", None) or REPO / "models" / "build" / "work")
+        build = tool_paths.model_build_dir()
+        vdir = Path(getattr(args, "variants_dir", None) or (build / "work" if build else "models/build/work"))
         fdir = models_dir if (models_dir / "face_landmark.tflite").is_file() else default_models_dir()
         out["precision"] = precision.compare(frames, limit, fdir, vdir,
                                              precisions=tuple(p.strip() for p in precs.split(",") if p.strip()))
