@@ -44,7 +44,7 @@ def _keys(tmp_path):
 
 
 def _m(**kw):
-    art = [{"name": "m.tflite", "sha256": "0" * 64, "size": 10, "inline": True}]
+    art = [{"name": "m.tflite", "sha256": "0" * 64, "size": 10, **mf.inline_fields(b"x" * 10)}]
     return mf.make_manifest(bundle_version=kw.pop("v", 2), artifacts=art, **kw)
 
 
