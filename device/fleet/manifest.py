@@ -4,6 +4,10 @@ Wire form (one MQTT command, <= 16 KiB like every command):
 
     {"manifest": {...}, "sig": {"alg": "Ed25519", "key_id": "<16 hex>", "value": "<base64>"}}
 
+Inline artifacts then follow as pages and chunks (see `inline_fields`): the signed manifest pins
+each page's digest, each page lists its chunks' sha256s, so every inline message is verifiable
+on arrival and an injected one is dropped.
+
 The signature covers `device.verdict.canonical(manifest)` (sorted keys, no whitespace, ASCII),
 the same scheme as verdicts, so one verifier works for both. The device holds one or more fleet
 public keys (`fleet.public_keys`), which allows key rotation: sign with the new key once every
@@ -276,7 +280,8 @@ def verify(envelope: dict, keys: list[Ed25519PublicKey]) -> dict:
         raise FleetError("no_trusted_keys", "fleet.public_keys holds no usable key")
     matching = [k for k in keys if key_id_of(k) == sig["key_id"]]
     if not matching:
-        raise FleetError("unknown_key", f"key_id {sig['key_id'][:16]!s} not trusted")
+        kid = sig["key_id"] if re.fullmatch(r"[0-9a-f]{16}", sig["key_id"]) else "(not a key id)"
+        raise FleetError("unknown_key", f"key_id {kid} not trusted")   # the log never echoes free text
     try:
         raw = base64.b64decode(sig["value"], validate=True)
         msg = canonical(m)
