@@ -71,6 +71,12 @@ def test_unverified_update_messages_echo_nothing_into_the_retained_status(tmp_pa
         assert not {77, 78, 79} & set(u.values())
     assert [u["rejected_reason"] for u in new] == ["unknown_key", "bad_signature", "malformed"]
     assert fc.results(77) == {} and fc.results(78) == {} and fc.results(79) == {}   # a rollout counts nothing
+    assert {r["device"]: r for r in fc.table()}[d.key]["rejected"] == 3              # `fleet status` shows them
+    # a burst inside one second is summed up in one trailing status, still with nothing of its own
+    for _ in range(5):
+        fc.client.publish(topic, json.dumps(forged[0]), qos=1)
+    u = wait_update(fc, d, lambda u: u.get("rejected") == 8, timeout=10)
+    assert (u["state"], u["target_version"], u["rejected_reason"]) == ("applied", 2, "unknown_key")
     # a genuine update afterwards is unaffected
     apply_good(fc, d, tmp_path, key, factory, 3)
     assert d.alive() and d.version() == 3

@@ -190,7 +190,9 @@ class UpdateAgent:
         self._stop = threading.Event()
         self.last_status: dict | None = None
         self.rejected = 0                # update messages refused before their signature verified
+        self._rejected_reason = ""
         self._rejected_pub = 0.0
+        self._rejected_dirty = False
 
         st = slots.read_state(state_dir)
         trial = st.get("trial")
@@ -238,6 +240,8 @@ class UpdateAgent:
         if not self._reported_start:
             self._reported_start = True
             self._report_start()
+        if self._rejected_dirty:
+            self._publish_rejected()
         if session_active:
             return
         with self._lock:
@@ -290,15 +294,22 @@ class UpdateAgent:
         """An update message refused before (or as) its signature was checked. Nothing of it is
         trusted, so nothing of it is published: the retained status keeps the last genuine update's
         state and target_version (a rollout is neither aborted nor stalled by forgeries) and gains
-        `rejected` (count) and `rejected_reason` (our reason code), re-published at most once a second."""
+        `rejected` (count) and `rejected_reason` (our reason code), published at most once a second
+        (a burst is summed up by poll())."""
         self.rejected += 1
+        self._rejected_reason = reason
         log.warning("fleet: update message rejected (%s): %s", reason, detail[:200])
+        self._publish_rejected()
+
+    def _publish_rejected(self) -> None:
         now = time.monotonic()
         if now - self._rejected_pub < 1.0:
+            self._rejected_dirty = True
             return
-        self._rejected_pub = now
+        self._rejected_pub, self._rejected_dirty = now, False
         last = {k: v for k, v in (self.last_status or {"state": "idle"}).items() if k != "at"}
-        st = dict(last, bundle_version=self.bundle_version, rejected=self.rejected, rejected_reason=reason)
+        st = dict(last, bundle_version=self.bundle_version, rejected=self.rejected,
+                  rejected_reason=self._rejected_reason)
         try:
             self.publish_status(st)
         except Exception as e:  # noqa: BLE001

@@ -180,10 +180,11 @@ def cmd_status(a) -> int:
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'DEVICE':32s} {'ONLINE':9s} {'BUNDLE':>6s} {'LAST UPDATE':28s} {'TARGET':>6s} {'OUTBOX':>6s}")
+    print(f"{'DEVICE':32s} {'ONLINE':9s} {'BUNDLE':>6s} {'LAST UPDATE':28s} {'TARGET':>6s} {'OUTBOX':>6s} "
+          f"{'REJECTED':>8s}")
     for r in rows:
         print(f"{r['device']:32s} {str(r['online']):9s} {str(r['bundle_version']):>6s} {r['update']:28s} "
-              f"{str(r['target_version']):>6s} {str(r['outbox_depth']):>6s}")
+              f"{str(r['target_version']):>6s} {str(r['outbox_depth']):>6s} {str(r['rejected']):>8s}")
     return 0
 
 

@@ -195,7 +195,8 @@ class FleetClient:
                 rows.append({"device": d, "online": s.get("state", "unknown"),
                              "bundle_version": u.get("bundle_version", s.get("bundle_version", "-")),
                              "update": show_state(u), "target_version": u.get("target_version", "-"),
-                             "outbox_depth": depth if depth is not None else "-"})
+                             "outbox_depth": depth if depth is not None else "-",
+                             "rejected": u.get("rejected", 0)})
             return rows
 
 

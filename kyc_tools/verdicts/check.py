@@ -100,6 +100,8 @@ class KeyRing:
                 self.add(_load_key_file(f), f.stem)
         elif p.is_file():
             self.add(_load_key_file(p), p.stem if p.suffix in KEY_SUFFIXES else None)
+        elif os.sep in spec or p.suffix in KEY_SUFFIXES:
+            raise KeyFileError(f"{spec}: no such key file or directory")
         else:
             self.add(_load_key_text(spec))
 
@@ -244,7 +246,10 @@ def check(payload: bytes | str, *, topic: str | None, ring: KeyRing, policy: Pol
           correlation: bytes | None = None, seen: Any = None, nonces: SeenStore | None = None,
           now: float | None = None) -> Outcome:
     """Every operator-side check of one verdict message (see the module doc). `topic` None skips
-    the topic agreement (verdicts fetched from elsewhere); `seen` is a SeenStore or a Dedup."""
+    the topic agreement (verdicts fetched from elsewhere); `seen` is a SeenStore, a Dedup or None
+    (the caller dedups, e.g. a UNIQUE constraint; then call check() first and store only `ok`);
+    `nonces` anything with `nonce_use(sha256, verdict_id) -> 'ok'|'replayed'|'unknown'` (None:
+    every nonce binding is `unbound`). Pure apart from `seen`/`nonces`; never raises on input."""
     policy = policy or Policy()
     now = time.time() if now is None else now
     try:
