@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from pathlib import Path
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes

@@ -18,7 +18,6 @@ import collections
 import json
 import ssl
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlsplit
