@@ -89,13 +89,15 @@ def test_injected_inline_chunks_are_dropped_and_the_genuine_update_completes(tmp
     devices.append(d)
     d.start()
     online(fc, d)
-    b = make_bundle(tmp_path, key, factory, 2)
+    b = make_bundle(tmp_path, key, factory, 2, pad=900_000, vectors=False)     # 1.13 MB: two pages
     env = envelope(b)
     m = env["manifest"]
     art = m["artifacts"][0]
     name, nonce, cb = art["name"], m["nonce"], art["chunk_bytes"]
     genuine = messages(env, b / "artifacts")
+    assert len(art["pages"]) == 2
     assert json.loads(genuine[1])["page"]["index"] == 0 and "chunk" in json.loads(genuine[2])
+    p1 = next(i for i, x in enumerate(genuine) if json.loads(x).get("page", {}).get("index") == 1)
     junk = base64.b64encode(os.urandom(cb)).decode()
     fake_page = json.dumps({"page": {"nonce": nonce, "name": name, "index": 0,
                                      "sha256": [hashlib.sha256(os.urandom(8)).hexdigest()] * 3}}).encode()
@@ -105,7 +107,11 @@ def test_injected_inline_chunks_are_dropped_and_the_genuine_update_completes(tmp
              _chunk(nonce, name, 1, junk),                            # not on a chunk boundary
              _chunk(nonce, name, "0", "!!not base64!!")]              # malformed
     after_page = [_chunk(nonce, name, 0, junk), _chunk(nonce, name, cb, junk[:100])]   # wrong data for chunks 0, 1
-    msgs = [genuine[0], *early, genuine[1], *after_page, *genuine[2:]]
+    k1 = mf.PAGE_CHUNKS * cb                                           # first chunk of page 1
+    in_page1 = [_chunk(nonce, name, k1, junk),
+                json.dumps({"page": {"nonce": nonce, "name": name, "index": 1, "sha256": ["0" * 64]}}).encode()]
+    msgs = [genuine[0], *early, genuine[1], *after_page, *genuine[2:p1], *in_page1, genuine[p1],
+            _chunk(nonce, name, k1, junk), *genuine[p1 + 1:]]
     _publish_raw(fc, update_topic("kyc/v1", f"{SITE}/{d.name}"), msgs)
     u = wait_update(fc, d, lambda u: u["state"] in ("applied", "failed", "rolled_back"), timeout=40)
     assert (u["state"], u["bundle_version"]) == ("applied", 2), (u, d.logs())

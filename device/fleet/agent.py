@@ -76,7 +76,8 @@ class _Spool:
                 p = d / a["name"]
                 p.touch()
                 self.files[a["name"]] = {"path": p, "size": int(a["size"]), "cb": int(a["chunk_bytes"]),
-                                         "pages": list(a["pages"]), "known": {}, "got": set(), "bytes": 0}
+                                         "pages": list(a["pages"]), "pages_ok": set(), "known": {}, "got": set(),
+                                         "bytes": 0}
 
     def _drop(self, why: str) -> None:
         self.dropped += 1
@@ -89,7 +90,7 @@ class _Spool:
             if f is None or not isinstance(index, int) or isinstance(index, bool) \
                     or not 0 <= index < len(f["pages"]) or not isinstance(digests, list):
                 return self._drop("page for no announced page")
-            if index in f["known"]:
+            if index in f["pages_ok"]:
                 return
             try:
                 ok = mf.page_digest(digests) == f["pages"][index]
@@ -97,6 +98,7 @@ class _Spool:
                 ok = False
             if not ok:
                 return self._drop("page digest differs from the signed manifest")
+            f["pages_ok"].add(index)
             for k, dg in enumerate(digests):
                 f["known"][index * mf.PAGE_CHUNKS + k] = dg
 
