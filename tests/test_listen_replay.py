@@ -120,6 +120,7 @@ def test_replayed_verdict_is_rejected_even_by_a_freshly_started_listener(broker,
     genuine = s.sign(fresh("counter-0001", binding=corr_binding(t42), result="pass", reasons=[]))
     old = s.sign(fresh("counter-0001", age=16 * 60, binding=corr_binding(b"ticket-7"), result="pass", reasons=[]))
     unbound = s.sign(fresh("counter-0001", result="pass", reasons=[]))
+    fresh2 = s.sign(fresh("counter-0001", binding=corr_binding(b"ticket-43"), result="pass", reasons=[]))
     pub = Sub(broker.port, "nothing")
     try:
         p, line = listen(broker, *args, n=1)
@@ -135,8 +136,10 @@ def test_replayed_verdict_is_rejected_even_by_a_freshly_started_listener(broker,
             (topic("counter-0001"), genuine, t42),              # same message again: remembered
             (topic("counter-0001"), old, b"ticket-7"),          # a pass captured 16 minutes ago
             (topic("counter-0001"), unbound, b"ticket-99"),     # an unbound pass claiming a ticket
+            (topic("counter-0001"), fresh2, None),              # Correlation Data stripped on the way
+            (topic("counter-0001"), fresh2, b"ticket-43"),      # ... the genuine copy is still ok
         ], pub)
-        assert [x["status"] for x in lines] == ["replayed", "duplicate", "stale", "unbound"], lines
+        assert [x["status"] for x in lines] == ["replayed", "duplicate", "stale", "unbound", "unbound", "ok"], lines
         assert rc == 1 and err.count("WARNING: REPLAYED") == 1 and "WARNING: STALE" in err
     finally:
         pub.close()

@@ -9,7 +9,8 @@ A verdict is accepted (`ok`) only if, in this order:
   5. `decided_at` lies within the freshness window (max_age_s + skew_s)        else `stale`
   6. its signed `binding` (schema v2) matches the message / the nonce we sent  else `replayed`;
      a message claiming a ticket link (Correlation Data) that the verdict does
-     not sign, or a nonce binding to no nonce we issued                        `unbound`
+     not sign, one without the Correlation Data its verdict signs, or a nonce
+     binding to no nonce we issued                                             `unbound`
   7. its verdict_id was not accepted before (persistent when a SeenStore)      else `duplicate`
 Only an `ok` verdict is recorded as seen (a stale or replayed copy never poisons the store).
 
@@ -286,7 +287,10 @@ def check(payload: bytes | str, *, topic: str | None, ring: KeyRing, policy: Pol
             out.status, out.error = "unbound", "Correlation Data on a verdict that does not sign it"
             return out
     elif b["kind"] == "correlation":
-        if correlation is None or hashlib.sha256(correlation).hexdigest() != b["sha256"]:
+        if correlation is None:      # stripped in transit, or an MQTT 3.1.1 hop: never recorded as seen,
+            out.status, out.error = "unbound", "arrived without the Correlation Data the verdict signs"
+            return out               # so the genuine copy with its ticket link is still `ok`
+        if hashlib.sha256(correlation).hexdigest() != b["sha256"]:
             out.status, out.error = "replayed", "Correlation Data differs from the one the verdict signs"
             return out
     elif b["kind"] == "nonce":
