@@ -15,9 +15,11 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import time
 
 from device import config as config_mod
+from device.verdict import rfc3339
 from device.fleet import manifest as mf
 from device.fleet import slots
 from kyc_tools.fleet.commands import build_bundle, sign_bundle
@@ -144,6 +146,30 @@ def test_a_truncated_inline_update_can_be_resent_with_the_same_signed_manifest(t
     fc.publish(env, b / "artifacts", f"{SITE}/{d.name}")
     time.sleep(1.5)
     assert states_of(fc, d, 2)[n:] == [] and d.version() == 2
+
+
+def test_an_update_cut_short_by_a_power_cut_can_be_resent_after_the_restart(tmp_path, broker, fleet_key, factory,
+                                                                           fc, devices):
+    key, pub = fleet_key
+    d = Dev(tmp_path, broker, "k1", pub, factory, download_timeout_s=120)
+    devices.append(d)
+    d.start()
+    online(fc, d)
+    b = make_bundle(tmp_path, key, factory, 2)
+    env = envelope(b)
+    msgs = messages(env, b / "artifacts")
+    _publish_raw(fc, update_topic("kyc/v1", f"{SITE}/{d.name}"), msgs[: len(msgs) // 2])
+    wait_update(fc, d, lambda u: u["state"] == "downloading" and u.get("target_version") == 2)
+    d.proc.send_signal(signal.SIGKILL)                       # power cut mid-download
+    d.proc.wait(10)
+    t_restart = rfc3339(time.time())
+    d.start()
+    online(fc, d)
+    fc.publish(env, b / "artifacts", f"{SITE}/{d.name}")      # the same signed manifest again
+    u = wait_update(fc, d, lambda u: u["state"] in ("applied", "failed") and u.get("target_version") == 2
+                    and u["at"] > t_restart, timeout=40)
+    assert (u["state"], u["bundle_version"]) == ("applied", 2), (u, d.logs())
+    assert "replayed_nonce" not in d.logs() and d.version() == 2
 
 
 def test_config_patches_stack_a_models_only_bundle_keeps_the_threshold(tmp_path, broker, fleet_key, factory, fc,

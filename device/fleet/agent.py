@@ -17,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import http.client
+import json
 import logging
 import os
 import queue
@@ -171,6 +172,8 @@ class UpdateAgent:
         self.state_dir = Path(state_dir)
         self.bdir = slots.bundles_dir(state_dir)
         self.bdir.mkdir(parents=True, exist_ok=True)
+        self.nonces = NonceStore(self.bdir / "nonces.json")
+        self._release_interrupted()       # before cleanup() removes the evidence
         slots.cleanup(state_dir)
         self.factory_models = Path(factory_models) if factory_models else config_mod.models_dir(cfg)
         self.publish_status = publish_status
@@ -182,7 +185,6 @@ class UpdateAgent:
         self.keys = mf.trusted_keys(cfg.fleet.public_keys)
         if not self.keys:
             log.warning("fleet: no usable fleet.public_keys; every update will be refused (no_trusted_keys)")
-        self.nonces = NonceStore(self.bdir / "nonces.json")
         self._lock = threading.RLock()
         self._jobs: "queue.Queue[_Job | None]" = queue.Queue()
         self._active: dict[str, _Job] = {}        # nonce -> job not yet finished (dedup, chunks)
@@ -398,7 +400,8 @@ class UpdateAgent:
             try:
                 self._process(job)
             except _Stopping:
-                log.info("fleet: v%s abandoned: agent closing", tv)
+                log.info("fleet: v%s abandoned: agent closing; a re-send of it may try again", tv)
+                self._release_nonce(job.m, "truncated")
             except FleetError as e:
                 self._release_nonce(job.m, e.reason)
                 self._report("failed", tv, reason=e.reason, detail=e.detail, persist=True)
@@ -420,6 +423,24 @@ class UpdateAgent:
                 self.nonces.release(m["nonce"])
             except OSError as e:
                 log.warning("fleet: could not release nonce %s: %s", m["nonce"][:8], e.strerror)
+
+    def _release_interrupted(self) -> None:
+        """A download cut short by a restart or power cut (its .incoming/<nonce> is still there)
+        is a transport failure too: release its nonce, unless that update got as far as a slot."""
+        inc = self.bdir / ".incoming"
+        if not inc.is_dir():
+            return
+        st = slots.read_state(self.state_dir)
+        keep = {(st.get("staged") or {}).get("nonce")}
+        for slot in slots.SLOTS:
+            try:
+                keep.add(json.loads((self.bdir / slot / "manifest.json").read_text())["manifest"]["nonce"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        for d in inc.iterdir():
+            if len(d.name) == 32 and all(c in "0123456789abcdef" for c in d.name) and d.name not in keep:
+                log.info("fleet: update %s was interrupted; its nonce is released for a re-send", d.name[:8])
+                self._release_nonce({"nonce": d.name}, "truncated")
 
     def _stacked_patch(self, m: dict) -> dict:
         """The config patch the new slot keeps: merged onto the running slot's (patches stack),
