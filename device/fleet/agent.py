@@ -80,7 +80,7 @@ class _Spool:
                                          "pages": list(a["pages"]), "pages_ok": set(), "known": {}, "got": set(),
                                          "bytes": 0}
 
-    def _drop(self, why: str) -> None:
+    def drop(self, why: str) -> None:
         self.dropped += 1
         if self.dropped == 1 or self.dropped % 100 == 0:
             log.warning("fleet: inline message dropped (%s); %d dropped so far", why, self.dropped)
@@ -90,7 +90,7 @@ class _Spool:
             f = self.files.get(name)
             if f is None or not isinstance(index, int) or isinstance(index, bool) \
                     or not 0 <= index < len(f["pages"]) or not isinstance(digests, list):
-                return self._drop("page for no announced page")
+                return self.drop("page for no announced page")
             if index in f["pages_ok"]:
                 return
             try:
@@ -98,7 +98,7 @@ class _Spool:
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                return self._drop("page digest differs from the signed manifest")
+                return self.drop("page digest differs from the signed manifest")
             f["pages_ok"].add(index)
             for k, dg in enumerate(digests):
                 f["known"][index * mf.PAGE_CHUNKS + k] = dg
@@ -110,15 +110,15 @@ class _Spool:
                 return
             cb = f["cb"]
             if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or offset % cb:
-                return self._drop("chunk offset not on a chunk boundary")
+                return self.drop("chunk offset not on a chunk boundary")
             k = offset // cb
             if k in f["got"]:
                 return
             want = f["known"].get(k)
             if want is None:
-                return self._drop("chunk before its page / beyond the declared size")
+                return self.drop("chunk before its page / beyond the declared size")
             if len(data) != min(cb, f["size"] - offset) or hashlib.sha256(data).hexdigest() != want:
-                return self._drop("chunk sha256 differs from its page")
+                return self.drop("chunk sha256 differs from its page")
             try:
                 fd = os.open(f["path"], os.O_WRONLY)
                 try:
@@ -343,7 +343,7 @@ class UpdateAgent:
         try:
             data = base64.b64decode(c["data"], validate=True)
         except (KeyError, TypeError, ValueError, binascii.Error):
-            job.spool._drop("chunk: bad fields")
+            job.spool.drop("chunk: bad fields")
             return
         job.spool.add(str(c.get("name")), c.get("offset"), data)
 
