@@ -198,4 +198,9 @@ def test_check_policy_edges(tmp_path, signers):
     assert check(json.dumps(v), topic=topic("counter-0001"), ring=ring, policy=pol).status == "forged"
     v = other.sign(fresh("counter-0009"))
     assert check(json.dumps(v), topic=topic("counter-0009"), ring=ring, policy=pol).status == "ok"
+    # Correlation Data on an unbound verdict: unbound, unless the operator allows legacy devices
+    v = json.dumps(s.sign(fresh("counter-0001")))
+    assert check(v, topic=topic("counter-0001"), ring=ring, policy=pol, correlation=b"t-1").status == "unbound"
+    legacy = Policy(max_age_s=600, skew_s=60, require_binding=False)
+    assert check(v, topic=topic("counter-0001"), ring=ring, policy=legacy, correlation=b"t-1").status == "ok"
     store.close()

@@ -229,6 +229,8 @@ class SeenStore:
 class Policy:
     max_age_s: float | None = DEFAULT_MAX_AGE_S      # None: no freshness check
     skew_s: float = DEFAULT_SKEW_S
+    require_binding: bool = True      # False: Correlation Data on an unbound verdict is accepted
+                                      # (devices from before the signed binding; the link is unauthenticated)
 
 
 @dataclass
@@ -283,7 +285,7 @@ def check(payload: bytes | str, *, topic: str | None, ring: KeyRing, policy: Pol
             return out
     b = v.get("binding")
     if b is None:
-        if correlation:
+        if correlation and policy.require_binding:
             out.status, out.error = "unbound", "Correlation Data on a verdict that does not sign it"
             return out
     elif b["kind"] == "correlation":

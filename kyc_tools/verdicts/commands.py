@@ -49,6 +49,9 @@ def add_listen_args(p: argparse.ArgumentParser) -> None:
                    help="reject (stale) a verdict decided more than S seconds ago (default %(default)s; 0 = off)")
     p.add_argument("--clock-skew", type=float, default=DEFAULT_SKEW_S, metavar="S",
                    help="allowed clock difference with the devices (default %(default)s)")
+    p.add_argument("--allow-unbound", action="store_true",
+                   help="accept Correlation Data on verdicts that do not sign it (devices older than the "
+                        "signed binding); the ticket link of such verdicts is NOT authenticated")
     p.add_argument("--state", default="", metavar="FILE",
                    help="SQLite file of verdict_ids seen and nonces sent, kept across restarts "
                         "(default $XDG_STATE_HOME/kyc-edge/verdicts.sqlite)")

@@ -210,7 +210,7 @@ def run_listen(args) -> int:
     import sys
     ring = key_ring(args)
     policy = Policy(max_age_s=args.max_age if args.max_age and args.max_age > 0 else None,
-                    skew_s=args.clock_skew)
+                    skew_s=args.clock_skew, require_binding=not getattr(args, "allow_unbound", False))
     store = listener_state(args)
     password = None
     if getattr(args, "password_file", ""):
