@@ -172,6 +172,15 @@ def test_fleet_cli_keygen_bundle_sign(tmp_path, model_dir):
     assert a["url"] == "https://updates.example/b2/face_detection_short_range.tflite" and a["size"] == 229714
     assert m["self_test"]["vectors"][0]["model"] == "face_detection_short_range.tflite"
     assert len(json.dumps(env)) < 16384          # one MQTT command
+    assert "config_complete" not in m                # default: the patch stacks onto the running one
+    r = cli("bundle", "--models", str(models), "--config", str(tmp_path / "ok.toml"), "--out", str(tmp_path / "c"),
+            "--version", "3", "--no-vectors", "--config-complete")
+    assert r.returncode == 0, r.stderr
+    r = cli("sign", str(tmp_path / "c"), "--key", str(tmp_path / "k" / mf.FLEET_KEY_FILE))
+    env = json.loads((tmp_path / "c" / "manifest.signed.json").read_text())
+    m = mf.verify(env, mf.trusted_keys([(tmp_path / "k" / mf.FLEET_PUB_FILE).read_text().strip()]))
+    assert m["config_complete"] is True and m["artifacts"][0]["inline"] is True
+    assert m["artifacts"][0]["pages"] == mf.inline_fields((models / "face_detection_short_range.tflite").read_bytes())["pages"]
 
 
 def test_a_bundle_replacing_a_float_model_drops_its_stale_int8_build(tmp_path):
