@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -64,12 +63,10 @@ def cmd_check_config(args) -> int:
 
 def cmd_models(args) -> int:
     from device import models
-    if args.dir:
-        dest = Path(args.dir)
-    elif args.config:
+    if args.config and not args.dir:
         dest = config_mod.models_dir(load_config_or_exit(args.config))
     else:
-        dest = Path(os.environ.get("KYC_EDGE_MODEL_DIR") or models.MANIFEST.parent / "store")
+        dest = models.find_model_dir(args.dir)
     if args.action == "install":
         try:
             models.install(dest, mirror=Path(args.mirror) if args.mirror else None,

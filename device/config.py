@@ -294,7 +294,7 @@ def _hints(cls: type) -> dict:
 
 def _cross_checks(cfg: Config, problems: list[str]) -> None:
     lv = cfg.liveness
-    allowed = {"blink", "turn_left", "turn_right", "nod"}
+    from device.challenge_names import CHALLENGES as allowed
     for c in lv.challenges:
         if c not in allowed:
             problems.append(f"config: liveness.challenges = {list(lv.challenges)!r}: expected names from {sorted(allowed)}")
@@ -412,9 +412,6 @@ def state_dir(cfg: Config) -> Path:
 
 
 def models_dir(cfg: Config) -> Path:
-    if cfg.models.dir:
-        return Path(cfg.models.dir)
-    env = os.environ.get("KYC_EDGE_MODEL_DIR")
-    if env:
-        return Path(env)
-    return state_dir(cfg) / "models"
+    """models.dir, else $KYC_EDGE_MODEL_DIR, else <state_dir>/models (device.models.find_model_dir)."""
+    from device.models import find_model_dir
+    return find_model_dir(configured=cfg.models.dir, fallback=state_dir(cfg) / "models")

@@ -7,7 +7,6 @@ a pty, serving a fabricated card with the given photo -> the replay camera on th
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -98,7 +97,8 @@ def run_demo(args) -> int:
             print(f"demo: started mosquitto at {url}", file=sys.stderr)
         sim = Simulator(card=None)
         port = sim.start_pty()
-        model_dir = (base and base.models.dir) or os.environ.get("KYC_EDGE_MODEL_DIR") or str(REPO / "models" / "store")
+        from device.models import find_model_dir
+        model_dir = str(find_model_dir(configured=base and base.models.dir))
         device_id, site, prefix = ("demo-counter", "demo-shop", "kyc/v1") if base is None else \
             (base.device.id, base.device.site, base.mqtt.prefix)
         cfg_path = write_config(work / "config.toml", {

@@ -20,6 +20,36 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MANIFEST = Path(__file__).resolve().parents[1] / "models" / "manifest.json"
+STORE = MANIFEST.parent / "store"       # models/store of a checkout: `kyc-edge models install`'s default
+_PROBE = "face_detection_short_range.tflite"
+
+
+def model_dirs_with_models(extra=()) -> list[Path]:
+    """Directories holding installed models, in the one search order: $KYC_EDGE_MODEL_DIR,
+    models/store, $KYC_EDGE_MODEL_MIRROR, then `extra` (a workstation's ../shared/models)."""
+    cands = [os.environ.get("KYC_EDGE_MODEL_DIR"), STORE, os.environ.get("KYC_EDGE_MODEL_MIRROR"), *extra]
+    out: list[Path] = []
+    for c in cands:
+        if c and (Path(c) / _PROBE).is_file() and Path(c) not in out:
+            out.append(Path(c))
+    return out
+
+
+def find_model_dir(explicit=None, configured=None, *, fallback=None, search: bool = False, extra=()) -> Path:
+    """The one model-directory lookup. First set of: `explicit` (a --models-dir flag), `configured`
+    (config models.dir), $KYC_EDGE_MODEL_DIR. Otherwise, with search=True (workstation tools, tests),
+    the first of model_dirs_with_models(extra); else `fallback` (the daemon: <state_dir>/models),
+    else models/store."""
+    for d in (explicit, configured):
+        if d:
+            return Path(d)
+    if search:
+        found = model_dirs_with_models(extra)
+        if found:
+            return found[0]
+    elif os.environ.get("KYC_EDGE_MODEL_DIR"):
+        return Path(os.environ["KYC_EDGE_MODEL_DIR"])
+    return Path(fallback) if fallback else STORE
 
 
 class ModelInstallError(Exception):

@@ -7,7 +7,6 @@ Exit: 0 pass, 1 fail, 2 error (bad files, config or models).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -47,8 +46,9 @@ def offline_config(args) -> config_mod.Config:
                "camera.stall_s": 30.0, "camera.lost_s": 60.0}
     if getattr(args, "models_dir", None):
         changes["models.dir"] = args.models_dir
-    elif not cfg.models.dir and not os.environ.get("KYC_EDGE_MODEL_DIR"):
-        changes["models.dir"] = str(Path(__file__).resolve().parents[1] / "models" / "store")
+    else:
+        from device.models import find_model_dir
+        changes["models.dir"] = str(find_model_dir(configured=cfg.models.dir))
     if getattr(args, "model_set", None):
         changes["models.set"] = args.model_set
     return config_mod.replace(cfg, **changes)
@@ -78,8 +78,8 @@ def verify_offline(args) -> int:
         print(f"verify: --video {args.video}: no such file or folder", file=sys.stderr)
         return 2
     challenges = [c.strip() for c in args.challenges.split(",") if c.strip()] if args.challenges else None
-    allowed = {"blink", "turn_left", "turn_right", "nod"}
-    if challenges and not set(challenges) <= allowed:
+    from device.challenge_names import CHALLENGES as allowed
+    if challenges and not set(challenges) <= set(allowed):
         print(f"verify: --challenges {args.challenges!r}: expected names from {sorted(allowed)}", file=sys.stderr)
         return 2
     try:

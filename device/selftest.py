@@ -149,8 +149,9 @@ def canned_verification(vision, cfg) -> float:
         vision.card_face(noise((126, 102, 3), "kyc-edge-probe-card"))
         yy, xx = np.mgrid[0:112, 0:112]
         face = np.stack([(xx * 2) % 256, (yy * 2) % 256, (xx + yy) % 256], -1).astype(np.uint8)
-        sim, ident, vecs = vision.match(face, [face.copy()], face.copy(), face.copy())
-        vecs.fill(0)
+        m = vision.match(face, [face.copy()], face.copy(), face.copy())
+        sim, ident = m.similarity, m.identity
+        m.wipe()
     finally:
         vision.reset()
     if not (np.isfinite(sim) and ident is not None and np.isfinite(ident)):

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
@@ -24,6 +24,7 @@ import numpy as np
 from device import verdict as verdict_mod
 from device.config import Config
 from device.errors import CameraError, CardError, KycError
+from device.liveness.check import LivenessCheck
 
 log = logging.getLogger("kyc_edge.session")
 
@@ -44,26 +45,22 @@ class SessionFailed(KycError):
 
 @dataclass
 class Evidence:
-    """What the capture phase gathered. Holds biometric crops: wiped in Session.run's finally."""
-    faces_max: int = 0
-    face_seen: bool = False
-    face_lost: bool = False
-    pad_scores: list = field(default_factory=list)
+    """What the capture phase keeps for matching: the start/end identity crops (biometric: wiped in
+    Session.run's finally). Everything the liveness rules need is in `check` (numbers only)."""
     first_crop: np.ndarray | None = None     # identity at the start
     last_crop: np.ndarray | None = None      # identity at the end
-    frames: int = 0
     last_challenge_t: float | None = None    # monotonic time the last challenge passed
-    t0: float | None = None                  # frame time of the first frame
-    last_face_t: float | None = None
-    hold_until: float | None = None
-    started: bool = False                    # challenges start once a face is in view
+    check: LivenessCheck | None = None
+
+    @property
+    def frames(self) -> int:
+        return self.check.frames if self.check is not None else 0
 
     def wipe(self) -> None:
         for a in (self.first_crop, self.last_crop):
             if a is not None:
                 a.fill(0)
         self.first_crop = self.last_crop = None
-        self.pad_scores.clear()
 
 
 class Session:
@@ -71,7 +68,8 @@ class Session:
 
     reader  - device.cardreader CardReader (or anything with read_card())
     camera  - device.camera FrameSource (open)
-    vision  - device.vision.suite.VisionSuite (detector, tracker, embedder, versions)
+    vision  - device.vision.suite.VisionSuite (detector, tracker, embedder, versions): observe,
+              quality_crop, match; the liveness rules are device.liveness.check.LivenessCheck
     sink    - callable(verdict dict) -> None: signs + stores (daemon) or prints (offline verify)
     events  - callable(dict) -> None: non-biometric progress for the counter display
     tick    - called every frame: the daemon feeds its watchdog and handles signals there
@@ -134,7 +132,7 @@ class Session:
         scores = {"liveness": None, "spoof": None, "similarity": None,
                   "threshold": self.cfg.match.threshold}
         card_info: dict = {"type": None, "expired": None}
-        card_face = live_vecs = None
+        card_face = match = None
         ev = Evidence()
         best = None
         try:
@@ -159,7 +157,7 @@ class Session:
             # CAPTURE
             self._enter(State.CAPTURE)
             best = self.vision.best_frames()
-            runner = self._capture(ev, best)
+            check = self._capture(ev, best)
             t = self._timed("capture", t)
 
             # DECISION
@@ -168,12 +166,12 @@ class Session:
             crops = best.crops()
             if not crops:
                 raise SessionFailed("quality_too_low")
-            similarity, identity_sim, live_vecs = self.vision.match(card_face, crops, ev.first_crop, ev.last_crop)
-            scores["similarity"] = similarity
-            decision = self.vision.decide(runner, ev, identity_sim, self.cfg.liveness)
+            match = self.vision.match(card_face, crops, ev.first_crop, ev.last_crop)
+            scores["similarity"] = match.similarity
+            decision = check.decide(match.identity)
             scores["liveness"], scores["spoof"] = decision.liveness_score, decision.spoof_score
             reasons += decision.reasons
-            if similarity < self.cfg.match.threshold:
+            if match.similarity < self.cfg.match.threshold:
                 reasons.append("face_mismatch")
             self._timed("decision", t_decide)
         except SessionFailed as e:
@@ -193,13 +191,12 @@ class Session:
         finally:
             # WIPE: everything biometric from this session, whatever happened
             self.state = State.WIPE
-            for obj in (card, best, ev):
+            for obj in (card, best, ev, match):
                 if obj is not None:
                     obj.wipe()
-            for a in (card_face, live_vecs):
-                if a is not None:
-                    a.fill(0)
-            self.vision.reset()
+            if card_face is not None:
+                card_face.fill(0)
+            self.vision.reset()         # tracker state, ahead-made embeddings, every model's input tensors
 
         # PUBLISH: only the verdict
         self._enter(State.PUBLISH)
@@ -226,9 +223,12 @@ class Session:
             info["number_hmac"] = rec.number_hmac(self.hmac_key)
         return info
 
-    def _capture(self, ev: Evidence, best):
-        """Frames -> tracker -> challenges, until the challenges end or a continuity rule breaks."""
-        runner = self.vision.challenge_runner(self.cfg.liveness, self.rng, self.challenges)
+    def _capture(self, ev: Evidence, best) -> LivenessCheck:
+        """Frames -> vision (observe, quality gate) -> LivenessCheck, until the check is done or a
+        continuity rule breaks (SessionFailed with its reason)."""
+        check = ev.check = LivenessCheck(self.cfg.liveness, face_wait_s=self.cfg.session.face_wait_s,
+                                         hold_still_s=self.cfg.session.hold_still_s, rng=self.rng,
+                                         sequence=self.challenges)
         deadline = self.clock() + self.cfg.session.capture_timeout_s
         while True:
             self.tick()
@@ -242,63 +242,35 @@ class Session:
                     break
                 continue
             try:
-                if self._frame(frame, ev, best, runner):
+                if self._frame(frame, ev, best, check):
                     break
             finally:
                 frame.wipe()          # every frame is zero-filled once it has been looked at
-        if not ev.face_seen:
-            raise SessionFailed("no_face")
-        return runner
+        reason = check.finish()
+        if reason:
+            raise SessionFailed(reason)
+        return check
 
-    def _frame(self, frame, ev: Evidence, best, runner) -> bool:
-        """One frame through the tracker, the quality gate and the challenges. True: capture is over."""
-        lv = self.cfg.liveness
-        t = frame.t
-        ev.frames += 1
-        if ev.t0 is None:
-            ev.t0 = t
-        obs = self.vision.observe(frame.rgb, t)
-        ev.faces_max = max(ev.faces_max, obs.faces)
-        if obs.faces > 1:
-            raise SessionFailed("multiple_faces")
-        if obs.faces == 1 and obs.landmarks is not None:
-            ev.face_seen, ev.last_face_t = True, t
-            if obs.pad_real is not None:
-                ev.pad_scores.append(float(obs.pad_real))
-            crop = self.vision.quality_crop(frame.rgb, obs, best)
-            if crop is not None:
-                if ev.first_crop is None:
-                    ev.first_crop = crop.copy()
-                elif ev.last_crop is None:
-                    ev.last_crop = crop.copy()
-                else:
-                    ev.last_crop[:] = crop
-                crop.fill(0)          # copies are kept; this per-frame buffer is not
-            if not ev.started:        # challenges start once a face is in view, so the prompt is fair
-                for e in runner.start(t):
-                    self._emit_challenge(e)
-                ev.started = True
-        elif ev.face_seen and t - ev.last_face_t > lv.face_lost_s:
-            ev.face_lost = True
-            raise SessionFailed("face_lost")
-        elif not ev.face_seen and t - ev.t0 > self.cfg.session.face_wait_s:
-            raise SessionFailed("no_face")
-        if not ev.started:
-            return False
-        for e in runner.update(obs):
-            self._emit_challenge(e)
-            if e.get("state") == "passed" and runner.done:
-                ev.last_challenge_t = self.clock()
-        if runner.failed_reason:
-            return True
-        if not runner.done:
-            return False
-        if len(best) > 0:
-            return True
-        # challenges done but no frame passed the quality gate yet (a blur during a turn, a frame
-        # dropped under load): ask the customer to hold still, briefly
-        if ev.hold_until is None:
-            ev.hold_until = t + self.cfg.session.hold_still_s
-            self._emit({"event": "capturing", "prompt": "hold_still"})
-            return False
-        return t > ev.hold_until
+    def _frame(self, frame, ev: Evidence, best, check: LivenessCheck) -> bool:
+        """One frame through the tracker, the quality gate and the liveness check. True: capture is over."""
+        obs = self.vision.observe(frame.rgb, frame.t)
+        crop = self.vision.quality_crop(frame.rgb, obs, best)     # None unless one face passes the gate
+        if crop is not None:
+            if ev.first_crop is None:
+                ev.first_crop = crop.copy()
+            elif ev.last_crop is None:
+                ev.last_crop = crop.copy()
+            else:
+                ev.last_crop[:] = crop
+            crop.fill(0)          # copies are kept; this per-frame buffer is not
+        step = check.feed(obs, good_frame=crop is not None)
+        for e in step.events:
+            if e.get("event") == "challenge":
+                self._emit_challenge(e)
+            elif e.get("event") == "capturing":
+                self._emit(e)
+        if step.challenges_completed:
+            ev.last_challenge_t = self.clock()
+        if step.failed:
+            raise SessionFailed(step.failed)
+        return step.done

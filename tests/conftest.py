@@ -43,11 +43,9 @@ def shared_data(shared) -> Path:
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     """Installed models (scripts/setup -> kyc-edge models install), else the offline mirror."""
-    for cand in (os.environ.get("KYC_EDGE_MODEL_DIR"), REPO / "models" / "store",
-                 os.environ.get("KYC_EDGE_MODEL_MIRROR"), SHARED / "models"):
-        if cand and (Path(cand) / "face_detection_short_range.tflite").exists():
-            return Path(cand)
-    return need(SHARED / "models" / "face_detection_short_range.tflite").parent
+    from device.models import model_dirs_with_models
+    found = model_dirs_with_models(extra=(SHARED / "models",))
+    return found[0] if found else need(SHARED / "models" / "face_detection_short_range.tflite").parent
 
 
 @pytest.fixture

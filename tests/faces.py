@@ -11,15 +11,11 @@ IMPOSTOR = "lfw-dev/images/Aaron_Sorkin_0001.jpg"
 
 
 def video_frame(path: Path, index: int) -> np.ndarray:
-    cap = cv2.VideoCapture(str(path))
-    try:
-        for _ in range(index + 1):
-            ok, bgr = cap.read()
-            if not ok:
-                raise RuntimeError(f"{path} has fewer than {index + 1} frames")
-        return np.ascontiguousarray(bgr[:, :, ::-1])
-    finally:
-        cap.release()
+    from device.camera.replay import decode_video
+    got = list(decode_video(path, limit=index + 1))
+    if len(got) < index + 1:
+        raise RuntimeError(f"{path} has fewer than {index + 1} frames")
+    return got[index][0]
 
 
 def genuine_photo(shared_data: Path) -> np.ndarray:

@@ -121,3 +121,20 @@ def test_wrong_model_for_variant_is_a_model_error(model_dir, shared):
         FaceDetector.create(DetectorOptions(str(model_dir / "face_detection_short_range.tflite"), variant="full_range"))
     with pytest.raises(ModelError):
         FaceDetector.create(DetectorOptions(str(_full_range_path(model_dir, shared)), variant="short_range"))
+
+
+def test_every_model_class_raises_one_model_error_naming_the_file(model_dir):
+    """A wrong file for any model class is the same ModelError with the file name and the mismatch
+    (it used to be ModelError, ValueError or StopIteration depending on the class)."""
+    from device.vision.antispoof import AntiSpoof, AntiSpoofOptions
+    from device.vision.embed import EmbedderOptions, FaceEmbedder
+    from device.vision.landmarks import EyeRefiner, EyeRefinerOptions, FaceLandmarker, LandmarkerOptions
+    wrong = str(model_dir / "face_detection_short_range.tflite")
+    for make in (lambda: FaceLandmarker.create(LandmarkerOptions(wrong)),
+                 lambda: EyeRefiner.create(EyeRefinerOptions(wrong)),
+                 lambda: AntiSpoof.create(AntiSpoofOptions((wrong, wrong))),
+                 lambda: FaceEmbedder.create(EmbedderOptions(wrong))):
+        with pytest.raises(ModelError) as e:
+            make()
+        assert e.value.reason == "model_unavailable"
+        assert "face_detection_short_range.tflite" in str(e.value) and "(1, 128, 128, 3)" in str(e.value)

@@ -1,6 +1,11 @@
-"""Import rule (docs/ARCHITECTURE.md): device.link and device.fleet (and device.verdict, which they
-use) import only device.verdict, device.config, device.errors, the standard library and network /
-crypto libraries -- never the biometric side, not even transitively."""
+"""Import rules (docs/ARCHITECTURE.md):
+- device.link and device.fleet (and device.verdict, which they use) import only device.verdict,
+  device.config, device.errors, device.models, device.challenge_names, the standard library and
+  network / crypto libraries -- never the biometric side, not even transitively;
+- one direction in the biometric pipeline: device.vision (models, per-frame geometry, the tracker)
+  imports nothing from device.liveness; device.liveness (observations -> decision) imports nothing
+  above it; neither imports device.session or device.daemon; device.session is imported only by the
+  drivers above it (daemon, offline verify)."""
 from __future__ import annotations
 
 import ast
@@ -18,8 +23,9 @@ FORBIDDEN = ("device.camera", "device.vision", "device.liveness", "device.cardre
              "device.daemon")
 # device.models: the model manifest and sha256 helpers (stdlib only); fleet verifies artifacts with it
 # device.localbroker: a loopback mosquitto for the link bench (stdlib only)
+# device.challenge_names: the challenge names for the session-event schema and config (stdlib only)
 ALLOWED_DEVICE = {"device", "device.verdict", "device.config", "device.errors", "device.models",
-                  "device.localbroker"}
+                  "device.localbroker", "device.challenge_names"}
 PACKAGES = ("device.link", "device.fleet")
 # third-party modules that would mean biometric code or image handling got pulled in
 FORBIDDEN_THIRD_PARTY = ("cv2", "numpy", "ai_edge_litert", "tflite_runtime", "PIL", "serial", "picamera2")
@@ -91,7 +97,8 @@ def _imports(path: Path, module: str | None = None) -> list[tuple[int, str]]:
     return out
 
 
-@pytest.mark.parametrize("pkg", PACKAGES + ("device.verdict", "device.models", "device.localbroker"))
+@pytest.mark.parametrize("pkg", PACKAGES + ("device.verdict", "device.models", "device.localbroker",
+                                   "device.challenge_names"))
 def test_source_has_no_biometric_imports(pkg):
     root = REPO / pkg.replace(".", "/")
     files = sorted(root.rglob("*.py")) if root.is_dir() else [root.with_suffix(".py")]
@@ -130,3 +137,70 @@ def test_the_box_package_never_imports_the_tools_package():
                 bad.append(f"{f.relative_to(REPO)}:{line}: {name}")
     assert bad == [], "\n".join(bad)
     assert not list((REPO / "device").rglob("evaluate")), "eval code lives in kyc_tools/eval"
+
+
+# ---------------------------------------------------------------- one direction in the pipeline
+ABOVE_THE_PIPELINE = ("device.session", "device.daemon", "device.offline", "device.demo", "device.cli",
+                      "device.selftest", "device.camera", "device.cardreader", "device.link", "device.fleet")
+PIPELINE_RULES = {
+    # package: modules it must never import (the package's own modules are always fine)
+    "device.vision": ("device.liveness",) + ABOVE_THE_PIPELINE,
+    "device.liveness": ("device.vision",) + ABOVE_THE_PIPELINE,
+}
+SESSION_IMPORTERS = {"device.daemon", "device.offline"}     # the drivers above the session
+
+
+def _device_files():
+    for f in sorted((REPO / "device").rglob("*.py")):
+        yield f, ".".join(f.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _violations(pkg: str, forbidden) -> list[str]:
+    bad = []
+    for f, mod in _device_files():
+        if not (mod == pkg or mod.startswith(pkg + ".")):
+            continue
+        for line, name in _imports(f, mod):
+            if any(name == x or name.startswith(x + ".") for x in forbidden):
+                bad.append(f"{f.relative_to(REPO)}:{line}: {name}")
+        text = f.read_text(encoding="utf-8")
+        for x in forbidden:
+            short = x.split(".")[1]
+            if f"from device import {short}" in text:
+                bad.append(f"{f.relative_to(REPO)}: from device import {short}")
+    return bad
+
+
+@pytest.mark.parametrize("pkg", sorted(PIPELINE_RULES))
+def test_the_pipeline_imports_run_one_way(pkg):
+    files = [f for f, mod in _device_files() if mod.startswith(pkg + ".")]
+    assert len(files) >= 4, files
+    bad = _violations(pkg, PIPELINE_RULES[pkg])
+    assert bad == [], "\n".join(bad)
+
+
+def test_nothing_below_the_session_imports_it():
+    bad = []
+    for f, mod in _device_files():
+        if mod in SESSION_IMPORTERS or mod == "device.session":
+            continue
+        for line, name in _imports(f, mod):
+            if name == "device.session" or name.startswith("device.session."):
+                bad.append(f"{f.relative_to(REPO)}:{line}: {name}")
+    assert bad == [], "\n".join(bad)
+
+
+def test_the_pipeline_checker_catches_a_violation(tmp_path, monkeypatch):
+    """A vision module importing liveness (the old tracker -> suite -> liveness zig-zag) is caught."""
+    probe = REPO / "device" / "vision" / "_probe_import_graph.py"
+    probe.write_text("from device.liveness.check import LivenessCheck\nimport device.session\n")
+    try:
+        bad = _violations("device.vision", PIPELINE_RULES["device.vision"])
+    finally:
+        probe.unlink()
+    assert any("device.liveness.check" in b for b in bad) and any("device.session" in b for b in bad), bad
+
+
+def test_the_tracker_lives_in_vision():
+    assert (REPO / "device" / "vision" / "tracking.py").is_file()
+    assert not (REPO / "device" / "liveness" / "tracking.py").exists()

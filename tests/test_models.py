@@ -65,3 +65,23 @@ def test_int8_set_falls_back_per_role(tmp_path):
     paths = M.resolve(tmp_path, "int8", manifest=m)
     assert paths["detector"].name == "d_int8.tflite" and paths["embedder"].name == "e.tflite"
     assert M.resolve(tmp_path, "float", manifest=m)["detector"].name == "d.tflite"
+
+
+def test_one_model_dir_lookup(tmp_path, monkeypatch):
+    """device.models.find_model_dir is the one lookup: flag, config, env, then the daemon's fallback
+    or (search) the first directory that holds models."""
+    from device.models import STORE, find_model_dir, model_dirs_with_models
+    a, b = tmp_path / "a", tmp_path / "b"
+    b.mkdir()
+    (b / "face_detection_short_range.tflite").write_bytes(b"x")
+    monkeypatch.setenv("KYC_EDGE_MODEL_DIR", str(a))            # set, but holds no models
+    monkeypatch.setenv("KYC_EDGE_MODEL_MIRROR", str(b))
+    assert find_model_dir("/flag", "/cfg") == Path("/flag")
+    assert find_model_dir(None, "/cfg") == Path("/cfg")
+    assert find_model_dir(fallback=tmp_path / "state") == a        # the daemon takes the env as given
+    found = model_dirs_with_models()
+    assert a not in found and b in found
+    assert find_model_dir(search=True) == (STORE if STORE in found else b)
+    monkeypatch.delenv("KYC_EDGE_MODEL_DIR")
+    assert find_model_dir(fallback=tmp_path / "state") == tmp_path / "state"
+    assert find_model_dir() == STORE

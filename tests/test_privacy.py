@@ -179,3 +179,19 @@ def test_session_objects_hold_nothing_biometric_after_the_wipe(shared_data, mode
         return False
     held = [(a.dtype.name, a.shape) for a in arrays(suite, set()) if biometric(a)]
     assert held == [], f"buffers with content survive the session: {held}"
+    # the interpreters' own input tensors (the last crop each model saw) are zero-filled too
+    rts = suite.runtimes
+    assert len(rts) >= 6, rts          # detector, FaceMesh, iris, 2 x PAD, embedder
+    assert all(rt.inputs_are_zero() for rt in rts), [rt for rt in rts if not rt.inputs_are_zero()]
+
+
+def test_the_interpreter_input_check_can_fail(model_dir):
+    """inputs_are_zero() sees a crop left in an input tensor, and wipe() clears it."""
+    from device.vision.runtime import ModelRuntime
+    rt = ModelRuntime.open(model_dir / "face_detection_short_range.tflite", 1,
+                           inputs={"image": (1, 128, 128, 3)}, outputs={"r": (1, 896, 16), "s": (1, 896, 1)})
+    rt.set("image", np.full((1, 128, 128, 3), 0.5, np.float32))
+    rt.invoke()
+    assert not rt.inputs_are_zero()
+    rt.wipe()
+    assert rt.inputs_are_zero()

@@ -37,6 +37,54 @@ DEFAULT_FPS = 15.0
 LATE_RESYNC_S = 0.5  # realtime: later than this (after a stall, slow decode) -> re-anchor the clock
 
 
+class VideoReader:
+    """The one video decoder (replay camera, evaluations, benchmarks, tests): OpenCV/FFmpeg frames as
+    RGB with media timestamps from CAP_PROP_POS_MSEC; a missing or non-increasing timestamp becomes
+    the previous one + 1/fps (declared fps, else `fallback_fps`). Raises CameraError if it cannot open."""
+
+    def __init__(self, path, fallback_fps: float = DEFAULT_FPS):
+        self.path = Path(path)
+        self._cap = cv2.VideoCapture(str(self.path))
+        if not self._cap.isOpened():
+            raise CameraError("camera_unavailable", f"cannot open video {self.path.name}")
+        declared = self._cap.get(cv2.CAP_PROP_FPS) or 0.0
+        self.declared_fps = declared if 0 < declared < 1000 else 0.0
+        self.gap = 1.0 / (self.declared_fps or fallback_fps)
+        self._last_t: float | None = None
+
+    def read(self):
+        """(rgb, media_t) of the next frame, or None at the end."""
+        ok, bgr = self._cap.read()
+        if not ok or bgr is None:
+            return None
+        t = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+        if self._last_t is not None and (not np.isfinite(t) or t <= self._last_t):
+            t = self._last_t + self.gap
+        self._last_t = t
+        return to_rgb(bgr), t
+
+    def release(self) -> None:
+        self._cap.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def decode_video(path, limit: int = 0):
+    """Yield (rgb, media_t) for every frame of a video file (at most `limit` if > 0)."""
+    with VideoReader(path) as r:
+        n = 0
+        while not (limit and n >= limit):
+            got = r.read()
+            if got is None:
+                return
+            yield got
+            n += 1
+
+
 def parse_faults(script: str) -> list[tuple[float, str, float]]:
     """'stall@5:3,disconnect@12:20,drop@2:5' -> [(at_s, kind, arg)], sorted by time."""
     out = []
@@ -176,28 +224,19 @@ class ReplaySource(FrameSource):
         else:
             self._kind = "video"
             self._open_video()
-            declared = self._cap.get(cv2.CAP_PROP_FPS) or 0.0
-            self._fps = fps or (declared if 0 < declared < 1000 else DEFAULT_FPS)
+            self._fps = fps or self._cap.declared_fps or DEFAULT_FPS
         self._gap = 1.0 / self._fps
 
     def _open_video(self) -> None:
         if self._cap is not None:
             self._cap.release()
-        cap = cv2.VideoCapture(str(self.path))
-        if not cap.isOpened():
-            raise CameraError("camera_unavailable", f"cannot open video {self.path.name}")
-        self._cap = cap
+        self._cap = VideoReader(self.path)
 
     def _next_media(self):
         """(rgb, media_t) of the next frame of this pass, or None at the end of the pass."""
         if self._kind == "video":
-            ok, bgr = self._cap.read()
-            if not ok or bgr is None:
-                return None
-            t = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            if self._last_media_t is not None and (not np.isfinite(t) or t <= self._last_media_t - self._offset):
-                t = (self._last_media_t - self._offset) + self._gap
-            return to_rgb(bgr), t
+            self._cap.gap = self._gap
+            return self._cap.read()
         if self._kind == "folder":
             if self._idx >= len(self._files):
                 return None

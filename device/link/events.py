@@ -10,15 +10,15 @@ from typing import Any
 
 import jsonschema
 
+from device.challenge_names import CHALLENGES
 from device.verdict import REASONS, VerdictError, rfc3339
 
 EVENTS = ("state", "liveness", "ready", "card_detected", "card_read", "face_wait", "face_found", "challenge",
           "challenge_passed", "challenge_failed", "capturing", "deciding", "verdict", "aborted",
           "idle", "refused")
+# a challenge's prompt is its name (device/challenge_names.py: one file per challenge)
 PROMPTS = ("insert_card", "hold_card", "remove_card", "look_at_camera", "move_closer", "move_back",
-           "hold_still", "more_light", "one_face_only", "blink", "turn_left", "turn_right", "nod",
-           "wait", "done")
-CHALLENGES = ("blink", "turn_left", "turn_right", "nod")
+           "hold_still", "more_light", "one_face_only", "wait", "done") + CHALLENGES
 
 _TOKEN = {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"}
 _TS = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,6})?Z$"}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from device.vision.runtime import load_interpreter
+from device.vision.runtime import ModelRuntime
 
 SIZE = 80
 
@@ -80,14 +80,21 @@ class AntiSpoof:
         if len(options.model_paths) != len(options.scales):
             raise ValueError("one scale per model")
         self.options = options
-        self._models = []
-        for p in options.model_paths:
-            it = load_interpreter(p, options.threads)
-            self._models.append((it, it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]))
+        self._models = [ModelRuntime.open(p, options.threads, inputs={"image": (1, SIZE, SIZE, 3)},
+                                          outputs={"logits": (1, 3)}, what="MiniFASNet (80x80, 3 classes)")
+                        for p in options.model_paths]
 
     @classmethod
     def create(cls, options: AntiSpoofOptions) -> "AntiSpoof":
         return cls(options)
+
+    @property
+    def runtimes(self) -> tuple[ModelRuntime, ...]:
+        return tuple(self._models)
+
+    def wipe(self) -> None:
+        for rt in self._models:
+            rt.wipe()
 
     def score(self, rgb: np.ndarray, box) -> AntiSpoofResult:
         x0, y0, x1, y1 = (float(v) for v in box)
@@ -98,13 +105,13 @@ class AntiSpoof:
         x0, y0 = cx - w / 2, cy - h / 2
         total = np.zeros(3, np.float64)
         per = []
-        for (it, i_in, i_out), s in zip(self._models, self.options.scales):
+        for rt, s in zip(self._models, self.options.scales):
             # crop the contiguous RGB frame, then swap channels on the 80x80 patch (a BGR view of the
             # whole frame made every crop copy through a negative stride: 5 ms per crop at 720p)
             patch = crop_box(rgb, (x0, y0, w, h), s)[..., ::-1].astype(np.float32)
-            it.set_tensor(i_in, patch[None])
-            it.invoke()
-            z = it.get_tensor(i_out)[0].astype(np.float64)
+            rt.set("image", patch[None])
+            rt.invoke()
+            z = rt.get("logits")[0].astype(np.float64)
             p = np.exp(z - z.max())
             p /= p.sum()
             total += p

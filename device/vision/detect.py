@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from device.errors import ModelError
-from device.vision.runtime import load_interpreter
+from device.vision.runtime import ModelRuntime
 
 # (input size, [(grid, anchors per cell), ...])
 _VARIANTS = {
@@ -99,24 +98,25 @@ class FaceDetector:
         self.options = options
         self.size, layers = _VARIANTS[options.variant]
         self.anchors = _anchors(self.size, layers)
-        self._it = load_interpreter(options.model_path, options.threads)
-        inp = self._it.get_input_details()[0]
-        self._in_idx = inp["index"]
-        outs = sorted(self._it.get_output_details(), key=lambda d: d["shape"][-1], reverse=True)
-        want_in = (1, self.size, self.size, 3)
-        got_in = tuple(int(v) for v in inp["shape"])
-        got_out = [tuple(int(v) for v in d["shape"]) for d in outs]
         n = len(self.anchors)
-        if got_in != want_in or len(outs) != 2 or got_out[0][-2:] != (n, 16) or got_out[1][-2:] != (n, 1):
-            raise ModelError("model_unavailable",
-                             f"{options.model_path}: input {got_in}, outputs {got_out} do not fit BlazeFace "
-                             f"{options.variant} (input {want_in}, {n} anchors); check models.detector")
-        self._reg_idx, self._cls_idx = outs[0]["index"], outs[1]["index"]
+        # a file that does not fit the variant (e.g. full range with variant short_range) fails here
+        self._rt = ModelRuntime.open(options.model_path, options.threads,
+                                     inputs={"image": (1, self.size, self.size, 3)},
+                                     outputs={"regressors": (1, n, 16), "scores": (1, n, 1)},
+                                     what=f"BlazeFace {options.variant} (check models.detector)")
         self._canvas = np.zeros((self.size, self.size, 3), np.float32)
 
     @classmethod
     def create(cls, options: DetectorOptions) -> "FaceDetector":
         return cls(options)
+
+    @property
+    def runtimes(self) -> tuple[ModelRuntime, ...]:
+        return (self._rt,)
+
+    def wipe(self) -> None:
+        self._rt.wipe()
+        self._canvas.fill(0.0)
 
     def detect(self, rgb: np.ndarray) -> DetectionResult:
         h, w = rgb.shape[:2]
@@ -129,11 +129,11 @@ class FaceDetector:
         # letterbox padding is black (-1 after scaling), as in MediaPipe's graph
         canvas[:] = -1.0
         canvas[top:top + nh, left:left + nw] = small.astype(np.float32) * (1 / 127.5) - 1.0
-        self._it.set_tensor(self._in_idx, canvas[None])
+        self._rt.set("image", canvas[None])
         canvas.fill(0.0)   # set_tensor copied it; no scaled copy of the frame outlives the call
-        self._it.invoke()
-        reg = self._it.get_tensor(self._reg_idx)[0]
-        logits = self._it.get_tensor(self._cls_idx)[0, :, 0]
+        self._rt.invoke()
+        reg = self._rt.get("regressors")[0]
+        logits = self._rt.get("scores")[0, :, 0]
         scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -80, 80)))
         keep = np.nonzero(scores >= self.options.min_score)[0]
         if keep.size == 0:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from device.vision.align import SIZE, align_face
-from device.vision.runtime import load_interpreter
+from device.vision.runtime import ModelRuntime
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,11 @@ class EmbedderOptions:
 @dataclass(repr=False)
 class EmbedResult:
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((2, 192), np.float32))  # (2, D) L2-normalised
+
+    @property
+    def vector(self) -> np.ndarray:
+        """The first (for embed_one: the only) embedding."""
+        return self.vectors[0]
 
     def similarity(self) -> float:
         return cosine(self.vectors[0], self.vectors[1])
@@ -64,28 +69,33 @@ def _prep(img: np.ndarray) -> np.ndarray:
 class FaceEmbedder:
     def __init__(self, options: EmbedderOptions):
         self.options = options
-        self._it = load_interpreter(options.model_path, options.threads)
-        inp = self._it.get_input_details()[0]
-        out = self._it.get_output_details()[0]
-        if tuple(inp["shape"][1:]) != (SIZE, SIZE, 3):
-            raise ValueError(f"unexpected embedder input shape {tuple(inp['shape'])}")
-        self.batch = int(inp["shape"][0])
-        self.dim = int(out["shape"][-1])
-        self._in_idx, self._out_idx = inp["index"], out["index"]
-        self._buf = np.zeros(tuple(inp["shape"]), np.float32)
+        self._rt = ModelRuntime.open(options.model_path, options.threads, inputs={"faces": (None, SIZE, SIZE, 3)},
+                                     outputs={"embeddings": (None, None)}, what="a 112x112 face embedder")
+        shape = self._rt.input_shape("faces")
+        self.batch = shape[0]
+        self.dim = self._rt.output_shape("embeddings")[-1]
+        self._buf = np.zeros(shape, np.float32)
 
     @classmethod
     def create(cls, options: EmbedderOptions) -> "FaceEmbedder":
         return cls(options)
+
+    @property
+    def runtimes(self) -> tuple[ModelRuntime, ...]:
+        return (self._rt,)
+
+    def wipe(self) -> None:
+        self._rt.wipe()
+        self._buf.fill(0)
 
     def _run(self, imgs) -> np.ndarray:
         """Raw embeddings of len(imgs) <= batch images (empty slots are filled with the first)."""
         buf = self._buf
         for i in range(self.batch):
             buf[i] = _prep(imgs[min(i, len(imgs) - 1)])
-        self._it.set_tensor(self._in_idx, buf)
-        self._it.invoke()
-        out = np.array(self._it.get_tensor(self._out_idx)[: len(imgs)], np.float32)
+        self._rt.set("faces", buf)
+        self._rt.invoke()
+        out = np.array(self._rt.get("embeddings")[: len(imgs)], np.float32)
         buf.fill(0)
         return out
 
@@ -97,11 +107,12 @@ class FaceEmbedder:
         eb = self._run([b, b[:, ::-1]]).sum(0)
         return EmbedResult(l2n(np.stack([ea, eb])))
 
-    def embed_one(self, a: np.ndarray) -> np.ndarray:
-        """One face -> (D,) L2-normalised (the face fills both slots, or face + mirror with flip_tta)."""
+    def embed_one(self, a: np.ndarray) -> EmbedResult:
+        """One face -> EmbedResult with vectors (1, D) L2-normalised (`.vector`); the face fills both
+        slots, or face + mirror with flip_tta."""
         if self.options.flip_tta:
-            return l2n(self._run([a, a[:, ::-1]]).sum(0))
-        return l2n(self._run([a])[0])
+            return EmbedResult(l2n(self._run([a, a[:, ::-1]]).sum(0))[None])
+        return EmbedResult(l2n(self._run([a])[0])[None])
 
 
 def _largest(faces):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from device.vision.runtime import load_interpreter
+from device.vision.runtime import ModelRuntime
 
 SIZE = 192
 SCALE = 1.5
@@ -105,24 +105,29 @@ class FaceLandmarker:
 
     def __init__(self, options: LandmarkerOptions):
         self.options = options
-        self._it = load_interpreter(options.model_path, options.threads)
-        self._in = self._it.get_input_details()[0]["index"]
-        outs = self._it.get_output_details()
-        self._lm_idx = next(o["index"] for o in outs if int(np.prod(o["shape"])) == 1404)
-        self._pr_idx = next(o["index"] for o in outs if int(np.prod(o["shape"])) == 1)
+        self._rt = ModelRuntime.open(options.model_path, options.threads, inputs={"image": (1, SIZE, SIZE, 3)},
+                                     outputs={"landmarks": (1, 1404), "presence": (1, 1)},
+                                     what="FaceMesh (468 landmarks)")
 
     @classmethod
     def create(cls, options: LandmarkerOptions) -> "FaceLandmarker":
         return cls(options)
 
+    @property
+    def runtimes(self) -> tuple[ModelRuntime, ...]:
+        return (self._rt,)
+
+    def wipe(self) -> None:
+        self._rt.wipe()
+
     def detect(self, rgb: np.ndarray, roi) -> LandmarkResult:
         m = crop_matrix(roi)
         crop = cv2.warpAffine(rgb, m, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         x = crop.astype(np.float32) * (1.0 / 255.0)
-        self._it.set_tensor(self._in, x[None])
-        self._it.invoke()
-        raw = self._it.get_tensor(self._lm_idx).reshape(468, 3).astype(np.float64)
-        logit = float(self._it.get_tensor(self._pr_idx).reshape(-1)[0])
+        self._rt.set("image", x[None])
+        self._rt.invoke()
+        raw = self._rt.get("landmarks").reshape(468, 3).astype(np.float64)
+        logit = float(self._rt.get("presence").reshape(-1)[0])
         presence = 1.0 / (1.0 + math.exp(-max(-80.0, min(80.0, logit))))
         inv = cv2.invertAffineTransform(m)
         xy = raw[:, :2] @ inv[:, :2].T + inv[:, 2]
@@ -193,8 +198,19 @@ class EyeRefinerOptions:
     alternate: bool = False   # refine one eye per frame, in turn; the other keeps its last refined EAR
 
 
+@dataclass
+class EyeResult:
+    """Eye aspect ratios from the iris model's refined lids (subject's right and left eye)."""
+    right: float
+    left: float
+
+    @property
+    def mean(self) -> float:
+        return 0.5 * (self.right + self.left)
+
+
 class EyeRefiner:
-    """Iris model on both eyes; `ear(rgb, landmarks)` -> (right EAR, left EAR) from the refined lids.
+    """Iris model on both eyes; `ear(rgb, landmarks)` -> EyeResult(right EAR, left EAR) from the refined lids.
 
     FaceMesh's own eyelid points barely move on long closures (measured on the blink video: EAR
     0.22-0.24 with the eyes shut), the iris model's contour does (0.12-0.25 shut vs 0.33-0.40 open)."""
@@ -202,29 +218,36 @@ class EyeRefiner:
     def __init__(self, options: EyeRefinerOptions):
         self.options = options
         self.reset()
-        self._it = load_interpreter(options.model_path, options.threads)
-        self._in = self._it.get_input_details()[0]["index"]
-        outs = self._it.get_output_details()
-        self._contour = next(o["index"] for o in outs if int(np.prod(o["shape"])) == 213)
+        self._rt = ModelRuntime.open(options.model_path, options.threads,
+                                     inputs={"image": (1, IRIS_SIZE, IRIS_SIZE, 3)},
+                                     outputs={"contours": (1, 213), "iris": (1, 15)},
+                                     what="MediaPipe iris landmarks")
 
     @classmethod
     def create(cls, options: EyeRefinerOptions) -> "EyeRefiner":
         return cls(options)
 
+    @property
+    def runtimes(self) -> tuple[ModelRuntime, ...]:
+        return (self._rt,)
+
+    def wipe(self) -> None:
+        self._rt.wipe()
+
     def reset(self) -> None:
         """Forget the alternating state (new track or new session)."""
         self._turn, self._last = 0, [None, None]
 
-    def ear(self, rgb: np.ndarray, lm: np.ndarray) -> tuple[float, float]:
+    def ear(self, rgb: np.ndarray, lm: np.ndarray) -> EyeResult:
         if not self.options.alternate:
-            return self._eye_ear(rgb, lm, *_EYES[0]), self._eye_ear(rgb, lm, *_EYES[1])
+            return EyeResult(self._eye_ear(rgb, lm, *_EYES[0]), self._eye_ear(rgb, lm, *_EYES[1]))
         # half the iris cost: one eye per frame, in turn; both eyes close together in a blink, so a
         # closure shows on its first frame and the other eye follows one frame later
         i = self._turn % 2
         self._turn += 1
         self._last[i] = self._eye_ear(rgb, lm, *_EYES[i])
         other = self._last[1 - i] if self._last[1 - i] is not None else self._last[i]
-        return (self._last[0], other) if i == 0 else (other, self._last[1])
+        return EyeResult(self._last[0], other) if i == 0 else EyeResult(other, self._last[1])
 
     def _eye_ear(self, rgb: np.ndarray, lm: np.ndarray, a: int, b: int, flip: bool) -> float:
         pa, pb = lm[a, :2].astype(np.float64), lm[b, :2].astype(np.float64)
@@ -236,9 +259,9 @@ class EyeRefiner:
                               borderMode=cv2.BORDER_REPLICATE)
         if flip:
             crop = crop[:, ::-1]
-        self._it.set_tensor(self._in, (crop.astype(np.float32) * (1.0 / 255.0))[None])
-        self._it.invoke()
-        e = self._it.get_tensor(self._contour).reshape(71, 3)[:16, :2]
+        self._rt.set("image", (crop.astype(np.float32) * (1.0 / 255.0))[None])
+        self._rt.invoke()
+        e = self._rt.get("contours").reshape(71, 3)[:16, :2]
         p = e[list(_CONTOUR_EAR)].astype(np.float64)   # flip does not change distances
         v = np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])
         return float(v / max(2.0 * np.linalg.norm(p[0] - p[3]), 1e-6))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from device.vision.align import align_face
+
 # failure codes, in the order they are checked
 GATES = ("face_too_small", "face_cut_off", "yaw", "pitch", "blur", "too_dark", "too_bright", "eyes_closed")
 
@@ -88,6 +90,21 @@ def assess(rgb: np.ndarray, face, aligned: np.ndarray, yaw: float | None, pitch:
         terms.append(max(0.0, 1.0 - abs(pitch) / 90.0))
     score = float(np.prod(np.maximum(terms, 1e-6)) ** (1.0 / len(terms)))
     return QualityResult(not failed, score, tuple(failed), sh, br)
+
+
+def gate(rgb: np.ndarray, obs, cfg) -> tuple[QualityResult | None, np.ndarray | None]:
+    """The quality gate on one tracked frame: align the face (obs.keypoints) and assess it.
+    -> (result, aligned 112x112 crop) when it passes, (result, None) when not (the crop is wiped),
+    (None, None) unless exactly one face is tracked. cfg: QualityConfig. The session (through
+    VisionSuite.quality_crop) and the evaluations use this one."""
+    if obs.faces != 1 or obs.keypoints is None or obs.box is None:
+        return None, None
+    aligned = align_face(rgb, obs.keypoints)
+    q = assess(rgb, obs.box, aligned, obs.yaw, obs.pitch, obs.ear, cfg)
+    if not q.ok:
+        aligned.fill(0)
+        return q, None
+    return q, aligned
 
 
 class BestFrames:

@@ -1,7 +1,12 @@
 """Every model the session needs, loaded once, behind the few calls session.py makes.
 
 The daemon builds one suite at start (and a new one on a hot swap); a session borrows it and calls
-reset() when it ends, so no state of one customer survives into the next.
+reset() when it ends, so no state of one customer survives into the next: reset() also zero-fills
+every interpreter's input tensors (`runtimes`, checked by tests/test_privacy.py).
+
+Per frame: observe() (the tracker: detect, landmarks, iris, pose, blink, PAD) and quality_crop()
+(align + quality gate, offered to BestFrames). Matching is a stage of its own: match(card face,
+best crops, first, last) -> MatchResult. The liveness rules are not here: device.liveness.check.
 """
 from __future__ import annotations
 
@@ -9,14 +14,28 @@ from pathlib import Path
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from device import models as models_mod
-from device.config import Config, LivenessConfig
-from device.liveness.challenges import ChallengeRunner
-from device.liveness.decision import decide
-from device.liveness.tracking import FaceTracker, TrackerOptions
-from device.vision.align import align_face
+from device.config import Config
+from device.vision import quality as quality_mod
 from device.vision.embed import EmbedderOptions, FaceEmbedder, cosine, l2n, prepare_card_face
-from device.vision.quality import BestFrames, assess
+from device.vision.quality import BestFrames
+from device.vision.tracking import build_tracker
+
+
+@dataclass(repr=False)
+class MatchResult:
+    """The matching stage's output. `vectors` (live embeddings, card, mean) are biometric: wipe()."""
+    similarity: float                      # mean top-k live embedding vs the card
+    identity: float | None                 # session's first vs last passing crop (None: not checked)
+    vectors: np.ndarray
+
+    def wipe(self) -> None:
+        self.vectors.fill(0)
+
+    def __repr__(self) -> str:
+        return f"MatchResult(similarity={self.similarity:.3f}, identity={self.identity})"
 
 
 class VisionSuite:
@@ -26,12 +45,9 @@ class VisionSuite:
         self.paths = paths
         self.versions = models_mod.versions(paths)
         th = cfg.models.threads
-        pad = (str(paths["antispoof_v2"]), str(paths["antispoof_v1se"])) if cfg.liveness.pad_enabled else None
-        self.tracker = FaceTracker.create(TrackerOptions(
-            detector_path=str(paths["detector"]), landmark_path=str(paths["landmarks"]), pad_paths=pad,
-            iris_path=str(paths["iris"]),
-            threads=th, quality=cfg.quality, detector_variant=cfg.models.detector,
-            blink_min_s=cfg.liveness.blink_min_s, blink_max_s=cfg.liveness.blink_max_s))
+        self.tracker = build_tracker(paths, threads=th, pad=cfg.liveness.pad_enabled, quality=cfg.quality,
+                                     detector_variant=cfg.models.detector, blink_min_s=cfg.liveness.blink_min_s,
+                                     blink_max_s=cfg.liveness.blink_max_s)
         self.detector = self.tracker.detector   # one BlazeFace for the card photo and the frames (stateless per call)
         self.embedder = FaceEmbedder.create(EmbedderOptions(str(paths["embedder"]), threads=th))
         # embeddings made ahead of the decision (card at card-read time, the session's first crop during
@@ -47,7 +63,7 @@ class VisionSuite:
     def card_face(self, photo: np.ndarray) -> np.ndarray | None:
         face = prepare_card_face(self.detector, photo)
         # embedded now, before capture starts: off the last-challenge -> verdict path
-        self._card_vec = self.embedder.embed_one(face) if face is not None else None
+        self._card_vec = self.embedder.embed_one(face).vector if face is not None else None
         return face
 
     # -- per frame
@@ -59,21 +75,18 @@ class VisionSuite:
 
     def quality_crop(self, rgb: np.ndarray, obs, best: BestFrames) -> np.ndarray | None:
         """Align the tracked face; if it passes the quality gate offer it to `best` and return it."""
-        if obs.keypoints is None or obs.box is None:
-            return None
-        aligned = align_face(rgb, obs.keypoints)
-        q = assess(rgb, obs.box, aligned, obs.yaw, obs.pitch, obs.ear, self.cfg.quality)
-        if not q.ok:
-            aligned.fill(0)
+        q, aligned = quality_mod.gate(rgb, obs, self.cfg.quality)
+        if aligned is None:
             return None
         best.offer(q.score, aligned)
         if self._first_vec is None:    # the session keeps its first passing crop as the start identity
-            self._first_vec = self.embedder.embed_one(aligned)
+            self._first_vec = self.embedder.embed_one(aligned).vector
         return aligned
 
     # -- decision
-    def match(self, card_face, crops, first, last):
-        """(similarity of the mean top-k live embedding to the card, start/end identity similarity, vectors).
+    def match(self, card_face, crops, first, last) -> MatchResult:
+        """Best frames in, similarity out: the mean top-k live embedding vs the card, and the start/end
+        identity similarity (first vs last passing crop; None when there is no last crop).
 
         The card (at card_face) and the session's first passing crop (in quality_crop) are embedded ahead;
         what is left (top-k live crops, the last crop, and the card or first crop if not done ahead) goes
@@ -110,16 +123,17 @@ class VisionSuite:
         vecs = np.stack(live + [card_vec, mean])
         for v in live + list(got.values()):
             v.fill(0)
-        return similarity, identity, vecs
+        return MatchResult(similarity, identity, vecs)
 
-    def challenge_runner(self, lv: LivenessConfig, rng, challenges: list[str] | None):
-        return ChallengeRunner(lv, rng=rng, sequence=challenges)
-
-    def decide(self, runner, ev, identity_sim, lv: LivenessConfig):
-        return decide(runner, ev.pad_scores, ev.faces_max, ev.face_lost, identity_sim, lv)
+    @property
+    def runtimes(self) -> tuple:
+        """Every model interpreter this suite holds (device.vision.runtime.ModelRuntime)."""
+        return self.tracker.runtimes + self.embedder.runtimes
 
     def reset(self) -> None:
         self.tracker.reset()
+        self.tracker.wipe()
+        self.embedder.wipe()
         for v in (self._card_vec, self._first_vec):
             if v is not None:
                 v.fill(0)

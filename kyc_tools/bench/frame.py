@@ -157,27 +157,30 @@ def iter_frames(path: Path, limit: int = 0):
             yield rgb, i / 15.0, (time.perf_counter() - t0) * 1000.0, (time.process_time() - c0) * 1000.0
             n += 1
         return
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise ValueError(f"cannot open {path} as a video")
+    from device.camera.replay import VideoReader
+    from device.errors import CameraError
+    try:
+        reader = VideoReader(path)
+    except CameraError:
+        raise ValueError(f"cannot open {path} as a video") from None
     try:
         while not (limit and n >= limit):
             t0, c0 = time.perf_counter(), time.process_time()
-            ok, bgr = cap.read()
-            if not ok:
+            got = reader.read()
+            if got is None:
                 return
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            rgb, t = got
             dt, dc = (time.perf_counter() - t0) * 1000.0, (time.process_time() - c0) * 1000.0
-            yield rgb, cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, dt, dc
+            yield rgb, t, dt, dc
             n += 1
     finally:
-        cap.release()
+        reader.release()
 
 
 # ------------------------------------------------------------------ models
 def default_models_dir() -> Path:
-    env = os.environ.get("KYC_EDGE_MODEL_DIR")
-    return Path(env) if env else REPO / "models" / "store"
+    from device.models import find_model_dir
+    return find_model_dir()
 
 
 def resolve_models(models_dir: Path, model_set: str) -> tuple[Path, dict, list[str]]:
@@ -257,9 +260,9 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
         tr.pad.score = clk.wrap("pad", tr.pad.score)
     if tr.eyes is not None:
         tr.eyes.ear = clk.wrap("iris", tr.eyes.ear)
-    import device.vision.suite as suite_mod
-    orig_align = suite_mod.align_face
-    suite_mod.align_face = clk.wrap("align", orig_align)
+    import device.vision.quality as quality_mod
+    orig_align = quality_mod.align_face
+    quality_mod.align_face = clk.wrap("align", orig_align)
     keys = ("decode", "detect", "landmarks", "pad", "iris", "detect_landmarks", "per_frame_path", "align",
             "per_frame_total")
     wall = {k: [] for k in keys}
@@ -313,7 +316,7 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
         wall_s = time.perf_counter() - wall0 - peer_wait
         cpu_s = time.process_time() - cpu0
     finally:
-        suite_mod.align_face = orig_align
+        quality_mod.align_face = orig_align
     if n == 0:
         raise ValueError(f"no frames decoded from {frames}")
     embed_w, embed_c = [], []
@@ -501,16 +504,11 @@ BLINK_VIDEO = REPO.parent / "shared" / "data" / "blink" / "demo_old.mp4"
 
 def _blink_card_photo(video: Path) -> np.ndarray:
     """The blink video's subject as a card photo (a head-and-shoulders crop of frame 60), as tests/faces.py."""
-    import cv2
-    cap = cv2.VideoCapture(str(video))
-    try:
-        for _ in range(61):
-            ok, bgr = cap.read()
-            if not ok:
-                raise ValueError(f"{video}: fewer than 61 frames")
-    finally:
-        cap.release()
-    return np.ascontiguousarray(bgr[180:620, 470:830, ::-1])
+    from device.camera.replay import decode_video
+    got = list(decode_video(video, limit=61))
+    if len(got) < 61:
+        raise ValueError(f"{video}: fewer than 61 frames")
+    return np.ascontiguousarray(got[60][0][180:620, 470:830])
 
 
 def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 3) -> dict:
@@ -538,7 +536,8 @@ def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 
     photo = _blink_card_photo(BLINK_VIDEO)
     lat, sink_ms, timings, results = [], [], [], []
     match_ms, decide_ms, embed_calls = [], [], []
-    orig_match, orig_decide, orig_embed = suite.match, suite.decide, suite.embedder.embed
+    from device.liveness.check import LivenessCheck
+    orig_match, orig_decide, orig_embed = suite.match, LivenessCheck.decide, suite.embedder.embed
     calls = [0]
 
     def counted_embed(a, b):
@@ -561,7 +560,8 @@ def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 
         finally:
             decide_ms.append((time.perf_counter() - d0) * 1000.0)
 
-    suite.match, suite.decide, suite.embedder.embed = timed_match, timed_decide, counted_embed
+    suite.match, suite.embedder.embed = timed_match, counted_embed
+    LivenessCheck.decide = timed_decide       # restored below
     with tempfile.TemporaryDirectory(prefix="kyc-bench-state-") as state:
         signer = Signer.load_or_create(state)
         outbox = Outbox(Path(state) / "outbox.sqlite", 1000)
@@ -580,6 +580,7 @@ def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 
                     lat.append(sess.last_challenge_to_stored_ms)
         finally:
             outbox.close()
+            LivenessCheck.decide = orig_decide
     out = {"last_challenge_to_outbox_ms": stats(lat), "sessions": runs, "results": results,
            "breakdown_ms": {"match_embeddings": stats(match_ms), "embed_calls_per_match": embed_calls,
                             "decide": stats(decide_ms), "sink_sign_outbox_put": stats(sink_ms)},

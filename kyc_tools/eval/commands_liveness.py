@@ -18,9 +18,8 @@ DETECTOR_FILE = "face_detection_short_range.tflite"
 
 
 def _float_dirs() -> list[Path]:
-    c = [os.environ.get("KYC_EDGE_MODEL_DIR"), REPO / "models" / "store", os.environ.get("KYC_EDGE_MODEL_MIRROR"),
-         SHARED_MODELS]
-    return [Path(p) for p in c if p and (Path(p) / DETECTOR_FILE).exists()]
+    from device.models import model_dirs_with_models
+    return model_dirs_with_models(extra=(SHARED_MODELS,))
 
 
 def resolve_model_dir(arg: str | None) -> Path:
@@ -53,12 +52,8 @@ def model_files(model_dir: Path) -> dict[str, Path]:
 
 
 def make_tracker(model_dir: Path, pad: bool = True, iris: bool = True, threads: int = 1, **kw):
-    from device.liveness.tracking import FaceTracker, TrackerOptions
-    f = model_files(model_dir)
-    return FaceTracker.create(TrackerOptions(
-        detector_path=str(f["detector"]), landmark_path=str(f["landmarks"]),
-        pad_paths=(str(f["antispoof_v2"]), str(f["antispoof_v1se"])) if pad else None,
-        iris_path=str(f["iris"]) if (iris and "iris" in f) else None, threads=threads, **kw))
+    from device.vision.tracking import build_tracker
+    return build_tracker(model_files(model_dir), threads=threads, pad=pad, iris=iris, **kw)
 
 
 def _common(p) -> None:

@@ -16,6 +16,11 @@ Per clip the JSON lists blinks (start, end, duration: the tracker's BlinkDetecto
 - tilts: |roll| >= --tilt-deg (default 20) from upright, no neutral stretch needed (`cw` = the eye
   line turns clockwise in the image); nods: pitch relative to the clip's median pitch beyond
   --nod-deg (default 15), bounded by neutral like turns.
+Per clip also `challenges`: for each registered challenge, the outcome of the shipped
+device.liveness.check.LivenessCheck asked for that one challenge alone (PAD off: this command runs
+the tracker without the PAD models; default liveness and session config, the session's quality gate
+per frame), fed frame by frame as Session feeds it: {"ok", "reasons", "passed_at" (s from the clip's
+first frame)}. This is what the counter would say, not a second implementation of the rules.
 Also per-stage timings (median ms per call) and, with --plot, yaw/EAR traces.
 """
 from __future__ import annotations
@@ -63,20 +68,13 @@ def _img_loader(p: Path):
 
 
 def video_frames(p: Path) -> list:
-    """Decode once (short clips); timestamps from CAP_PROP_POS_MSEC."""
-    cap = cv2.VideoCapture(str(p))
-    if not cap.isOpened():
-        raise FileNotFoundError(p)
-    out = []
-    while True:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        out.append((t, (lambda x: (lambda: x))(rgb)))
-    cap.release()
-    return out
+    """Decode once (short clips) with the replay camera's decoder (device.camera.replay.decode_video)."""
+    from device.camera.replay import decode_video
+    from device.errors import CameraError
+    try:
+        return [(t, (lambda x: (lambda: x))(rgb)) for rgb, t in decode_video(p)]
+    except CameraError:
+        raise FileNotFoundError(p) from None
 
 
 # ------------------------------------------------------------------ events
@@ -110,12 +108,45 @@ def excursions(ts, values, thr: float, neutral: float, require_neutral: bool = T
     return out
 
 
+def _checks():
+    """One LivenessCheck per registered challenge, PAD off (eval liveness loads no PAD model)."""
+    import dataclasses
+
+    from device.config import from_dict
+    from device.liveness.challenges import ALL
+    from device.liveness.check import LivenessCheck
+    base = from_dict({})
+    lv = dataclasses.replace(base.liveness, pad_enabled=False)
+    return base.quality, {n: LivenessCheck(lv, face_wait_s=base.session.face_wait_s,
+                                           hold_still_s=base.session.hold_still_s, sequence=[n]) for n in ALL}
+
+
+def _check_outcomes(checks: dict, t0: float) -> dict:
+    out = {}
+    for name, c in checks.items():
+        c.finish()
+        d = c.result()
+        r = c.runner.results
+        out[name] = {"ok": d.ok, "reasons": d.reasons,
+                     "passed_at": round(r[0].t_end - t0, 3) if r and r[0].state == "passed" else None}
+    return out
+
+
 def analyse(frames, tracker, turn_deg: float = 18.0, tilt_deg: float = 20.0, nod_deg: float = 15.0,
             bar: Progress | None = None) -> dict:
+    from device.vision.quality import gate
     tracker.reset()
+    qcfg, checks = _checks()
     ts, yaw, roll, pitch, ear, faces = [], [], [], [], [], []
     for t, load in frames:
-        o = tracker.observe(load(), t)
+        rgb = load()
+        o = tracker.observe(rgb, t)
+        _, crop = gate(rgb, o, qcfg)
+        for c in checks.values():
+            if not c.done:
+                c.feed(o, good_frame=crop is not None)
+        if crop is not None:
+            crop.fill(0)
         ts.append(t)
         yaw.append(o.yaw if o.has_face else None)
         roll.append(o.roll if o.has_face else None)
@@ -145,6 +176,7 @@ def analyse(frames, tracker, turn_deg: float = 18.0, tilt_deg: float = 20.0, nod
                    for b in tracker.blinks],
         "blinks_rejected_geometry": tracker.blinker.rejected,
         "turns": turns, "tilts": tilts, "nods": nods,
+        "challenges": _check_outcomes(checks, ts[0] if ts else 0.0),
         "yaw_range": [min(seen), max(seen)] if seen else None,
         "timings_ms": tracker.timing_summary(),
         "_trace": {"t": ts, "yaw": yaw, "ear": ear},

@@ -12,7 +12,6 @@ threshold on the other folds is applied to it. TAR/FAR figures pool all selected
 from __future__ import annotations
 
 import csv
-import os
 import time
 from pathlib import Path
 
@@ -74,11 +73,8 @@ def card_style(rgb: np.ndarray, face=None, max_bytes: int = CARD_MAX_BYTES) -> n
 
 # ------------------------------------------------------------------ models
 def default_model_dir() -> Path:
-    for cand in (os.environ.get("KYC_EDGE_MODEL_DIR"), REPO / "models" / "store",
-                 os.environ.get("KYC_EDGE_MODEL_MIRROR"), REPO.parent / "shared" / "models"):
-        if cand and (Path(cand) / "face_detection_short_range.tflite").exists():
-            return Path(cand)
-    return REPO / "models" / "store"
+    from device.models import find_model_dir
+    return find_model_dir(search=True, extra=(REPO.parent / "shared" / "models",))
 
 
 def _find(name: str | None, default: str, dirs) -> str:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from device.config import QualityConfig
-from device.liveness.blink import Blink, BlinkDetector
+from device.vision.blink import Blink, BlinkDetector
 from device.vision.detect import DetectorOptions, FaceDetector
 from device.vision.landmarks import (CHIN, FaceLandmarker, LandmarkerOptions, EyeRefiner, EyeRefinerOptions,
                                      eye_aspect_ratio, head_pose, roi_from_keypoints, roi_from_landmarks)
@@ -258,9 +258,9 @@ class FaceTracker:
         ear_iris = None
         if self.eyes is not None:
             t0 = time.perf_counter()
-            r, l = self.eyes.ear(rgb, lm)
+            eyes = self.eyes.ear(rgb, lm)
             self.timings["iris"].append((time.perf_counter() - t0) * 1000)
-            ear_iris = 0.5 * (r + l)
+            ear_iris = eyes.mean
         obs.ear = ear_iris if ear_iris is not None else obs.ear_mesh
         obs.blink = self.blinker.update(t, obs.ear_mesh, ear_iris, face_geometry(lm))
         obs.eyes_closed = self.blinker.closed
@@ -302,9 +302,31 @@ class FaceTracker:
         if self._t_last_face is not None:
             self.max_gap_s = max(self.max_gap_s, t - self._t_last_face)
 
+    @property
+    def runtimes(self) -> tuple:
+        """Every interpreter the tracker holds (device.vision.runtime.ModelRuntime)."""
+        parts = [self.detector, self.landmarker, self.eyes, self.pad]
+        return tuple(rt for p in parts if p is not None for rt in p.runtimes)
+
+    def wipe(self) -> None:
+        """Zero-fill every model's input tensors and buffers (the last face crop each model saw)."""
+        for p in (self.detector, self.landmarker, self.eyes, self.pad):
+            if p is not None:
+                p.wipe()
+
     def timing_summary(self) -> dict[str, float]:
         """Median ms per call of each stage (frame = a whole observe() call), plus the mean per frame."""
         out = {k: round(float(np.median(v)), 2) for k, v in self.timings.items() if v}
         if self.timings["frame"]:
             out["frame_mean"] = round(float(np.mean(self.timings["frame"])), 2)
         return out
+
+
+def build_tracker(paths, *, threads: int = 1, pad: bool = True, iris: bool = True, **options) -> FaceTracker:
+    """The one way to assemble a tracker from resolved model files (device.models.resolve: role -> path).
+    pad/iris False (or the role missing from `paths` for iris) leave that model out; `options` are
+    further TrackerOptions fields (quality, detector_variant, blink_min_s, ...)."""
+    return FaceTracker.create(TrackerOptions(
+        detector_path=str(paths["detector"]), landmark_path=str(paths["landmarks"]),
+        pad_paths=(str(paths["antispoof_v2"]), str(paths["antispoof_v1se"])) if pad else None,
+        iris_path=str(paths["iris"]) if (iris and paths.get("iris")) else None, threads=threads, **options))

@@ -1,9 +1,10 @@
-"""Randomised active-liveness challenges: blink, turn_left, turn_right, nod.
+"""Randomised active-liveness challenges: a registry, one file per challenge in this folder
+(blink.py, turn_left.py, turn_right.py, nod.py; device/challenge_names.py lists them).
 
     runner = ChallengeRunner(cfg.liveness, rng=random.SystemRandom())
     runner.start(t)                 # draws the sequence; the first challenge starts now
     runner.current -> str | None    # prompt name of the challenge being asked, None when done/failed
-    events = runner.update(obs)     # obs: device.liveness.tracking.Observation (t, has_face, yaw,
+    events = runner.update(obs)     # obs: device.vision.tracking.Observation (t, has_face, yaw,
                                     # pitch, blink); list of non-biometric session events
     runner.done, runner.passed, runner.failed_reason ("challenge_timeout" or None), runner.results
 
@@ -13,16 +14,8 @@ both `blink` and at least one turn and count >= 2, the draw always includes one 
 blink, a closed-eye photo cannot turn and blink). Turn direction and order stay random.
 
 Each challenge has its own timeout (cfg.challenge_timeout_s) from the moment it is asked; they run
-in order; an action done before its challenge was asked does not count:
-- blink: a blink (closing then reopening within blink_min_s..blink_max_s, see liveness.blink) whose
-  closing started after the challenge was asked;
-- turn_left / turn_right: after the challenge is asked, the smoothed yaw must first be seen near
-  frontal (|yaw| < turn_yaw_deg / 2, so an already-turned head does not pass at once) and then reach
-  +turn_yaw_deg (turn_left: subject's own left) or -turn_yaw_deg (turn_right) and hold it for
-  `turn_hold_s` (0.2 s) on frames no more than `max_frame_gap_s` (0.25 s) apart: a one-frame pose
-  glitch (a bent photo, a landmark jump at a low frame rate) is not a turn;
-- nod: after a near-frontal pitch sample, the pitch must drop at least `nod_pitch_deg` (default
-  turn_yaw_deg * 0.8) below the frontal reference and come back within half of it.
+in order; an action done before its challenge was asked does not count. What passes a challenge is
+written in its own file (see `_base.Challenge`).
 
 Events: {"event": "challenge", "challenge": name, "state": "started"|"passed"|"timeout",
 "index": i, "of": n, "t": seconds since start}; and {"event": "liveness", "state": "passed"|"failed"}
@@ -30,11 +23,22 @@ once at the end.
 """
 from __future__ import annotations
 
+import importlib
 import random
 from dataclasses import dataclass
 
-TURNS = ("turn_left", "turn_right")
-ALL = ("blink", "turn_left", "turn_right", "nod")
+from device.challenge_names import CHALLENGES
+from device.liveness.challenges._base import REGISTRY, Challenge, register
+
+for _name in CHALLENGES:            # each file registers its class
+    importlib.import_module(f"{__name__}.{_name}")
+if set(REGISTRY) != set(CHALLENGES):
+    raise RuntimeError(f"challenge files {CHALLENGES} and registered classes {sorted(REGISTRY)} differ")
+
+ALL = CHALLENGES
+TURNS = tuple(n for n in CHALLENGES if REGISTRY[n].kind == "turn")
+__all__ = ["ALL", "TURNS", "REGISTRY", "Challenge", "ChallengeResult", "ChallengeRunner", "draw",
+           "possible_sequences", "register"]
 
 
 @dataclass
@@ -45,13 +49,17 @@ class ChallengeResult:
     state: str = "pending"      # pending | active | passed | timeout
 
 
+def _pairs_blink_and_turn(pool, count: int) -> bool:
+    return count >= 2 and "blink" in pool and any(c in TURNS for c in pool)
+
+
 def draw(pool, count: int, rng) -> list[str]:
-    pool = list(dict.fromkeys(c for c in pool if c in ALL))
+    pool = list(dict.fromkeys(c for c in pool if c in REGISTRY))
     count = min(count, len(pool))
     if count <= 0:
         return []
     turns = [c for c in pool if c in TURNS]
-    if count >= 2 and "blink" in pool and turns:
+    if _pairs_blink_and_turn(pool, count):
         seq = ["blink", rng.choice(turns)]
         rest = [c for c in pool if c not in seq]
         rng.shuffle(rest)
@@ -61,6 +69,19 @@ def draw(pool, count: int, rng) -> list[str]:
     seq = list(pool)
     rng.shuffle(seq)
     return seq[:count]
+
+
+def possible_sequences(pool, count: int) -> list[list[str]]:
+    """Every ordered sequence `draw(pool, count, rng)` can produce (evaluation replays all of them)."""
+    import itertools
+    pool = list(dict.fromkeys(c for c in pool if c in REGISTRY))
+    n = min(count, len(pool))
+    out = []
+    for seq in itertools.permutations(pool, n):
+        if _pairs_blink_and_turn(pool, n) and ("blink" not in seq or not any(c in TURNS for c in seq)):
+            continue
+        out.append(list(seq))
+    return out
 
 
 class ChallengeRunner:
@@ -77,6 +98,7 @@ class ChallengeRunner:
         self.results: list[ChallengeResult] = []
         self._i = 0
         self._t0 = None
+        self._active: Challenge | None = None
         self.done = False
         self.failed_reason: str | None = None
 
@@ -88,6 +110,10 @@ class ChallengeRunner:
         return self.sequence[self._i]
 
     @property
+    def started(self) -> bool:
+        return self._t0 is not None
+
+    @property
     def passed(self) -> bool:
         return self.done and self.failed_reason is None
 
@@ -97,6 +123,9 @@ class ChallengeRunner:
 
     def start(self, t: float) -> list[dict]:
         self.sequence = list(self._forced) if self._forced is not None else draw(self.cfg.challenges, self.cfg.count, self.rng)
+        unknown = [c for c in self.sequence if c not in REGISTRY]
+        if unknown:
+            raise ValueError(f"unknown challenge(s) {unknown}: expected names from {list(CHALLENGES)}")
         self.results = [ChallengeResult(n, t) for n in self.sequence]
         self._i = 0
         self._t0 = t
@@ -110,11 +139,8 @@ class ChallengeRunner:
     def _begin(self, t: float) -> dict:
         r = self.results[self._i]
         r.t_start, r.state = t, "active"
-        self._neutral_seen = False
-        self._beyond_since = None
-        self._t_last = None
-        self._pitch_ref = None
-        self._nod_down = False
+        self._active = REGISTRY[r.name](self.cfg, self)
+        self._active.begin(t)
         return self._event(r, t, "started")
 
     def _event(self, r: ChallengeResult, t: float, state: str) -> dict:
@@ -132,7 +158,7 @@ class ChallengeRunner:
         t = obs.t
         r = self.results[self._i]
         events: list[dict] = []
-        if self._check(r, obs):
+        if getattr(obs, "landmarks", None) is not None and self._active.check(obs):
             r.state, r.t_end = "passed", t
             events.append(self._event(r, t, "passed"))
             self._i += 1
@@ -148,38 +174,3 @@ class ChallengeRunner:
             self.failed_reason = "challenge_timeout"
             events.append(self._final(t))
         return events
-
-    def _check(self, r: ChallengeResult, obs) -> bool:
-        if getattr(obs, "landmarks", None) is None:
-            return False
-        name = r.name
-        if name == "blink":
-            b = getattr(obs, "blink", None)
-            return b is not None and b.t_start >= r.t_start
-        thr = self.cfg.turn_yaw_deg
-        if name in TURNS:
-            sign = 1.0 if name == "turn_left" else -1.0
-            gap_ok = self._t_last is None or obs.t - self._t_last <= self.max_frame_gap_s
-            self._t_last = obs.t
-            if abs(obs.yaw) < thr / 2:
-                self._neutral_seen = True
-                self._beyond_since = None
-                return False
-            if not (self._neutral_seen and sign * obs.yaw >= thr) or not gap_ok:
-                self._beyond_since = None
-                if self._neutral_seen and sign * obs.yaw >= thr:
-                    self._beyond_since = obs.t      # restart the hold after a frame gap
-                return False
-            if self._beyond_since is None:
-                self._beyond_since = obs.t
-            return obs.t - self._beyond_since >= self.turn_hold_s
-        if name == "nod":
-            if self._pitch_ref is None:
-                if abs(obs.yaw) < thr / 2:
-                    self._pitch_ref = obs.pitch
-                return False
-            d = self._pitch_ref - obs.pitch
-            if d >= self.nod_pitch_deg:
-                self._nod_down = True
-            return self._nod_down and d <= self.nod_pitch_deg / 2
-        return False
