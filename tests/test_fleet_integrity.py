@@ -162,9 +162,11 @@ def test_an_update_cut_short_by_a_power_cut_can_be_resent_after_the_restart(tmp_
     wait_update(fc, d, lambda u: u["state"] == "downloading" and u.get("target_version") == 2)
     d.proc.send_signal(signal.SIGKILL)                       # power cut mid-download
     d.proc.wait(10)
+    assert fc.wait_for(lambda: fc.status.get(d.key, {}).get("state") == "offline", 20)   # its will
     t_restart = rfc3339(time.time())
     d.start()
     online(fc, d)
+    wait_update(fc, d, lambda u: u["at"] > t_restart)         # the new agent is up and subscribed
     fc.publish(env, b / "artifacts", f"{SITE}/{d.name}")      # the same signed manifest again
     u = wait_update(fc, d, lambda u: u["state"] in ("applied", "failed") and u.get("target_version") == 2
                     and u["at"] > t_restart, timeout=40)
