@@ -81,7 +81,7 @@ def test_key_files_given_separately_bind_each_key_to_its_device(broker, tmp_path
     cross = signers["counter-0002"].sign(fresh("counter-0001"))        # 0001's verdict, 0002's key
     pub = Sub(broker.port, "nothing")
     try:
-        p, line = listen(broker, *files, "--state", str(tmp_path / "a.db"))
+        p, line = listen(broker, *files, "--state", str(tmp_path / "a.db"), n=1)
         assert "subscribed to" in line, line
         lines, err, rc = run(p, [(topic("counter-0001"), cross, None), (topic("counter-0001"), genuine, None)], pub)
         assert [x["status"] for x in lines] == ["forged", "ok"], lines
@@ -92,7 +92,7 @@ def test_key_files_given_separately_bind_each_key_to_its_device(broker, tmp_path
         reg = tmp_path / "registry.toml"
         reg.write_text(f'"counter-0001" = "keys/k1.b64"\n"counter-0002" = "{signers["counter-0002"].public_key_b64}"\n')
         cross2 = signers["counter-0002"].sign(fresh("counter-0001"))
-        p, line = listen(broker, "--key-registry", str(reg), "--state", str(tmp_path / "b.db"))
+        p, line = listen(broker, "--key-registry", str(reg), "--state", str(tmp_path / "b.db"), n=1)
         assert "subscribed to" in line, line
         lines, err, rc = run(p, [(topic("counter-0001"), cross2, None),
                                  (topic("counter-0001"), signers["counter-0001"].sign(fresh("counter-0001")), None)], pub)
@@ -129,7 +129,7 @@ def test_replayed_verdict_is_rejected_even_by_a_freshly_started_listener(broker,
         assert [x["status"] for x in lines] == ["ok"] and rc == 0 and lines[0]["correlation"] == t42.hex()
 
         # the listener restarts (fresh process, same state file); the attacker replays
-        p, line = listen(broker, *args)
+        p, line = listen(broker, *args, n=1)
         assert "subscribed to" in line, line
         lines, err, rc = run(p, [
             (topic("counter-0001"), genuine, b"ticket-99"),     # captured pass, new ticket
