@@ -184,6 +184,7 @@ class FleetConfig:
     download_timeout_s: float = opt(300.0, "A bundle download (URL or inline chunks) not complete after this long fails as `truncated`.", lo=1, hi=86400)
     min_free_bytes: int = opt(50_000_000, "Free space that must remain in the state directory after staging a bundle (else `disk_full`).", lo=0, hi=10_000_000_000_000)
     clock_skew_s: float = opt(300.0, "Tolerance applied to a manifest's not_before / expires window.", lo=0, hi=86400)
+    software_root: str = opt("", "Root of the A/B software slots (`base/`, `slots/{a,b}`, `current`); the .deb sets /opt/kyc-edge. Empty: software bundles are refused (`software_unsupported`).")
 
 
 @dataclass(frozen=True)

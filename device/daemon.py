@@ -27,6 +27,7 @@ from device.notify import Notifier
 log = logging.getLogger("kyc_edge.daemon")
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+EXIT_RESTART = 75    # = device.fleet.software.EXIT_RESTART: switched software slot, restart me (Restart=)
 
 
 class Daemon:
@@ -47,6 +48,7 @@ class Daemon:
         self._abort_session = False              # set by cmd/abort (link thread), read per frame
         self.hmac_key: bytes | None = None
         self.verdicts = 0
+        self.exit_code = EXIT_OK
 
     # ------------------------------------------------------------------ status
     def status(self, text: str) -> None:
@@ -65,6 +67,7 @@ class Daemon:
             "models": dict(self.vision.versions) if self.vision else {},
             "verdicts": self.verdicts,
             "bundle_version": self.agent.bundle_version if self.agent else 0,
+            "software_version": _software_version(),
             "cpu_temp_c": _cpu_temp(),
         }
 
@@ -201,7 +204,20 @@ class Daemon:
             self.base_cfg, state, publish_status=self.link.publish_update_status,
             self_test=bundle_self_test(self.base_cfg, self.base_cfg.models.threads),
             health_probe=lambda: canned_verification(self.vision, self.cfg),
-            apply=self._apply_bundle, factory_models=self.factory_models)
+            apply=self._apply_bundle, factory_models=self.factory_models, software=self._software_updater())
+
+    def _software_updater(self):
+        """Software A/B slots (device/fleet/software.py) when fleet.software_root is set (the .deb)."""
+        if not self.base_cfg.fleet.software_root:
+            return None
+        from device.fleet.software import EXIT_RESTART as code, SoftwareUpdater
+        assert code == EXIT_RESTART
+
+        def restart() -> None:
+            self.exit_code = EXIT_RESTART
+            self._stop.set()
+        return SoftwareUpdater(self.base_cfg.fleet.software_root, config_path=self.config_path,
+                               request_restart=restart)
 
     def _apply_bundle(self, bundle_dir: Path | None) -> None:
         """Hot swap between sessions (the agent calls this from poll(), on the main loop)."""
@@ -245,7 +261,7 @@ class Daemon:
             self._loop()
         finally:
             self._shutdown()
-        return EXIT_OK
+        return self.exit_code
 
     def _ready_text(self) -> str:
         link = "broker connected" if self.link.connected else "broker unreachable, outbox queueing"
@@ -331,6 +347,11 @@ class Daemon:
             self.link.stop("stopping")
         if self.outbox is not None:
             self.outbox.close()
+
+
+def _software_version() -> str:
+    from device import __version__
+    return __version__
 
 
 def _cpu_temp() -> float | None:

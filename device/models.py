@@ -21,6 +21,8 @@ from pathlib import Path
 
 MANIFEST = Path(__file__).resolve().parents[1] / "models" / "manifest.json"
 STORE = MANIFEST.parent / "store"       # models/store of a checkout: `kyc-edge models install`'s default
+if not MANIFEST.is_file():    # installed from the wheel (the .deb, a software slot): setup.cfg data_files
+    MANIFEST = Path(sys.prefix) / "share" / "kyc-edge" / "models" / "manifest.json"
 _PROBE = "face_detection_short_range.tflite"
 
 

@@ -161,6 +161,28 @@ def canned_verification(vision, cfg) -> float:
     return float(sim)
 
 
+def software_self_test(config_path: str | None, expect_version: str | None) -> dict:
+    """A new software slot tests itself (device/fleet/software.py runs this with the slot's own
+    interpreter): the code imported is the slot's and has the expected version, the device's config
+    validates under the new code, every model of the live model set loads and one synthetic frame
+    goes through the whole pipeline (canned_verification)."""
+    import device
+    from device import config as config_mod
+    from device.fleet import slots
+    from device.vision.suite import VisionSuite
+    here = Path(device.__file__).resolve()
+    if not here.is_relative_to(Path(sys.prefix).resolve()):
+        raise SelfTestError(f"imported {here}, not the slot's own code under {sys.prefix}")
+    if expect_version and device.__version__ != expect_version:
+        raise SelfTestError(f"slot runs {device.__version__}, bundle says {expect_version}")
+    cfg = config_mod.load(config_path) if config_path else config_mod.Config()
+    bundle = slots.active_bundle(cfg.device.state_dir)
+    cfg = slots.merged_config(cfg, bundle)
+    vision = VisionSuite.create(cfg, slots.model_dir(bundle, config_mod.models_dir(cfg)))
+    sim = canned_verification(vision, cfg)
+    return {"version": device.__version__, "models": len(vision.versions), "probe_similarity": round(sim, 4)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m device.selftest")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -170,7 +192,17 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seed")
     r = sub.add_parser("check", help="self-test a staged bundle directory")
     r.add_argument("bundle_dir")
+    w = sub.add_parser("software", help="self-test of this interpreter's kyc-edge (a new software slot)")
+    w.add_argument("--config")
+    w.add_argument("--expect-version")
     a = p.parse_args(argv)
+    if a.cmd == "software":
+        try:
+            print(json.dumps(software_self_test(a.config, a.expect_version)))
+        except Exception as e:  # noqa: BLE001
+            print(f"software self-test failed: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        return 0
     if a.cmd == "compute":
         print(json.dumps(compute_vectors(Path(a.models), a.only, a.seed)))
         return 0

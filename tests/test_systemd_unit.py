@@ -1,5 +1,6 @@
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ def analyze():
 
 def _unit_here(tmp_path) -> Path:
     # point ExecStart at this checkout's venv so verify can check the binary exists
-    text = UNIT.read_text().replace("/opt/kyc-edge/.venv/bin/kyc-edge", str(REPO / ".venv" / "bin" / "kyc-edge"))
+    text = UNIT.read_text().replace("/opt/kyc-edge/current/bin/kyc-edge", str(REPO / ".venv" / "bin" / "kyc-edge")) \
+        .replace("/opt/kyc-edge/base/bin/python", sys.executable) \
+        .replace("ReadWritePaths=/opt/kyc-edge/slots", f"ReadWritePaths={tmp_path}")
     p = tmp_path / "kyc-edge.service"
     p.write_text(text)
     return p

@@ -166,7 +166,8 @@ class UpdateAgent:
                  apply: Callable[[Path | None], Any] = lambda bundle_dir: None,
                  factory_models: str | os.PathLike | None = None,
                  daemon_version: str = DAEMON_VERSION,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 software: Any = None):
         self.cfg = cfg
         self.fcfg = cfg.fleet
         self.state_dir = Path(state_dir)
@@ -210,6 +211,9 @@ class UpdateAgent:
             self._staged = staged           # self-tested before a power cut; switch it in
         self._worker = threading.Thread(target=self._work, name="kyc-fleet", daemon=True)
         self._worker.start()
+        self.software = software            # device.fleet.software.SoftwareUpdater (kind=software)
+        if software is not None:
+            software.attach(self)
 
     # ------------------------------------------------------------------ public
     @property
@@ -220,6 +224,8 @@ class UpdateAgent:
         self._stop.set()
         self._jobs.put(None)
         self._worker.join(2)
+        if self.software is not None:
+            self.software.close()
 
     def on_command(self, name: str, payload: Any, props: Any = None) -> bool:
         """Feed every command here; returns True if it was an update command (handled)."""
@@ -246,6 +252,8 @@ class UpdateAgent:
             self._report_start()
         if self._rejected_dirty:
             self._publish_rejected()
+        if self.software is not None:
+            self.software.poll(session_active)
         if session_active:
             return
         with self._lock:
@@ -352,6 +360,10 @@ class UpdateAgent:
         if not mf.targeted(m, self.cfg.device.id, self.cfg.device.groups):
             log.info("fleet: %s not targeted at this device; ignored", mf.short_id(m))
             return
+        if m.get("kind") == "software":
+            if self.software is None:
+                raise FleetError("software_unsupported", "no fleet.software_root on this device")
+            return self.software.submit(m, env)
         tv = m["bundle_version"]
         with self._lock:
             dup = self._active.get(m["nonce"])

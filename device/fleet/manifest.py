@@ -60,6 +60,8 @@ REASONS = {
     "crash_loop": "N restarts within T after a switch; rolled back at boot",
     "slot_invalid": "the current slot is incomplete at boot; rolled back",
     "superseded": "a newer manifest arrived before this one was switched in",
+    "software_unsupported": "a software bundle reached a device without fleet.software_root (a source checkout)",
+    "install_failed": "pip could not install the software bundle's wheels into the inactive slot",
     "internal_error": "unexpected error; nothing was switched",
 }
 
@@ -105,6 +107,10 @@ SCHEMA: dict = {
         "expires": {"type": "integer"},
         "nonce": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
         "allow_downgrade": {"type": "boolean"},
+        # software bundles (device/fleet/software.py): the artifacts are wheels, installed into the
+        # inactive software slot; `software_version` is the kyc-edge version they carry
+        "kind": {"enum": ["models", "software"]},
+        "software_version": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+){0,3}$"},
         "created": {"type": "integer"},
     },
 }
@@ -210,7 +216,8 @@ def make_manifest(*, bundle_version: int, artifacts: list[dict], targets: list[s
                   min_daemon_version: str | None = None,
                   vectors: list[dict] | None = None, valid_s: float = 7 * 86400,
                   not_before: int | None = None, allow_downgrade: bool = False,
-                  nonce: str | None = None, now: float | None = None) -> dict:
+                  nonce: str | None = None, now: float | None = None, kind: str | None = None,
+                  software_version: str | None = None) -> dict:
     now = time.time() if now is None else now
     m: dict[str, Any] = {
         "format": FORMAT, "bundle_version": int(bundle_version), "targets": list(targets or ["*"]),
@@ -228,6 +235,10 @@ def make_manifest(*, bundle_version: int, artifacts: list[dict], targets: list[s
         m["self_test"] = {"vectors": vectors}
     if allow_downgrade:
         m["allow_downgrade"] = True
+    if kind:
+        m["kind"] = kind
+    if software_version:
+        m["software_version"] = software_version
     check_schema(m)
     return m
 

@@ -2,6 +2,7 @@
 
     fleet keygen --out DIR
     fleet bundle --models DIR [--config FILE] --out BUNDLE --version N [--min-daemon-version V] [--no-vectors]
+    fleet software-bundle --out BUNDLE --version N [--source DIR] [--wheel W ...]
     fleet sign BUNDLE --key KEY [--target T ...] [--valid-days D] [--url-base URL] [--allow-downgrade]
     fleet publish BUNDLE --broker URL --target T [--target T ...] [--canary-count N] [--abort-failure-rate R]
     fleet status --broker URL
@@ -124,10 +125,61 @@ def sign_bundle(bundle: Path, key_path: str, targets: list[str], *, valid_days: 
                          targets=targets or ["*"], config_patch=body.get("config_patch"),
                          config_complete=bool(body.get("config_complete")),
                          min_daemon_version=body.get("min_daemon_version"), vectors=body.get("vectors"),
-                         valid_s=valid_days * 86400, allow_downgrade=allow_downgrade)
+                         valid_s=valid_days * 86400, allow_downgrade=allow_downgrade,
+                         kind=body.get("kind"), software_version=body.get("software_version"))
     env = mf.sign(m, mf.load_private_key(key_path))
     (bundle / SIGNED).write_text(json.dumps(env, sort_keys=True))
     return env
+
+
+def build_wheel(source: Path, out: Path) -> Path:
+    """Our own wheel, built from a source tree (pip wheel, no dependencies, no network)."""
+    out.mkdir(parents=True, exist_ok=True)
+    before = set(out.glob("kyc_edge-*.whl"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                        "--no-index", "-w", str(out), str(source)], capture_output=True, text=True, timeout=600)
+    new = sorted(set(out.glob("kyc_edge-*.whl")) - before) or sorted(out.glob("kyc_edge-*.whl"))
+    if r.returncode or not new:
+        raise RuntimeError(f"building the kyc-edge wheel failed: {r.stderr.strip()[-400:]}")
+    return new[-1]
+
+
+def build_software_bundle(out: Path, version: int, *, source: Path | None = None,
+                          wheels: list[Path] = (), min_daemon_version: str | None = None) -> dict:
+    """A software bundle: BUNDLE/artifacts/*.whl (our kyc_edge wheel, plus any dependency wheel
+    that changes) + BUNDLE/manifest.unsigned.json with kind=software and software_version."""
+    art = out / "artifacts"
+    art.mkdir(parents=True, exist_ok=True)
+    files = [Path(w) for w in wheels]
+    if source is not None:
+        files.append(build_wheel(Path(source), art))
+    arts, sw = [], None
+    for f in files:
+        if f.parent.resolve() != art.resolve():
+            shutil.copyfile(f, art / f.name)
+        name = f.name
+        if name.startswith("kyc_edge-"):
+            sw = name.split("-")[1]
+        arts.append({"name": name, "sha256": slots_sha(art / name), "size": (art / name).stat().st_size})
+    if sw is None:
+        raise ValueError("a software bundle needs a kyc_edge wheel (--source or --wheel)")
+    body = {"bundle_version": int(version), "artifacts": arts, "kind": "software", "software_version": sw}
+    if min_daemon_version:
+        body["min_daemon_version"] = min_daemon_version
+    (out / UNSIGNED).write_text(json.dumps(body, indent=1, sort_keys=True))
+    return body
+
+
+def cmd_software_bundle(a) -> int:
+    try:
+        body = build_software_bundle(Path(a.out), a.version, source=Path(a.source) if a.source else None,
+                                     wheels=[Path(w) for w in a.wheel or []], min_daemon_version=a.min_daemon_version)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"fleet software-bundle: {e}", file=sys.stderr)
+        return 2
+    print(f"software bundle v{body['bundle_version']} (kyc-edge {body['software_version']}) in {a.out}: "
+          f"{len(body['artifacts'])} wheels, {sum(x['size'] for x in body['artifacts'])} bytes")
+    return 0
 
 
 def cmd_bundle(a) -> int:
@@ -207,6 +259,14 @@ def register(subparsers) -> None:
                         "patches instead of merging onto them (default: merge)")
     s.add_argument("--no-vectors", action="store_true", help="skip self-test vectors (no TFLite runtime here)")
     s.set_defaults(func=cmd_bundle)
+
+    s = sub.add_parser("software-bundle", help="a signed-update bundle of the daemon's own code (wheels)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--version", type=int, required=True, help="bundle_version (monotonic build number)")
+    s.add_argument("--source", help="kyc-edge source tree to build the wheel from (default: none, use --wheel)")
+    s.add_argument("--wheel", action="append", help="a wheel to ship (kyc_edge-*.whl and/or changed dependencies)")
+    s.add_argument("--min-daemon-version")
+    s.set_defaults(func=cmd_software_bundle)
 
     s = sub.add_parser("sign", help="sign the bundle's manifest (fresh nonce and validity window)")
     s.add_argument("bundle")
