@@ -361,8 +361,10 @@ class UpdateAgent:
             log.info("fleet: %s not targeted at this device; ignored", mf.short_id(m))
             return
         if m.get("kind") == "software":
-            if self.software is None:
-                raise FleetError("software_unsupported", "no fleet.software_root on this device")
+            if self.software is None:     # signed, so its version may be reported (not a rejection)
+                self._report("failed", m["bundle_version"], reason="software_unsupported",
+                             detail="no fleet.software_root on this device", persist=True)
+                return None
             return self.software.submit(m, env)
         tv = m["bundle_version"]
         with self._lock:
