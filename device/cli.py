@@ -18,6 +18,7 @@ _REGISTRARS = [
     ("device.cardreader.commands", "register"),
     ("device.link.commands", "register"),
     ("device.camera.commands", "register"),
+    ("device.display.commands", "register"),
 ]
 # Workstation verbs (eval, bench, fleet manager, verdicts, fuzz) live in other packages, found by
 # entry point, so the box's package never imports them; `pip install kyc-edge[tools]` adds them.
@@ -130,10 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="whole flow on this machine: broker, simulated reader, replay camera, daemon")
     _add_config_arg(s)
-    s.add_argument("--card-photo", required=True)
-    s.add_argument("--video", required=True)
+    s.add_argument("--card-photo", help="image for the card's chip photo (default: made from the shared blink video)")
+    s.add_argument("--video", help="the live camera (default: the shared blink video)")
     s.add_argument("--sessions", type=int, default=1)
     s.add_argument("--timeout", type=float, default=60.0)
+    s.add_argument("--display", action="store_true", help="also serve the customer display (with the consent step)")
+    s.add_argument("--display-port", type=int, default=8765, help="port of the display page (0 = any free port)")
+    s.add_argument("--display-wait", type=float, default=10.0, help="seconds between the URL and the first card")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("models", help="install / list / verify models")

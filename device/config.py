@@ -9,11 +9,15 @@ This module imports nothing from the biometric side: link/ and fleet/ depend on 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin
+from urllib.parse import urlsplit
+
+from device import ids
 
 DEFAULT_PATH = Path("/etc/kyc-edge/config.toml")
 
@@ -92,6 +96,8 @@ class ReaderConfig:
     photo_decoder: str = opt("auto", "How the chip photo is decoded: `wlt` (vendor library), `bmp`, `jpeg`, or `auto` (by magic bytes).",
                              choices=("auto", "wlt", "bmp", "jpeg"))
     wlt_library: str = opt("", "Path to the vendor's libwlt2bmp.so (needed for WLT photos).")
+    photo_max_side: int = opt(2048, "A JPEG / JPEG 2000 / BMP chip photo whose header claims a wider or taller image is refused (`card_read_failed`) before decoding.", lo=64, hi=16384)
+    photo_max_pixels: int = opt(2_000_000, "Pixel-count cap checked from the photo header before decoding (bounds the decoder's memory: 3 bytes per pixel).", lo=4096, hi=268_435_456)
     presence_debounce: int = opt(2, "Consecutive presence polls that must agree before card_present() changes.", lo=1, hi=10)
     reconnect_backoff_max_s: float = opt(5.0, "Ceiling of the back-off between reopen attempts after the reader vanished.", lo=0.05, hi=300)
 
@@ -120,6 +126,7 @@ class QualityConfig:
     min_brightness: float = opt(40.0, "Minimum mean grey level of the aligned face.", lo=0, hi=255)
     max_brightness: float = opt(220.0, "Maximum mean grey level of the aligned face.", lo=0, hi=255)
     min_ear: float = opt(0.18, "Eyes count as open above this eye aspect ratio.", lo=0, hi=1)
+    max_covered: float = opt(0.9, "Share of the lower face (mouth, chin) unlike the upper face's skin at or above which the face counts as covered (`face_covered`: a mask); 1 turns the check off. Measured by `kyc-edge eval mask`.", lo=0, hi=1)
 
 
 @dataclass(frozen=True)
@@ -131,8 +138,13 @@ class LivenessConfig:
     turn_yaw_deg: float = opt(18.0, "Yaw a head turn must reach.", lo=5, hi=80)
     blink_min_s: float = opt(0.04, "Shortest eye closure that counts as a blink.", lo=0, hi=2)
     blink_max_s: float = opt(1.5, "Longest eye closure that counts as a blink.", lo=0.05, hi=10)
-    pad_threshold: float = opt(0.5, "Fused passive real-score below which the session is `spoof_suspected`.", lo=0, hi=1)
+    prompt_pause_min_s: float = opt(0.5, "Shortest random pause before each challenge prompt (replay resistance: a recording cannot be timed to the prompts).", lo=0, hi=10)
+    prompt_pause_max_s: float = opt(1.5, "Longest random pause before each challenge prompt.", lo=0, hi=10)
+    response_window_s: float = opt(4.0, "The response must begin within this time after its prompt (else `challenge_timeout`); 0 = no window.", lo=0, hi=60)
+    response_min_latency_s: float = opt(0.12, "A turn already under way this soon after its prompt began before it (`response_too_early`).", lo=0, hi=2)
+    pad_threshold: float = opt(0.35, "Fused passive real-score below which the session is `spoof_suspected` (0.35: chosen for pad_fusion logit4 on replay-attack train, video BPCER <= 5 % and frame BPCER <= 3 %; docs/liveness.md; use 0.5 with mean2).", lo=0, hi=1)
     pad_enabled: bool = opt(True, "Run the passive anti-spoofing models.")
+    pad_fusion: str = opt("logit4", "Passive score: `logit4` = MiniFASNet V2 2.7 + V1SE 4.0 + both on the face box, log-odds fused (calibrated on replay-attack train, docs/liveness.md); `mean2` = the upstream two-model mean.", choices=("mean2", "logit4"))
     identity_threshold: float = opt(0.35, "Start/end embeddings must be at least this similar (`identity_changed`).", lo=-1, hi=1)
 
 
@@ -171,6 +183,13 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    reserve_bytes: int = opt(20_000_000, "Free space the state directory must keep: below it new sessions are refused (`storage_low` in status, a `refused` event) instead of a full disk losing a verdict.", lo=0, hi=10_000_000_000_000)
+    ballast_bytes: int = opt(1_000_000, "A file of this size is kept in the state directory and deleted when a verdict cannot be stored for lack of space, so the verdict of a session that filled the disk still gets written (0 = none).", lo=0, hi=1_000_000_000)
+    check_interval_s: float = opt(30.0, "While idle, re-check free space and writability this often (also before every session).", lo=0.1, hi=3600)
+
+
+@dataclass(frozen=True)
 class PrivacyConfig:
     card_number_hmac_key_file: str = opt("", "Per-deployment key file; with it the verdict carries HMAC-SHA256 of the card number, without it nothing.")
 
@@ -185,6 +204,28 @@ class FleetConfig:
     min_free_bytes: int = opt(50_000_000, "Free space that must remain in the state directory after staging a bundle (else `disk_full`).", lo=0, hi=10_000_000_000_000)
     clock_skew_s: float = opt(300.0, "Tolerance applied to a manifest's not_before / expires window.", lo=0, hi=86400)
     software_root: str = opt("", "Root of the A/B software slots (`base/`, `slots/{a,b}`, `current`); the .deb sets /opt/kyc-edge. Empty: software bundles are refused (`software_unsupported`).")
+
+
+@dataclass(frozen=True)
+class DisplayConfig:
+    enabled: bool = opt(False, "The daemon sends session events to the customer display (device/display) over `socket` and takes its consent answers back.")
+    listen: str = opt("127.0.0.1", "Address the display page is served on (the kiosk browser opens it); keep it local.")
+    port: int = opt(8765, "TCP port of the display page.", lo=1, hi=65535)
+    socket: str = opt("/run/kyc-edge-display/display.sock", "Unix socket between the daemon and the display process (events out, consent back).")
+    language: str = opt("zh", "Language the screens start in (a toggle on screen switches).", choices=("zh", "en"))
+    voice: bool = opt(True, "Speak each prompt once when it appears (pre-rendered by scripts/setup with espeak-ng).")
+    voice_dir: str = opt("/var/lib/kyc-edge-display/voice", "Pre-rendered prompt audio (the display unit's StateDirectory; the daemon's state dir is 0700, so not there); `kyc-edge display voices` fills it.")
+    result_hold_s: float = opt(8.0, "How long the result screen stays before the idle screen.", lo=1, hi=120)
+
+
+@dataclass(frozen=True)
+class ConsentConfig:
+    required: bool = opt(False, "After the card is read, wait for the customer's separate consent (display button or operator `cmd/consent`) before any frame is analysed.")
+    timeout_s: float = opt(60.0, "No answer within this time ends the session (`consent_timeout`).", lo=1, hi=3600)
+    notice_version: str = opt("notice-2025-06", "Version token of the notice shown; a consent must name it.")
+    notice_zh: str = opt("本柜台将采集您的人脸图像，仅用于与您身份证芯片照片进行比对，以核验您的身份。比对在本机完成，图像不会保存或传出，比对结束后立即删除。您可以拒绝，并选择不使用人脸识别的其他核验方式。", "Notice text in Chinese.")
+    notice_en: str = opt("This counter takes pictures of your face only to compare them with the photo on your ID card's chip and so confirm who you are. The comparison runs on this device; no picture is stored or sent, and all are deleted when it ends. You may decline and choose a check without a face scan.", "Notice text in English.")
+    guardian_age: int = opt(14, "Card holders younger than this need a guardian's consent (the verdict flags it).", lo=0, hi=30)
 
 
 @dataclass(frozen=True)
@@ -205,9 +246,12 @@ class Config:
     session: SessionConfig = opt(SessionConfig, "Session timeouts.", factory=True)
     mqtt: MqttConfig = opt(MqttConfig, "MQTT link.", factory=True)
     outbox: OutboxConfig = opt(OutboxConfig, "Durable verdict outbox.", factory=True)
+    storage: StorageConfig = opt(StorageConfig, "State-directory space and writability checks.", factory=True)
     privacy: PrivacyConfig = opt(PrivacyConfig, "Privacy.", factory=True)
     fleet: FleetConfig = opt(FleetConfig, "Fleet updates.", factory=True)
     log: LogConfig = opt(LogConfig, "Logging.", factory=True)
+    display: DisplayConfig = opt(DisplayConfig, "Customer display (device/display).", factory=True)
+    consent: ConsentConfig = opt(ConsentConfig, "Separate consent before the face check.", factory=True)
 
 
 # ---------------------------------------------------------------- engine
@@ -239,6 +283,9 @@ def _check_value(key: str, tp: Any, meta: dict, value: Any, problems: list[str])
             problems.append(bad)
             return None
         value = float(value)
+        if not math.isfinite(value):      # nan passes every lo/hi comparison: refuse it outright
+            problems.append(bad + " (finite)")
+            return None
     elif tp is str:
         if not isinstance(value, str):
             problems.append(bad)
@@ -261,7 +308,7 @@ def _check_value(key: str, tp: Any, meta: dict, value: Any, problems: list[str])
 
 def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
     if not isinstance(data, dict):
-        problems.append(f"config: {prefix or 'root'} = {data!r}: expected a table")
+        problems.append(f"config: {prefix.rstrip('.') or 'root'} = {data!r}: expected a table")
         return cls()
     known = {f.name: f for f in fields(cls)}
     for k in data:
@@ -302,6 +349,8 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
             break
     if lv.count > len(set(lv.challenges)):
         problems.append(f"config: liveness.count = {lv.count}: expected at most the {len(set(lv.challenges))} distinct challenges in liveness.challenges")
+    if lv.prompt_pause_min_s > lv.prompt_pause_max_s:
+        problems.append(f"config: liveness.prompt_pause_min_s = {lv.prompt_pause_min_s}: expected at most liveness.prompt_pause_max_s ({lv.prompt_pause_max_s})")
     if lv.blink_min_s >= lv.blink_max_s:
         problems.append(f"config: liveness.blink_min_s = {lv.blink_min_s}: expected less than liveness.blink_max_s ({lv.blink_max_s})")
     q = cfg.quality
@@ -309,13 +358,41 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
         problems.append(f"config: quality.min_brightness = {q.min_brightness}: expected less than quality.max_brightness ({q.max_brightness})")
     if cfg.camera.lost_s <= cfg.camera.stall_s:
         problems.append(f"config: camera.lost_s = {cfg.camera.lost_s}: expected more than camera.stall_s ({cfg.camera.stall_s})")
+    if not all(c.isalnum() or c in "._-" for c in cfg.consent.notice_version) or not cfg.consent.notice_version:
+        problems.append(f"config: consent.notice_version = {cfg.consent.notice_version!r}: expected a token of letters, digits . _ -")
+    _check_mqtt(cfg, problems)
+    _check_names(cfg, problems)
+
+
+def _check_mqtt(cfg: Config, problems: list[str]) -> None:
     url = cfg.mqtt.url
-    if not (url.startswith("mqtt://") or url.startswith("mqtts://")) or ":" not in url.split("://", 1)[1]:
-        problems.append(f"config: mqtt.url = {url!r}: expected mqtt://host:port or mqtts://host:port")
+    try:
+        u = urlsplit(url)
+        port = u.port                  # ValueError when out of 0..65535 or not a number
+    except ValueError:
+        u, port = None, None
+    if u is None or u.scheme not in ("mqtt", "mqtts") or not u.hostname or port is None or not 1 <= port <= 65535 \
+            or u.path not in ("", "/") or u.query or u.fragment or not url.isascii():
+        problems.append(f"config: mqtt.url = {url!r}: expected mqtt://host:port or mqtts://host:port (port 1..65535)")
+    if not ids.is_prefix(cfg.mqtt.prefix):
+        problems.append(f"config: mqtt.prefix = {cfg.mqtt.prefix!r}: expected topic levels of letters, digits, "
+                        "'.', '_', '-' separated by '/' (no wildcards, no empty level, no leading '$' or '/')")
+
+
+def _check_names(cfg: Config, problems: list[str]) -> None:
+    """device.id, device.site and device.groups go into topics and the signed verdict: the same
+    pattern as the verdict schema (device/ids.py), so check-config accepts exactly what it does."""
+    want = "expected 1-64 ASCII letters, digits, '.', '_', '-', starting with a letter or digit, no run of 9 digits"
     for key in ("id", "site"):
         v = getattr(cfg.device, key)
-        if not v or any(ch in v for ch in "/+#") or v != v.strip():
-            problems.append(f"config: device.{key} = {v!r}: expected a non-empty topic-safe name (no / + # or spaces)")
+        if not ids.is_name(v):
+            problems.append(f"config: device.{key} = {v!r}: {want}")
+    if cfg.device.site in ids.RESERVED_SITES:
+        problems.append(f"config: device.site = {cfg.device.site!r}: reserved for fleet-wide topics")
+    for g in cfg.device.groups:
+        if not ids.is_name(g):
+            problems.append(f"config: device.groups = {list(cfg.device.groups)!r}: each group: {want}")
+            break
 
 
 def from_dict(data: dict) -> Config:

@@ -12,9 +12,11 @@ camera's capture/recovery thread made progress recently).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -28,6 +30,12 @@ log = logging.getLogger("kyc_edge.daemon")
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 EXIT_RESTART = 75    # = device.fleet.software.EXIT_RESTART: switched software slot, restart me (Restart=)
+
+
+class StartupRefused(Exception):
+    """A start-up fault a restart cannot fix (read-only state dir, corrupt signing key, unreadable
+    password file): one clear line and EXIT_CONFIG, which the unit's RestartPreventExitStatus=2
+    keeps from becoming a restart loop."""
 
 
 class Daemon:
@@ -44,11 +52,17 @@ class Daemon:
         self.base_cfg: config_mod.Config | None = None
         self.boot_guard: dict | None = None
         self.reader_state = "starting"
-        self.pending_start: tuple | None = None   # (response_topic, correlation, t) from cmd/start
+        self.pending_start = None                # device.link.props.StartRequest from cmd/start
+        self.store = None                        # device.store.VerdictStore
+        self.storage_state: str | None = None    # None | storage_low | storage_unwritable
+        self._next_storage_check = 0.0
         self._abort_session = False              # set by cmd/abort (link thread), read per frame
         self.hmac_key: bytes | None = None
         self.verdicts = 0
         self.exit_code = EXIT_OK
+        from device.display.consent import ConsentBox
+        self.consent_box = ConsentBox()          # the display's buttons and cmd/consent answer here
+        self.display = None                      # device.display.client.DisplayClient when enabled
 
     # ------------------------------------------------------------------ status
     def status(self, text: str) -> None:
@@ -69,6 +83,7 @@ class Daemon:
             "bundle_version": self.agent.bundle_version if self.agent else 0,
             "software_version": _software_version(),
             "cpu_temp_c": _cpu_temp(),
+            "storage": self.storage_state or "ok",
         }
 
     def healthy(self) -> bool:
@@ -111,16 +126,20 @@ class Daemon:
                 log.error("reload refused (with the update bundle's config patch): %s", line)
             return
         old = self.cfg
-        self.base_cfg, self.cfg = new, merged
-        new = merged
+        restart_needed = [s for s in _RESTART_SECTIONS if getattr(merged, s) != getattr(old, s)]
+        # settings that need a restart are not applied by SIGHUP: the running identity, topics,
+        # camera, reader, models and broker stay what they were until the process restarts
+        keep = {s: getattr(old, s) for s in restart_needed}
+        keep_base = {s: getattr(self.base_cfg, s) for s in restart_needed}
+        self.base_cfg = dataclasses.replace(new, **keep_base)
+        self.cfg = new = dataclasses.replace(merged, **keep)
         logs.setup(new.log.level, new.log.target)
         if new.match != old.match or new.quality != old.quality or new.liveness != old.liveness \
                 or new.session != old.session:
             log.info("config reloaded: thresholds, liveness and session settings take effect next session")
-        restart_needed = [s for s in ("device", "camera", "reader", "models", "mqtt")
-                          if getattr(new, s) != getattr(old, s)]
         if restart_needed:
-            log.warning("config reloaded; sections %s need a restart to take effect", ",".join(restart_needed))
+            log.warning("config reloaded; sections %s need a restart to take effect (not applied)",
+                        ",".join(restart_needed))
         self.status("ready; config reloaded")
 
     # ------------------------------------------------------------------ commands from MQTT
@@ -128,25 +147,49 @@ class Daemon:
         if self.agent is not None and self.agent.on_command(name, payload, props):
             return
         if name == "start":
-            rt = getattr(props, "ResponseTopic", None) if props is not None else None
-            corr = getattr(props, "CorrelationData", None) if props is not None else None
-            self.pending_start = (rt, corr, time.monotonic())
-            log.info("start command received; it applies to the next session")
-        elif name == "abort" and self.session is not None:
-            self._abort_session = True
+            self._on_start(payload, props)
+        elif name == "abort":
+            self.pending_start = None            # cmd/abort also cancels a start not yet begun
+            if self.session is not None:
+                self._abort_session = True
+        elif name == "consent":      # the operator answers for the customer: {"notice_version", "answer"?}
+            answer = payload.get("answer", "agree")
+            self.consent_box.offer(answer if isinstance(answer, str) else "", "operator",
+                                   payload.get("notice_version"), payload.get("session_id"))
+
+    def _on_start(self, payload: dict, props) -> None:
+        """cmd/start: validated before anything is kept (device/link/props.py). Refused with a
+        `refused` event: a bad one (`bad_command`), and one arriving while a session runs or while
+        an earlier start is still pending (`session_running`): the first start binds the session,
+        a later one never re-binds it (docs/mqtt.md)."""
+        from device.link import props as props_mod
+        try:
+            req = props_mod.parse_start(payload, props)
+        except props_mod.BadStart as e:
+            log.warning("cmd/start refused: %s", e.detail)
+            self._publish_event({"event": "refused", "reason": "bad_command"})
+            return
+        pending = self.pending_start
+        if self.session is not None or (
+                pending is not None and time.monotonic() - pending.t <= self.cfg.session.start_ttl_s):
+            log.warning("cmd/start refused: %s", "a session is running" if self.session is not None
+                        else "an earlier start is pending (send cmd/abort to cancel it)")
+            self._publish_event({"event": "refused", "reason": "session_running"})
+            return
+        self.pending_start = req
+        log.info("start command received; it applies to the next session")
 
     # ------------------------------------------------------------------ start-up
     def _start(self) -> int:
         from device.link.mqtt import Link
-        from device.link.outbox import Outbox
-        from device.verdict import Signer
+
+        from device import store as store_mod
 
         cfg = self.cfg
         state = Path(cfg.device.state_dir)
-        state.mkdir(parents=True, exist_ok=True)
-        os.chmod(state, 0o700)
+        _prepare_state_dir(state)
         self.status("loading keys")
-        self.signer = Signer.load_or_create(state)
+        self.signer = _load_signer(state)
         if cfg.privacy.card_number_hmac_key_file:
             try:
                 self.hmac_key = Path(cfg.privacy.card_number_hmac_key_file).read_bytes().strip()
@@ -163,10 +206,22 @@ class Daemon:
         bundle = slots.active_bundle(state)
         self.cfg = cfg = slots.merged_config(self.base_cfg, bundle)
         self.model_dir = slots.model_dir(bundle, self.factory_models)
-        self.outbox = Outbox(state / "outbox.sqlite", cfg.outbox.max_rows)
+        try:
+            self.outbox, recovery = store_mod.open_outbox(state / "outbox.sqlite", cfg.outbox.max_rows)
+        except (OSError, sqlite3.Error) as e:
+            raise StartupRefused(f"state: cannot open {state / 'outbox.sqlite'} for writing ({_why(e)})") from None
         self.link = Link(cfg, self.outbox, health=self.health, on_command=self.on_command, signer=self.signer)
+        if recovery is not None:
+            self._alarm("outbox_recovered", True)
+        self.store = store_mod.VerdictStore(self.signer, self.outbox, state, alarm=self._alarm, kick=self.link.kick)
+        store_mod.ensure_ballast(state, cfg.storage.ballast_bytes, cfg.storage.reserve_bytes)
+        self._check_storage(force=True)
+        _check_password_file(cfg)
         self._start_fleet(state)    # before the link starts, so no update command can arrive unseen
         self.link.start()
+        if cfg.display.enabled:
+            from device.display.client import DisplayClient
+            self.display = DisplayClient(cfg.display.socket, on_answer=self.consent_box.offer).start()
 
         self.status("loading models")
         from device.vision.suite import VisionSuite
@@ -179,6 +234,11 @@ class Daemon:
         self.status("opening card reader")
         from device.cardreader.reader import CardReader
         self.reader = CardReader(cfg.reader)
+        if cfg.reader.photo_decoder == "auto" and not cfg.reader.wlt_library:
+            # auto without a WLT library: BMP/JPEG photos decode, a real card's WLT photo cannot
+            log.warning("reader.photo_decoder = 'auto' but reader.wlt_library is not set: cards whose chip "
+                        "photo is WLT (all resident cards) will fail with photo_decoder_unavailable")
+            self._alarm("photo_decoder_wlt_missing", True)
         try:
             self.reader.open()          # photo_decoder_unavailable raises here, at start-up
             self.reader_state = "ok"
@@ -245,6 +305,11 @@ class Daemon:
         self.status("starting")
         try:
             self._start()
+        except StartupRefused as e:
+            log.error("start-up refused: %s", e)
+            self.status("start-up refused (see log)")
+            self._shutdown()
+            return EXIT_CONFIG
         except KycError as e:
             log.error("start-up failed: %s", e)
             self.status(f"start-up failed: {e.reason}")
@@ -277,6 +342,7 @@ class Daemon:
             if self.agent is not None:
                 self.agent.poll(session_active=self.session is not None)
             now = time.monotonic()
+            self._check_storage()
             if now - last_status > 5.0:
                 last_status = now
                 self.notifier.status(self._ready_text())
@@ -300,33 +366,107 @@ class Daemon:
             log.error("outbox full: session refused (outbox_full); verdicts are waiting for the broker")
             self._publish_event({"event": "refused", "reason": "outbox_full"})
             return
+        if self._check_storage(force=True):
+            log.error("session refused (%s): the state directory cannot safely take a verdict",
+                      self.storage_state)
+            self._publish_event({"event": "refused", "reason": self.storage_state})
+            return
         start = self.pending_start
         self.pending_start = None
-        if start and time.monotonic() - start[2] > self.cfg.session.start_ttl_s:
+        if start and time.monotonic() - start.t > self.cfg.session.start_ttl_s:
             start = None
+        binding = start.binding if start else None
         self._abort_session = False
+        cfg = self.cfg
+        stored: list[str] = []
 
         def sink(v: dict) -> None:
-            signed = self.signer.sign(v)
-            self.outbox.put(signed, response_topic=start[0] if start else None,
-                            correlation=start[1] if start else None)
-            self.link.kick()
+            signed = self.store.sign_or_fallback(v, device=cfg.device.id, site=cfg.device.site, binding=binding)
+            self.store.put(signed, response_topic=start.response_topic if start else None,
+                           correlation=start.correlation if start else None)
+            stored.append(signed["verdict"]["verdict_id"])
             self.verdicts += 1
 
-        self.session = Session(self.cfg, reader=self.reader, camera=self.camera, vision=self.vision, sink=sink,
+        self.session = Session(cfg, reader=self.reader, camera=self.camera, vision=self.vision, sink=sink,
                                events=self._publish_event, tick=self.tick,
                                should_abort=lambda: self._stop.is_set() or self._abort_session,
-                               hmac_key=self.hmac_key)
+                               hmac_key=self.hmac_key, binding=binding,
+                               consent=self.consent_box.wait if self.cfg.consent.required else None)
         try:
             v = self.session.run()
             log.info("verdict %s: %s %s", v["verdict_id"], v["result"], ",".join(v["reasons"]) or "-",
                      extra={"session_id": v["verdict_id"], "reason": ",".join(v["reasons"])})
-        except KycError as e:   # outbox full or an invalid verdict: nothing was published
-            log.error("session could not store its verdict: %s", e)
+        except Exception as e:  # noqa: BLE001 - storing a verdict is never skipped silently
+            if stored:
+                log.error("session ended with an error after its verdict was stored: %s", type(e).__name__)
+            else:
+                self._store_fallback(e, start, cfg)
         finally:
             self.session = None
 
+    def _store_fallback(self, e: Exception, start, cfg) -> None:
+        """The session ended without a stored verdict (a schema-invalid verdict is a bug): a
+        signed internal_error verdict takes its place, and `verdict_invalid` is raised in status."""
+        from device.link.outbox import OutboxFull
+        log.error("session could not build or store its verdict (%s: %s): storing an internal_error verdict",
+                  type(e).__name__, getattr(e, "detail", "") or "-")
+        self._alarm("verdict_invalid", True)
+        vid = getattr(self.session, "session_id", None) or None
+        try:
+            v = self.store.fallback(None, device=cfg.device.id, site=cfg.device.site, verdict_id=vid,
+                                    binding=start.binding if start else None)
+            self.store.put(self.signer.sign(v), response_topic=start.response_topic if start else None,
+                           correlation=start.correlation if start else None)
+            self.verdicts += 1
+            self._publish_event({"event": "verdict", "result": "fail", "verdict_id": v["verdict_id"],
+                                 "reason": "internal_error"})
+        except OutboxFull:
+            log.error("outbox full: the internal_error verdict could not be stored either")
+        except KycError as e2:
+            log.critical("no verdict could be stored for this session: %s", e2)
+
+    # ------------------------------------------------------------------ storage
+    def _alarm(self, name: str, on: bool) -> None:
+        link = self.link
+        if link is None:
+            return
+        changed = (name in link.alarms) != on
+        (link.alarms.add if on else link.alarms.discard)(name)
+        if changed:
+            link.publish_status()
+
+    def _check_storage(self, force: bool = False) -> str | None:
+        """Free space and writability of the state directory (at start, before every session,
+        every storage.check_interval_s); sets `storage_low` / `storage_unwritable` in status."""
+        from device import store as store_mod
+        now = time.monotonic()
+        if not force and now < self._next_storage_check:
+            return self.storage_state
+        self._next_storage_check = now + self.cfg.storage.check_interval_s
+        state = Path(self.cfg.device.state_dir)
+        problem = store_mod.check(state, self.cfg.storage.reserve_bytes)
+        if problem != self.storage_state:
+            if problem:
+                log.error("state directory %s: %s (reserve %d bytes); new sessions are refused", state, problem,
+                          self.cfg.storage.reserve_bytes)
+            else:
+                log.info("state directory %s: storage ok again", state)
+            self.storage_state = problem
+            if self.link is not None:
+                self.link.publish_status()
+        for name in ("storage_low", "storage_unwritable"):
+            self._alarm(name, problem == name)
+        if problem is None:
+            if self.store is not None and self.store.unstored:
+                self.store.retry()
+            store_mod.ensure_ballast(state, self.cfg.storage.ballast_bytes, self.cfg.storage.reserve_bytes)
+        return problem
+
     def _publish_event(self, event: dict) -> None:
+        if event.get("event") == "consent" and event.get("session_id"):
+            self.consent_box.arm(event["session_id"], event.get("notice_version", ""))
+        if self.display is not None:
+            self.display.send(event)
         try:
             self.link.publish_session_event(event)
         except KycError as e:
@@ -343,10 +483,59 @@ class Daemon:
                     part.close()
                 except Exception as e:  # noqa: BLE001 - closing must not stop the rest
                     log.warning("closing %s: %s", name, type(e).__name__)
+        if self.display is not None:
+            self.display.stop()
         if self.link is not None:
             self.link.stop("stopping")
         if self.outbox is not None:
             self.outbox.close()
+
+
+_RESTART_SECTIONS = ("device", "camera", "reader", "models", "mqtt", "outbox", "storage", "privacy", "fleet")
+
+
+def _why(e: BaseException) -> str:
+    return getattr(e, "strerror", None) or str(e) or type(e).__name__
+
+
+def _prepare_state_dir(state: Path) -> None:
+    from device import store as store_mod
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        os.chmod(state, 0o700)
+    except OSError as e:
+        raise StartupRefused(f"state: cannot create or use device.state_dir {state} ({_why(e)}); "
+                             "check its owner and mount (systemd StateDirectory=)") from None
+    err = store_mod.probe(state)
+    if store_mod.no_space(err):
+        # a full disk is not fatal: the ballast makes room to open the outbox, sessions are refused
+        # (storage_low) until space comes back, and the counter keeps its status and queue
+        freed = store_mod.release_ballast(state)
+        log.error("state: device.state_dir %s is full%s; new sessions will be refused (storage_low)", state,
+                  f" (released {freed} bytes of ballast)" if freed else "")
+    elif err is not None:
+        raise StartupRefused(f"state: device.state_dir {state} is not writable ({os.strerror(err)}: read-only "
+                             "mount or owner); verdicts cannot be stored")
+
+
+def _load_signer(state: Path):
+    from device.verdict import KEY_FILE, Signer, VerdictError
+    try:
+        return Signer.load_or_create(state)
+    except (ValueError, TypeError, VerdictError) as e:
+        raise StartupRefused(f"state: the signing key {state / KEY_FILE} is corrupt or truncated "
+                             f"({type(e).__name__}); move it aside to make a new key at the next start "
+                             "(the operator must then trust the new public key: kyc-edge keys show)") from None
+    except OSError as e:
+        raise StartupRefused(f"state: cannot read or create the signing key {state / KEY_FILE} ({_why(e)})") from None
+
+
+def _check_password_file(cfg) -> None:
+    if cfg.mqtt.username and cfg.mqtt.password_file:
+        try:
+            Path(cfg.mqtt.password_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise StartupRefused(f"config: mqtt.password_file {cfg.mqtt.password_file}: cannot read ({_why(e)})") from None
 
 
 def _software_version() -> str:

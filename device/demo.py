@@ -7,6 +7,7 @@ a pty, serving a fabricated card with the given photo -> the replay camera on th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import numpy as np
 
 from device import config as config_mod
 from device.localbroker import LocalBroker
@@ -71,6 +74,45 @@ class VerdictSubscriber:
         self.client.disconnect()
 
 
+def shared_blink_video() -> Path:
+    shared = Path(os.environ.get("KYC_EDGE_SHARED") or REPO.parent / "shared")
+    return shared / "data" / "blink" / "demo_old.mp4"
+
+
+def builtin_card_photo(video: Path):
+    """A card photo made here, in memory, from the blink video's subject (never written anywhere):
+    the largest face of frame 60, cropped head-and-shoulders like a chip photo. BGR, or None."""
+    import cv2
+    cap = cv2.VideoCapture(str(video))
+    try:
+        frame = None
+        for _ in range(61):
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            frame = bgr
+    finally:
+        cap.release()
+    if frame is None:
+        return None
+    h, w = frame.shape[:2]
+    cx, cy = w // 2, h // 2
+    try:
+        from device import models as models_mod
+        from device.vision.detect import DetectorOptions, FaceDetector
+        model_dir = Path(os.environ.get("KYC_EDGE_MODEL_DIR") or REPO / "models" / "store")
+        det = FaceDetector.create(DetectorOptions(str(models_mod.resolve(model_dir, "float", "short_range")["detector"])))
+        faces = det.detect(np.ascontiguousarray(frame[:, :, ::-1])).faces
+        if faces:
+            x0, y0, x1, y1 = max(faces, key=lambda f: f.width * f.height).box
+            cx, cy, fw = int((x0 + x1) / 2), int((y0 + y1) / 2), int(x1 - x0)
+            half_w, half_h = int(fw * 0.9), int(fw * 1.1)
+            return np.ascontiguousarray(frame[max(0, cy - half_h):cy + half_h, max(0, cx - half_w):cx + half_w])
+    except Exception:  # noqa: BLE001 - no models yet: the centre crop below still makes a photo
+        pass
+    return np.ascontiguousarray(frame[max(0, cy - 220):cy + 220, max(0, cx - 180):cx + 180])
+
+
 def run_demo(args) -> int:
     import cv2
 
@@ -78,16 +120,32 @@ def run_demo(args) -> int:
     from device.cardreader.simulator import FakeCard, Simulator
 
     base = config_mod.load(args.config) if args.config else None
-    img = cv2.imread(args.card_photo, cv2.IMREAD_COLOR)
+    if args.video is None or args.card_photo is None:
+        blink = shared_blink_video()
+        if not blink.exists():
+            print(f"demo: no --card-photo/--video given, and the shared blink video is not at {blink}.\n"
+                  "demo: give both: kyc-edge demo --card-photo FACE.jpg --video VIDEO.mp4 "
+                  "(or set KYC_EDGE_SHARED to the folder holding data/blink/demo_old.mp4)", file=sys.stderr)
+            return 2
+        args.video = args.video or str(blink)
+    if args.card_photo is None:
+        img = builtin_card_photo(Path(args.video) if Path(args.video).is_file() else shared_blink_video())
+        if img is None:
+            print("demo: could not make a card photo from the video; give --card-photo FILE", file=sys.stderr)
+            return 2
+        print("demo: card photo made from the blink video (kept in memory only)", file=sys.stderr)
+    else:
+        img = cv2.imread(args.card_photo, cv2.IMREAD_COLOR)
     if img is None:
         print(f"demo: cannot read --card-photo {args.card_photo}", file=sys.stderr)
         return 2
     if not Path(args.video).exists():
         print(f"demo: --video {args.video}: no such file or folder", file=sys.stderr)
         return 2
+    display = getattr(args, "display", False)
     work = Path(tempfile.mkdtemp(prefix="kyc-demo-"))
     broker = None
-    sim = proc = sub = None
+    sim = proc = sub = screen = None
     try:
         if base is not None:
             url = base.mqtt.url
@@ -110,11 +168,21 @@ def run_demo(args) -> int:
             "liveness": {"challenges": ["blink"], "count": 1},
             "mqtt": {"url": url, "prefix": prefix},
             "log": {"level": "warning", "target": "stderr"},
+            **({"display": {"enabled": True, "socket": str(work / "display.sock"), "port": args.display_port,
+                            "voice_dir": str(work / "voice")},
+                "consent": {"required": True, "timeout_s": max(60.0, args.timeout)}} if display else {}),
         })
+        if display:
+            screen = _start_display(cfg_path, work)
         sub = VerdictSubscriber(url, f"{prefix}/+/+/verdict")
         proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(cfg_path)])
         photo = card_photo_jpeg(img[:, :, ::-1].copy())
-        deadline = time.monotonic() + args.timeout
+        if screen is not None:
+            print(f"demo: customer display at {screen.url} - open it in a browser (README: customer display); "
+                  f"the card goes on the reader in {args.display_wait:.0f} s, then press the agree button",
+                  file=sys.stderr, flush=True)
+            time.sleep(args.display_wait)
+        deadline = time.monotonic() + args.timeout + (args.display_wait if screen is not None else 0)
         for i in range(args.sessions):
             sim.insert(FakeCard.resident(photo_bytes=photo))
             print(f"demo: card {i + 1} on the reader; look at the camera and blink", file=sys.stderr)
@@ -140,4 +208,18 @@ def run_demo(args) -> int:
                     pass
         if broker is not None:
             broker.stop()
+        if screen is not None:
+            screen.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _start_display(cfg_path: Path, work: Path):
+    """The display server in this process; the prompts are rendered first where espeak-ng exists."""
+    from device.display.server import DisplayServer
+    from device.display.voice import render
+    cfg = config_mod.load(cfg_path)
+    try:
+        render(work / "voice")
+    except (RuntimeError, OSError) as e:
+        print(f"demo: display without spoken prompts ({e})", file=sys.stderr)
+    return DisplayServer(cfg).start()

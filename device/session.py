@@ -51,6 +51,10 @@ class Evidence:
     last_crop: np.ndarray | None = None      # identity at the end
     last_challenge_t: float | None = None    # monotonic time the last challenge passed
     check: LivenessCheck | None = None
+    covered_frames: int = 0                  # frames whose lower face was covered (a mask)
+    covered_run: int = 0                     # ... in a row (one odd frame is not a mask)
+    hint: str | None = None                  # last quality hint shown to the customer
+    hint_t: float = -1e9
 
     @property
     def frames(self) -> int:
@@ -73,13 +77,17 @@ class Session:
     sink    - callable(verdict dict) -> None: signs + stores (daemon) or prints (offline verify)
     events  - callable(dict) -> None: non-biometric progress for the counter display
     tick    - called every frame: the daemon feeds its watchdog and handles signals there
+    consent - None (no consent step), or callable(session_id, notice_version, timeout_s, poll) ->
+              (answer, channel): answer "agree" | "decline" | "alternative" | None (timeout), channel
+              "display" | "operator" | None; poll() must be called while waiting (ticks, aborts)
     """
 
     def __init__(self, cfg: Config, *, reader, camera, vision, sink: Callable[[dict], None],
                  events: Callable[[dict], None] = lambda e: None, tick: Callable[[], None] = lambda: None,
                  should_abort: Callable[[], bool] = lambda: False, challenges: list[str] | None = None,
                  rng: random.Random | None = None, clock=time.monotonic, wall=time.time,
-                 hmac_key: bytes | None = None):
+                 hmac_key: bytes | None = None, consent: Callable | None = None,
+                 binding: dict | None = None):
         self.cfg = cfg
         self.reader, self.camera, self.vision = reader, camera, vision
         self.sink, self.events, self.tick, self.should_abort = sink, events, tick, should_abort
@@ -87,6 +95,9 @@ class Session:
         self.rng = rng or random.SystemRandom()
         self.clock, self.wall = clock, wall
         self.hmac_key = hmac_key
+        self.consent = consent
+        self.consent_record: dict | None = None
+        self.binding = binding            # signed into the verdict: what started this session
         self.state = State.IDLE
         self.session_id = ""
         self.last_challenge_to_stored_ms: float | None = None
@@ -110,7 +121,8 @@ class Session:
         elif e["state"] == "passed":
             self._emit({"event": "challenge_passed", **step})
         else:
-            self._emit({"event": "challenge_failed", "reason": "challenge_timeout", **step})
+            reason = "response_too_early" if e["state"] == "too_early" else "challenge_timeout"
+            self._emit({"event": "challenge_failed", "reason": reason, **step})
 
     def _enter(self, state: State) -> None:
         self.state = state
@@ -135,6 +147,7 @@ class Session:
         card_face = match = None
         ev = Evidence()
         best = None
+        self.consent_record = None
         try:
             # CARD_DETECTED -> CARD_READ
             self._enter(State.CARD_DETECTED)
@@ -148,6 +161,8 @@ class Session:
                 raise SessionFailed("card_expired")
             if card.record.card_type == "resident" and not card.record.number_valid():
                 raise SessionFailed("card_invalid_number")
+            if self.consent is not None:      # before any face (card photo or frame) is analysed
+                self._ask_consent(card)
             card_face = self.vision.card_face(card.photo)
             card.wipe()        # the decoded photo is no longer needed once its face is aligned
             if card_face is None:
@@ -165,7 +180,7 @@ class Session:
             t_decide = self.clock()
             crops = best.crops()
             if not crops:
-                raise SessionFailed("quality_too_low")
+                raise SessionFailed(_covered_or("quality_too_low", ev))
             match = self.vision.match(card_face, crops, ev.first_crop, ev.last_crop)
             scores["similarity"] = match.similarity
             decision = check.decide(match.identity)
@@ -206,7 +221,8 @@ class Session:
             device=self.cfg.device.id, site=self.cfg.device.site,
             result="fail" if reasons else "pass", reasons=reasons, scores=scores, card=card_info,
             models=self.vision.versions, timings_ms=self.timings,
-            started_at=started_wall, decided_at=max(self.wall(), started_wall), verdict_id=self.session_id)
+            started_at=started_wall, decided_at=max(self.wall(), started_wall), verdict_id=self.session_id,
+            consent=self.consent_record, binding=self.binding)
         self.sink(v)
         if ev.last_challenge_t is not None:
             # last challenge frame -> verdict stored: the issue-9 latency figure
@@ -215,6 +231,46 @@ class Session:
                     **({"reason": reasons[0]} if reasons else {})})
         self._enter(State.IDLE)
         return v
+
+    _ANSWER_REASON = {"decline": "consent_declined", "alternative": "manual_review"}
+
+    def _ask_consent(self, card) -> None:
+        """Separate consent after the notice (issue 15). Anything but `agree` ends the session here,
+        before the card photo or any frame is looked at; the verdict records the answer."""
+        cc = self.cfg.consent
+        guardian = _younger_than(card.record, cc.guardian_age, self.wall())
+        rec = {"given": False, "channel": None, "notice_version": cc.notice_version, "guardian_required": guardian}
+        self.consent_record = rec
+        self._emit({"event": "consent", "prompt": "consent", "notice_version": cc.notice_version,
+                    "deadline_s": cc.timeout_s, "guardian_required": guardian})
+
+        def poll() -> None:
+            self.tick()
+            if self.should_abort():
+                raise SessionFailed("aborted")
+        answer, channel = self.consent(self.session_id, cc.notice_version, cc.timeout_s, poll)
+        rec["channel"] = channel if answer else None
+        if answer != "agree":
+            raise SessionFailed(self._ANSWER_REASON.get(answer, "consent_timeout"))
+        rec["given"] = True
+        self._emit({"event": "consent_given", "channel": channel})
+
+    _HINT_OF = {"face_covered": "take_off_mask", "face_too_small": "move_closer", "too_dark": "more_light",
+                "face_cut_off": "look_at_camera", "yaw": "look_at_camera", "pitch": "look_at_camera"}
+
+    def _quality_hint(self, ev: Evidence, failed: tuple, t: float) -> None:
+        """Tell the customer what keeps a frame from the match (at most one new hint a second)."""
+        if "face_covered" in failed:
+            ev.covered_frames += 1
+            ev.covered_run += 1
+            if ev.covered_run < 3:
+                failed = tuple(f for f in failed if f != "face_covered")
+        else:
+            ev.covered_run = 0
+        hint = next((self._HINT_OF[f] for f in failed if f in self._HINT_OF), None)
+        if hint and hint != ev.hint and t - ev.hint_t >= 1.0:
+            ev.hint, ev.hint_t = hint, t
+            self._emit({"event": "hint", "prompt": hint})
 
     def _card_info(self, card) -> dict:
         rec = card.record
@@ -248,13 +304,18 @@ class Session:
                 frame.wipe()          # every frame is zero-filled once it has been looked at
         reason = check.finish()
         if reason:
-            raise SessionFailed(reason)
+            raise SessionFailed(_covered_or(reason, ev))
         return check
 
     def _frame(self, frame, ev: Evidence, best, check: LivenessCheck) -> bool:
         """One frame through the tracker, the quality gate and the liveness check. True: capture is over."""
         obs = self.vision.observe(frame.rgb, frame.t)
+        if obs.landmarks is None and getattr(obs, "unmeshed", None) is not None and \
+                self.vision.covered(frame.rgb, obs.unmeshed):
+            self._quality_hint(ev, ("face_covered",), frame.t)   # found, but no landmarks: a mask, usually
         crop = self.vision.quality_crop(frame.rgb, obs, best)     # None unless one face passes the gate
+        if obs.landmarks is not None:
+            self._quality_hint(ev, getattr(self.vision, "last_failed", ()) if crop is None else (), frame.t)
         if crop is not None:
             if ev.first_crop is None:
                 ev.first_crop = crop.copy()
@@ -272,5 +333,23 @@ class Session:
         if step.challenges_completed:
             ev.last_challenge_t = self.clock()
         if step.failed:
-            raise SessionFailed(step.failed)
+            raise SessionFailed(_covered_or(step.failed, ev))
         return step.done
+
+
+def _covered_or(reason: str, ev: Evidence) -> str:
+    """A session that saw a covered face (3+ frames) and then no usable one ends `face_covered`."""
+    return "face_covered" if ev.covered_frames >= 3 and reason in ("no_face", "face_lost", "quality_too_low") \
+        else reason
+
+
+def _younger_than(record, years: int, now: float) -> bool:
+    """On the device only: is the card holder younger than `years` today? (The date never leaves.)"""
+    import datetime as _dt
+    try:
+        b = record.birth
+    except Exception:  # noqa: BLE001 - an unreadable birth date: no flag rather than a crash
+        return False
+    today = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).date()
+    age = today.year - b.year - ((today.month, today.day) < (b.month, b.day))
+    return age < years

@@ -13,6 +13,10 @@ def _bench(args) -> int:
         from kyc_tools.bench.cardreader import bench_cardreader as run
     elif target == "link":
         from kyc_tools.bench.link import run
+    elif target == "fleet":
+        from kyc_tools.bench.fleet import run
+    elif target == "chaos":
+        from kyc_tools.bench.chaos import run
     else:
         from kyc_tools.bench.camera import bench_camera as run
     print(json.dumps(run(args), indent=2))
@@ -26,7 +30,8 @@ def _fuzz(args) -> int:
 
 def register(sub) -> None:
     s = sub.add_parser("bench", help="benchmarks; print JSON")
-    s.add_argument("target", nargs="?", choices=("frame", "cardreader", "link", "camera"), default="frame")
+    s.add_argument("target", nargs="?", choices=("frame", "cardreader", "link", "camera", "fleet", "chaos"),
+                   default="frame")
     s.add_argument("--config", "-c", help="config file (camera bench)")
     s.add_argument("--frames", help="frames for the per-frame / camera bench (DIR or VIDEO)")
     s.add_argument("--threads", type=int, default=1)
@@ -41,6 +46,11 @@ def register(sub) -> None:
     s.add_argument("--seconds", type=float, default=3.0, help="camera bench: per row")
     s.add_argument("--load-ms", type=float, nargs="*", default=[0.0, 30.0], dest="load_ms",
                    help="camera bench: simulated inference per frame, one row each")
+    from kyc_tools.bench import fleet as _fleet_bench
+    _fleet_bench.add_args(s)
+    s.add_argument("--short", action="store_true", help="chaos: the CI subset of the faults")
+    s.add_argument("--only", nargs="*", help="chaos: run only these fault ids")
+    s.add_argument("--no-tmpfs", action="store_true", help="chaos: do not mount a tmpfs state dir (skips disk faults)")
     s.set_defaults(func=_bench)
 
     ev = sub.add_parser("eval", help="accuracy evaluations; print JSON")
@@ -48,6 +58,8 @@ def register(sub) -> None:
     from kyc_tools.eval import commands_liveness, commands_match
     commands_match.register_eval(ev_sub)
     commands_liveness.register_eval(ev_sub)
+    from kyc_tools.eval import masks
+    masks.register_eval(ev_sub)
 
     from kyc_tools.fleet import commands as fleet_commands
     fleet_commands.register(sub)

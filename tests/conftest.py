@@ -53,3 +53,26 @@ def broker(tmp_path):
     """A real mosquitto on a free loopback port (anonymous, MQTT 5 capable)."""
     with Mosquitto(tmp_path) as b:
         yield b
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One private PostgreSQL cluster for the session (initdb in a temp dir, free loopback port)."""
+    from tests import pg
+    if not pg.available():
+        missing("PostgreSQL server binaries not installed (scripts/setup installs postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        missing("psycopg not installed (scripts/setup installs kyc-edge[tools])")
+    with pg.Postgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster, request):
+    """A fresh database in the session's cluster; returns its DSN."""
+    import re
+    import uuid
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:6]
+    return pg_cluster.create_db(name)

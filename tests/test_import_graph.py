@@ -24,9 +24,12 @@ FORBIDDEN = ("device.camera", "device.vision", "device.liveness", "device.cardre
 # device.models: the model manifest and sha256 helpers (stdlib only); fleet verifies artifacts with it
 # device.localbroker: a loopback mosquitto for the link bench (stdlib only)
 # device.challenge_names: the challenge names for the session-event schema and config (stdlib only)
+# device.notify / device.logs: sd_notify and log set-up (stdlib; the display process uses them)
 ALLOWED_DEVICE = {"device", "device.verdict", "device.config", "device.errors", "device.models",
-                  "device.localbroker", "device.challenge_names"}
-PACKAGES = ("device.link", "device.fleet")
+                  "device.localbroker", "device.challenge_names", "device.notify", "device.logs",
+                  "device.ids"}   # ids: stdlib-only identifier patterns (issue 20)
+# device.display: the customer display sees session events only, never a frame (issue 15)
+PACKAGES = ("device.link", "device.fleet", "device.display")
 # third-party modules that would mean biometric code or image handling got pulled in
 FORBIDDEN_THIRD_PARTY = ("cv2", "numpy", "ai_edge_litert", "tflite_runtime", "PIL", "serial", "picamera2")
 
@@ -46,6 +49,7 @@ ALL = [m for p in PACKAGES for m in modules_of(p)] + ["device.verdict"]
 
 def test_there_is_something_to_check():
     assert "device.link.mqtt" in ALL and "device.link.outbox" in ALL and "device.link.commands" in ALL
+    assert "device.display.server" in ALL and "device.display.client" in ALL
 
 
 def test_importing_link_and_fleet_loads_no_biometric_module():

@@ -76,10 +76,15 @@ def test_pad_scored_on_frontal_frames_only_and_genuine_is_real(blink_obs):
     assert fuse_pad(pads) > 0.9
 
 
+# the timing rule (random pause before each prompt, response window) off: these tests pin the
+# challenge logic itself to the recording's own times; tests/test_timing_rule.py covers the rule
+NO_TIMING = dict(prompt_pause_min_s=0.0, prompt_pause_max_s=0.0, response_window_s=0.0)
+
+
 def test_genuine_blink_video_passes_blink_challenge(blink_obs):
     obs, rec, _, _ = blink_obs
     assert sum(g for _, g in rec) > len(rec) / 2      # most frames of the genuine video can be matched
-    cfg = LivenessConfig(challenges=("blink",), count=1)
+    cfg = LivenessConfig(challenges=("blink",), count=1, **NO_TIMING)
     d, runner = _replay(rec, ["blink"], cfg)
     assert d.ok, d.reasons
     assert runner.results[0].t_end == pytest.approx(0.88, abs=0.1)   # the first blink ends at ~0.88 s
@@ -87,7 +92,7 @@ def test_genuine_blink_video_passes_blink_challenge(blink_obs):
 
 def test_turn_left_found_and_turn_right_times_out_on_blink_video(blink_obs):
     obs, rec, _, _ = blink_obs
-    cfg = LivenessConfig()
+    cfg = LivenessConfig(**NO_TIMING)
     d, runner = _replay(rec, ["blink", "turn_left"], cfg)
     assert d.ok, d.reasons
     # the person turns to their left (yaw up to ~+25 deg) around 2.8 s, never 18 deg to their right
@@ -99,7 +104,7 @@ def test_turn_left_found_and_turn_right_times_out_on_blink_video(blink_obs):
 def test_action_before_the_prompt_does_not_count(blink_obs):
     """turn_left first (passes ~2.9 s), then blink: the blinks at 0.68-2.4 s are before the prompt."""
     obs, rec, _, _ = blink_obs
-    d, runner = _replay(rec, ["turn_left", "blink"], LivenessConfig())
+    d, runner = _replay(rec, ["turn_left", "blink"], LivenessConfig(**NO_TIMING))
     assert d.ok
     assert runner.results[1].t_end > runner.results[0].t_end
     assert runner.results[1].t_end == pytest.approx(3.47, abs=0.1)   # the blink starting at 3.24 s
@@ -154,7 +159,7 @@ def test_draw_always_mixes_blink_and_a_turn():
 
 
 def test_turn_needs_neutral_after_prompt_and_times_out():
-    cfg = LivenessConfig(challenge_timeout_s=2.0)
+    cfg = LivenessConfig(challenge_timeout_s=2.0, **NO_TIMING)
     r = ChallengeRunner(cfg, sequence=["turn_left"])
     r.start(0.0)
     # already turned when asked: no pass until the head has been frontal
@@ -180,7 +185,7 @@ def test_turn_needs_neutral_after_prompt_and_times_out():
 
 def test_blink_before_prompt_ignored():
     from device.vision.blink import Blink
-    r = ChallengeRunner(LivenessConfig(), sequence=["blink"])
+    r = ChallengeRunner(LivenessConfig(**NO_TIMING), sequence=["blink"])
     r.start(1.0)
     assert r.update(_obs(1.1, blink=Blink(0.8, 1.1, 0.5))) == []   # closed before the prompt
     assert r.update(_obs(1.5, blink=Blink(1.2, 1.5, 0.5)))[0]["state"] == "passed"
@@ -243,7 +248,9 @@ def test_eval_sessions_command_genuine_only(shared_data, model_dir, capsys, tmp_
     out = json.loads(capsys.readouterr().out)
     g = out["genuine_blink_video"]
     assert g["blink_only_pass"] is True and g["blinks_found"] == 10
-    assert g["runs"]["blink+turn_left"]["ok"] and g["runs"]["turn_left+blink"]["ok"]
+    # with the timing rule (random pauses, seeded in the eval) the recording, not made to prompts,
+    # still passes turn_left+blink; blink+turn_left's turn prompt comes while the head is already turned
+    assert g["runs"]["turn_left+blink"]["ok"]
     assert out["challenge_sequences"] and "print_attacks" not in out
 
 

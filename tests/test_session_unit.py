@@ -106,8 +106,13 @@ def card(fake=None):
     return CardRead(record=parse_text((fake or FakeCard.resident()).text), photo=np.full((126, 102, 3), 50, np.uint8))
 
 
+# the challenge timing rule (random pause before each prompt, response window; issue 12,
+# tests/test_timing_rule.py) off unless a test asks for it: these scripts place actions at fixed times
+NO_TIMING = {"liveness.prompt_pause_min_s": 0.0, "liveness.prompt_pause_max_s": 0.0, "liveness.response_window_s": 0.0}
+
+
 def run(script, *, vision=None, camera=None, card_read=None, reader=None, changes=None, **kw):
-    cfg = C.replace(C.from_dict({}), **(changes or {}))
+    cfg = C.replace(C.from_dict({}), **{**NO_TIMING, **(changes or {})})
     vision = vision or FakeVision(script)
     out, events = [], []
     s = Session(cfg, reader=reader, camera=camera or FakeCamera(script), vision=vision, sink=out.append,
@@ -238,7 +243,7 @@ def test_a_new_continuity_rule_plugs_in():
         def at_decision(self, check):
             return self.reason if check.frames < 5 else None
 
-    cfg = C.from_dict({}).liveness
+    cfg = C.replace(C.from_dict({}), **NO_TIMING).liveness
     c = LivenessCheck(cfg, sequence=["blink"], rules=default_rules() + [TooFast()])
     assert c.feed(_o(0.0, pad_real=0.9)).events[0]["event"] == "challenge"
     step = c.feed(_o(0.1, yaw=90.0))

@@ -211,7 +211,8 @@ def test_good_software_bundle_waits_for_the_session_then_switches_and_reports_th
     # challenge times out (a `fail` verdict, not `aborted`), long enough to stage the bundle inside it
     # even on a loaded 2-core box (measured: 65 s from download to STAGED at load average 90)
     cfg = rig["cfg_dict"]
-    cfg["liveness"].update(challenges=["nod"], count=1, challenge_timeout_s=100.0)
+    cfg["liveness"].update(challenges=["nod"], count=1, challenge_timeout_s=100.0,
+                           response_window_s=0.0)   # no response window: the nod must run the whole timeout
     cfg["session"]["capture_timeout_s"] = 150.0
     write_config(rig["cfg"], cfg)
     _install(rig, "0.1.0")

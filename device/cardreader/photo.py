@@ -6,7 +6,9 @@
                  unsigned char *bmp      /* 38862 bytes out: a 102x126 24-bit BMP file */,
                  int save_to_file        /* always 0 here: nothing may touch the disk */);
   returns 1 on success, anything else on failure.
-- BMP  (magic b"BM") and JPEG (magic FF D8 FF): readers that deliver decoded photos.
+- BMP  (magic b"BM"), JPEG (magic FF D8 FF) and JPEG 2000 (JP2 / codestream): readers that deliver
+  decoded photos. Their header's size is checked against reader.photo_max_side / photo_max_pixels
+  before decoding (photo_limits.py), so a crafted header cannot make the decoder allocate gigabytes.
 - auto: picks by magic bytes.
 
 Errors: CardError("photo_decoder_unavailable") when a WLT photo needs a library that is not
@@ -22,6 +24,7 @@ import threading
 import cv2
 import numpy as np
 
+from device.cardreader import photo_limits
 from device.errors import CardError
 
 WLT_MAGIC = b"WLf"
@@ -35,12 +38,24 @@ PHOTO_FIELD_LEN = 1024
 
 class PhotoDecoder:
     name = "base"
+    max_side: int = photo_limits.DEFAULT_MAX_SIDE
+    max_pixels: int = photo_limits.DEFAULT_MAX_PIXELS
+
+    def limit(self, max_side: int, max_pixels: int) -> "PhotoDecoder":
+        """Set the header caps (reader.photo_max_side / reader.photo_max_pixels)."""
+        self.max_side, self.max_pixels = int(max_side), int(max_pixels)
+        for sub in ("_jpeg", "_bmp", "_j2k"):
+            if getattr(self, sub, None) is not None:
+                getattr(self, sub).limit(max_side, max_pixels)
+        return self
 
     def decode(self, data: bytes | bytearray) -> np.ndarray:
         raise NotImplementedError
 
 
-def _imdecode(data, what: str) -> np.ndarray:
+def _imdecode(data, what: str, limits: "PhotoDecoder | None" = None) -> np.ndarray:
+    lim = limits or PhotoDecoder()
+    photo_limits.check(data, lim.max_side, lim.max_pixels)     # raises before any allocation
     arr = np.frombuffer(bytes(data), dtype=np.uint8)
     img = cv2.imdecode(arr, cv2.IMREAD_COLOR) if arr.size else None
     if img is None or img.ndim != 3 or img.shape[0] < 8 or img.shape[1] < 8:
@@ -54,7 +69,7 @@ class JpegDecoder(PhotoDecoder):
     def decode(self, data):
         if bytes(data[:3]) != JPEG_MAGIC:
             raise CardError("card_read_failed", "photo is not JPEG")
-        return _imdecode(data, "JPEG")
+        return _imdecode(data, "JPEG", self)
 
 
 class BmpDecoder(PhotoDecoder):
@@ -63,7 +78,19 @@ class BmpDecoder(PhotoDecoder):
     def decode(self, data):
         if bytes(data[:2]) != BMP_MAGIC:
             raise CardError("card_read_failed", "photo is not BMP")
-        return _imdecode(data, "BMP")
+        return _imdecode(data, "BMP", self)
+
+
+class Jpeg2000Decoder(PhotoDecoder):
+    """JPEG 2000 (JP2 file or raw codestream), for readers of e-passport-style chips; OpenCV's
+    OpenJPEG does the decoding, after the SIZ header passed the caps."""
+    name = "jpeg2000"
+
+    def decode(self, data):
+        head = bytes(data[:12])
+        if head[:4] != photo_limits.J2K_MAGIC and head != photo_limits.JP2_MAGIC:
+            raise CardError("card_read_failed", "photo is not JPEG 2000")
+        return _imdecode(data, "JPEG 2000", self)
 
 
 class WltDecoder(PhotoDecoder):
@@ -111,7 +138,7 @@ class AutoDecoder(PhotoDecoder):
 
     def __init__(self, wlt: WltDecoder | None = None):
         self.wlt = wlt
-        self._jpeg, self._bmp = JpegDecoder(), BmpDecoder()
+        self._jpeg, self._bmp, self._j2k = JpegDecoder(), BmpDecoder(), Jpeg2000Decoder()
 
     def decode(self, data):
         head = bytes(data[:3])
@@ -123,6 +150,8 @@ class AutoDecoder(PhotoDecoder):
             return self._jpeg.decode(data)
         if head[:2] == BMP_MAGIC:
             return self._bmp.decode(data)
+        if bytes(data[:4]) == photo_limits.J2K_MAGIC or bytes(data[:12]) == photo_limits.JP2_MAGIC:
+            return self._j2k.decode(data)
         raise CardError("card_read_failed", "photo format not recognised")
 
 

@@ -116,7 +116,8 @@ class CardReader:
     def open(self) -> "CardReader":
         """Build the photo decoder (photo_decoder_unavailable here, at start-up) and open the port.
         A reader that is not there yet raises reader_unavailable; later calls keep trying."""
-        self._decoder = make_decoder(self.cfg.photo_decoder, self.cfg.wlt_library)
+        self._decoder = make_decoder(self.cfg.photo_decoder, self.cfg.wlt_library).limit(
+            self.cfg.photo_max_side, self.cfg.photo_max_pixels)
         self.health = "unavailable"
         try:
             self._connect()

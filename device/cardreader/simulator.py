@@ -131,8 +131,8 @@ class FakeCard:
 
     @classmethod
     def resident(cls, photo_bytes: bytes | None = None, valid_to="20351231", number: str | None = None,
-                 seed: int = 1, fingerprint: bytes = b"", new_address: str = "") -> "FakeCard":
-        birth = "19900101"
+                 seed: int = 1, fingerprint: bytes = b"", new_address: str = "",
+                 birth: str = "19900101") -> "FakeCard":
         fields = dict(name="测试样本", sex="1", nation="01", birth=birth, address="测试省样本市示例路1号",
                       number=number or fabricated_number(seed, birth), authority="样本市公安局测试分局",
                       valid_from="20150101", valid_to=cls._date(valid_to))

@@ -10,22 +10,31 @@ import sys
 from device import verdict as _verdict
 
 
-def _state_dir(args) -> str:
+def _config(args):
+    if getattr(args, "state_dir", None) and not getattr(args, "config", None):
+        return None
+    from device import config as _config
+    return _config.load(getattr(args, "config", None)) if getattr(args, "config", None) else _config.load()
+
+
+def _state_dir(args, cfg=None) -> str:
     if getattr(args, "state_dir", None):
         return args.state_dir
-    from device import config as _config
-    cfg = _config.load(getattr(args, "config", None)) if getattr(args, "config", None) else _config.load()
-    return cfg.device.state_dir
+    return (cfg or _config(args)).device.state_dir
 
 
 def cmd_keys_show(args) -> int:
     try:
-        signer = _verdict.Signer.load_or_create(_state_dir(args))
+        cfg = _config(args)
+        signer = _verdict.Signer.load_or_create(_state_dir(args, cfg))
     except Exception as e:  # noqa: BLE001 - one line for the operator
         print(f"kyc-edge keys show: {e}", file=sys.stderr)
         return 2
     if args.format == "json":
-        print(json.dumps({"alg": "Ed25519", "key_id": signer.key_id, "public_key": signer.public_key_b64}))
+        rec = {"alg": "Ed25519", "key_id": signer.key_id, "public_key": signer.public_key_b64}
+        if cfg is not None:            # what `kyc-edge fleet enrol` registers at the operator
+            rec.update(site=cfg.device.site, device=cfg.device.id)
+        print(json.dumps(rec))
     elif args.format == "pem":
         from cryptography.hazmat.primitives import serialization
         sys.stdout.write(signer.public_key.public_bytes(

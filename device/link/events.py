@@ -10,17 +10,21 @@ from typing import Any
 
 import jsonschema
 
+from device import ids
 from device.challenge_names import CHALLENGES
 from device.verdict import REASONS, VerdictError, rfc3339
 
 EVENTS = ("state", "liveness", "ready", "card_detected", "card_read", "face_wait", "face_found", "challenge",
           "challenge_passed", "challenge_failed", "capturing", "deciding", "verdict", "aborted",
-          "idle", "refused")
+          "idle", "refused", "consent", "consent_given", "hint")
 # a challenge's prompt is its name (device/challenge_names.py: one file per challenge)
 PROMPTS = ("insert_card", "hold_card", "remove_card", "look_at_camera", "move_closer", "move_back",
-           "hold_still", "more_light", "one_face_only", "wait", "done") + CHALLENGES
+           "hold_still", "more_light", "one_face_only", "wait", "done", "take_off_mask", "consent") + CHALLENGES
 
-_TOKEN = {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"}
+_TOKEN = {"type": "string", "pattern": ids.KEY_PATTERN}
+# `refused` events may name why a command or a session was refused; these are not verdict reasons
+# (no verdict is made), so they live here, not in the verdict schema (docs/mqtt.md).
+REFUSAL_REASONS = ("bad_command", "session_running", "storage_unwritable")
 _TS = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,6})?Z$"}
 _UUID = {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
 
@@ -43,8 +47,12 @@ SESSION_EVENT_SCHEMA: dict = {
         "of": {"type": "integer", "minimum": 0, "maximum": 16},
         "deadline_s": {"type": "number", "minimum": 0, "maximum": 3600},
         "result": {"enum": ["pass", "fail"]},
-        "reason": {"enum": sorted(REASONS)},
+        "reason": {"enum": sorted(REASONS) + list(REFUSAL_REASONS)},
         "verdict_id": _UUID,
+        # consent step (issue 15): the notice's version (a config token) and the guardian flag
+        "notice_version": {"type": "string", "pattern": "^(?!.*[0-9]{9})[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+        "guardian_required": {"type": "boolean"},
+        "channel": {"enum": ["display", "operator"]},
     },
 }
 

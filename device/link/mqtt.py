@@ -295,7 +295,7 @@ class Link:
     def _run(self) -> None:
         delay = self.m.reconnect_min_s
         while not self._stop.is_set():
-            was_connected = self._one_connection()
+            was_connected = self._guarded_connection()
             if self._stop.is_set():
                 break
             if was_connected:
@@ -304,6 +304,20 @@ class Link:
             self._stop.wait(wait)
             delay = min(delay * 2, self.m.reconnect_max_s)
         self._connected.clear()
+
+    def _guarded_connection(self) -> bool:
+        """One connection attempt that can never end the I/O thread (an unreadable password or
+        certificate file, a bad TLS setting): logged once per distinct error, then retried with
+        the usual back-off."""
+        try:
+            return self._one_connection()
+        except Exception as e:  # noqa: BLE001
+            why = f"{type(e).__name__}: {getattr(e, 'strerror', None) or e}"
+            if why != getattr(self, "_last_setup_error", None):
+                self._last_setup_error = why
+                log.error("mqtt: cannot set up the connection (%s); retrying", why)
+            self.alarms.add("link_setup_failed")
+            return False
 
     def _one_connection(self) -> bool:
         c = self._make_client()

@@ -18,6 +18,8 @@ object; none of them re-implements a rule. What it owns, frame by frame:
   prompt is fair;
 - the challenges (device/liveness/challenges/, one file each), in order, each with its timeout;
 - PAD evidence: the per-frame pad_real of every frame with one tracked face;
+- 3-D consistency (device/liveness/flatness.py FlatFaceRule, one of the default rules): landmarks
+  of the turn moving like a plane add `flat_face` at the decision;
 - hold still: when the challenges are done but no frame has passed the quality gate yet, the
   capture goes on for session.hold_still_s (event capturing/hold_still) so one can;
 - the decision (device/liveness/decision.py decide()), plus each rule's `at_decision` reason.
@@ -157,4 +159,6 @@ class LivenessCheck:
         return {"frames": self.frames, "faces_max": self.faces_max, "face_seen": self.face_seen,
                 "pad_frames": len(self.pad_scores), "good_frames": self.good_frames,
                 "failed": self.failed_reason, "challenges": list(self.runner.sequence),
-                "challenges_passed": self.runner.passed_count}
+                "challenges_passed": self.runner.passed_count,
+                "flat_face": next(({"score": r.last.score, "flat": r.last.flat, "turned_frames": r.last.pairs}
+                                   for r in self.rules if getattr(r, "reason", "") == "flat_face" and r.last), None)}

@@ -4,6 +4,7 @@
 
 Rules (all must hold for ok=True; every failing rule adds its reason code, in this order):
 - challenge_timeout: the runner did not pass every drawn challenge (also when it has not finished);
+  response_too_early instead when the runner failed on the timing rule (a turn begun before its prompt);
 - spoof_suspected:   PAD enabled and the fused passive score < cfg.pad_threshold, or no frame was
                      scored at all (no near-frontal frame: no passive evidence is not a pass);
 - multiple_faces:    more than one face was in view at some point;
@@ -55,7 +56,7 @@ def decide(runner, pad_scores, faces_seen_max: int, face_lost: bool,
     total = len(runner.sequence)
     passed = runner.passed_count
     if not runner.passed:
-        reasons.append("challenge_timeout")
+        reasons.append(getattr(runner, "failed_reason", None) or "challenge_timeout")
     fused = fuse_pad(pad_scores)
     if cfg.pad_enabled and (fused is None or fused < cfg.pad_threshold):
         reasons.append("spoof_suspected")

@@ -58,4 +58,5 @@ class FaceWait(ContinuityRule):
 
 
 def default_rules() -> list[ContinuityRule]:
-    return [OneFace(), FaceLost(), FaceWait()]
+    from device.liveness.flatness import FlatFaceRule   # 3-D consistency during the turn (issue 12)
+    return [OneFace(), FaceLost(), FaceWait(), FlatFaceRule()]

@@ -17,9 +17,11 @@ import cv2
 import numpy as np
 
 from device.vision.align import align_face
+from device.vision.occlusion import lower_face_covered
 
 # failure codes, in the order they are checked
-GATES = ("face_too_small", "face_cut_off", "yaw", "pitch", "blur", "too_dark", "too_bright", "eyes_closed")
+GATES = ("face_too_small", "face_cut_off", "yaw", "pitch", "blur", "too_dark", "too_bright", "eyes_closed",
+         "face_covered")
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ def assess(rgb: np.ndarray, face, aligned: np.ndarray, yaw: float | None, pitch:
         failed.append("too_bright")
     if ear is not None and ear < cfg.min_ear:
         failed.append("eyes_closed")
+    if getattr(cfg, "max_covered", 1.0) < 1.0 and lower_face_covered(aligned, cfg.max_covered):
+        failed.append("face_covered")      # a mask: never a match frame (device/vision/occlusion.py)
 
     # score: geometric mean of per-gate terms in 0..1
     terms = [min(1.0, fw / (2.0 * cfg.min_face_px)),

@@ -47,13 +47,14 @@ class VisionSuite:
         th = cfg.models.threads
         self.tracker = build_tracker(paths, threads=th, pad=cfg.liveness.pad_enabled, quality=cfg.quality,
                                      detector_variant=cfg.models.detector, blink_min_s=cfg.liveness.blink_min_s,
-                                     blink_max_s=cfg.liveness.blink_max_s)
+                                     blink_max_s=cfg.liveness.blink_max_s, pad_fusion=cfg.liveness.pad_fusion)
         self.detector = self.tracker.detector   # one BlazeFace for the card photo and the frames (stateless per call)
         self.embedder = FaceEmbedder.create(EmbedderOptions(str(paths["embedder"]), threads=th))
         # embeddings made ahead of the decision (card at card-read time, the session's first crop during
         # capture), so the last-challenge -> verdict path runs fewer embedder calls; wiped in reset()
         self._card_vec: np.ndarray | None = None
         self._first_vec: np.ndarray | None = None
+        self.last_failed: tuple[str, ...] = ()   # quality gates the last tracked face failed (hints)
 
     @classmethod
     def create(cls, cfg: Config, model_dir: Path) -> "VisionSuite":
@@ -76,12 +77,25 @@ class VisionSuite:
     def quality_crop(self, rgb: np.ndarray, obs, best: BestFrames) -> np.ndarray | None:
         """Align the tracked face; if it passes the quality gate offer it to `best` and return it."""
         q, aligned = quality_mod.gate(rgb, obs, self.cfg.quality)
+        self.last_failed = q.failed if q is not None else ()   # why no crop: the session's hints
         if aligned is None:
             return None
         best.offer(q.score, aligned)
         if self._first_vec is None:    # the session keeps its first passing crop as the start identity
             self._first_vec = self.embedder.embed_one(aligned).vector
         return aligned
+
+    def covered(self, rgb: np.ndarray, box_keypoints) -> bool:
+        """A detected face without landmarks: is its lower face covered (a mask)?"""
+        from device.vision.align import align_face
+        from device.vision.occlusion import lower_face_covered
+        if self.cfg.quality.max_covered >= 1.0:
+            return False
+        aligned = align_face(rgb, box_keypoints[1])
+        try:
+            return lower_face_covered(aligned, self.cfg.quality.max_covered)
+        finally:
+            aligned.fill(0)
 
     # -- decision
     def match(self, card_face, crops, first, last) -> MatchResult:

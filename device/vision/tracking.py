@@ -62,6 +62,7 @@ class TrackerOptions:
     count_min_px: float = 40.0
     pose_tau_s: float = 0.08
     pad_every_s: float = 0.2
+    pad_fusion: str = "mean2"         # device.vision.antispoof fusion ("mean2" | "logit4"); the suite passes the config's
     iris_alternate: bool = True       # iris model on one eye per frame, in turn (half the cost; 10/10 blinks kept)
     blink_min_s: float = 0.04
     blink_max_s: float = 1.5
@@ -78,6 +79,9 @@ class Observation:
     yaw: float = 0.0
     pitch: float = 0.0
     roll: float = 0.0
+    # a face the detector found on this frame but FaceMesh rejected (presence below min_presence), as
+    # (box, keypoints): what a mask over the lower face typically does; for the face_covered check
+    unmeshed: tuple | None = None
     raw_yaw: float = 0.0
     raw_pitch: float = 0.0
     raw_roll: float = 0.0
@@ -140,7 +144,7 @@ class FaceTracker:
         self.pad = None
         if o.pad_paths:
             from device.vision.antispoof import AntiSpoof, AntiSpoofOptions
-            self.pad = AntiSpoof.create(AntiSpoofOptions(tuple(o.pad_paths), threads=o.threads))
+            self.pad = AntiSpoof.create(AntiSpoofOptions(tuple(o.pad_paths), threads=o.threads, fusion=o.pad_fusion))
         self.blinker = BlinkDetector(o.blink_min_s, o.blink_max_s, min_open_mesh=o.quality.min_ear)
         self.reset()
 
@@ -237,6 +241,8 @@ class FaceTracker:
             self._last_box = None
             obs.presence = 0.0 if lm_res is None else lm_res.presence
             obs.faces = 0 if not ran_detector else self._faces
+            if face is not None:
+                obs.unmeshed = (face.box, face.keypoints)
             self._gap(t)
             obs.blink = self.blinker.update(t, None)
             self._t_prev = t

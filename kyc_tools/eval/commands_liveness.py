@@ -52,7 +52,9 @@ def model_files(model_dir: Path) -> dict[str, Path]:
 
 
 def make_tracker(model_dir: Path, pad: bool = True, iris: bool = True, threads: int = 1, **kw):
+    from device.config import Config
     from device.vision.tracking import build_tracker
+    kw.setdefault("pad_fusion", Config().liveness.pad_fusion)
     return build_tracker(model_files(model_dir), threads=threads, pad=pad, iris=iris, **kw)
 
 
@@ -70,11 +72,22 @@ def _lazy(module: str):
     return run
 
 
+def _sessions(args):
+    import importlib
+    if getattr(args, "manifest", None):
+        return importlib.import_module("kyc_tools.eval.session_manifest").run_manifest(args)
+    return importlib.import_module("kyc_tools.eval.sessions").run(args)
+
+
 def register_eval(sub) -> None:
     p = sub.add_parser("pad", help="frame-level PAD (ISO/IEC 30107-3: APCER per attack type, BPCER, ACER, EER)")
-    p.add_argument("--labels", required=True, help="CSV with path,label (nuaa: live/print; celeba: live/spoof)")
+    p.add_argument("--labels", required=True, help="CSV with path,label[,video] (nuaa: live/print; celeba: live/spoof; replay-attack: live/5 attack types, video)")
     p.add_argument("--root", help="image root (default: the CSV's folder)")
-    p.add_argument("--threshold", type=float, default=0.5, help="accept as bona fide when p_real >= this")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="accept as bona fide when p_real >= this (default: the configured liveness.pad_threshold)")
+    p.add_argument("--config", "-c", help="config file whose liveness.pad_threshold is the default threshold")
+    p.add_argument("--fusion", choices=("mean2", "logit4"), help="PAD score fusion (default: the configured liveness.pad_fusion)")
+    p.add_argument("--split", help="only rows whose `split` column is this (replay-attack-dev: train, devel)")
     p.add_argument("--box-expand", type=float, default=1.0, help="widen the detector box before the crop")
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--stride", type=int, default=1, help="use every k-th row")
@@ -92,7 +105,11 @@ def register_eval(sub) -> None:
     _common(p)
     p.set_defaults(func=_lazy("kyc_tools.eval.liveness"))
 
-    p = sub.add_parser("sessions", help="session-level replay: NUAA print attempts (must all fail), genuine blink video")
+    p = sub.add_parser("sessions", help="session-level: --manifest CSV through the daemon's Session; else NUAA print attempts and the blink video")
+    p.add_argument("--manifest", help="CSV path,label[,subject]: every clip through device.session.Session, once per challenge sequence")
+    p.add_argument("--draws", type=int, default=1, help="--manifest: random-pause draws per sequence (seeded 0..draws-1)")
+    p.add_argument("--config", "-c", help="--manifest: config file (default: built-in defaults)")
+    p.add_argument("--limit", type=int, default=0, help="--manifest: first N clips only")
     shared_data = SHARED_MODELS.parent / "data"
     p.add_argument("--nuaa", default=str(shared_data / "nuaa-train"), help="NUAA folder with labels.csv ('' to skip)")
     p.add_argument("--blink", default=str(shared_data / "blink" / "demo_old.mp4"), help="genuine video ('' to skip)")
@@ -101,4 +118,4 @@ def register_eval(sub) -> None:
     p.add_argument("--no-iris", action="store_true")
     p.add_argument("--per-attempt", action="store_true", help="include every attempt's details")
     _common(p)
-    p.set_defaults(func=_lazy("kyc_tools.eval.sessions"))
+    p.set_defaults(func=_sessions)

@@ -116,7 +116,10 @@ def _checks():
     from device.liveness.challenges import ALL
     from device.liveness.check import LivenessCheck
     base = from_dict({})
-    lv = dataclasses.replace(base.liveness, pad_enabled=False)
+    # the timing rule off (no random pause, no response window): this command asks when each action
+    # happens in the clip, with the prompt at the first face (kyc_tools.eval.timing_cost measures the rule)
+    lv = dataclasses.replace(base.liveness, pad_enabled=False, prompt_pause_min_s=0.0, prompt_pause_max_s=0.0,
+                             response_window_s=0.0)
     return base.quality, {n: LivenessCheck(lv, face_wait_s=base.session.face_wait_s,
                                            hold_still_s=base.session.hold_still_s, sequence=[n]) for n in ALL}
 

@@ -1,14 +1,21 @@
 """Frame-level presentation-attack detection figures in ISO/IEC 30107-3 terms.
 
     kyc-edge eval pad --labels ../shared/data/nuaa-train/labels.csv [--root DIR] [--model-dir DIR]
-                      [--threshold 0.5] [--plot det.png] [--limit N] [--stride K]
+                      [--threshold T] [--config FILE] [--split train|devel] [--plot det.png]
+                      [--limit N] [--stride K]
+
+`--threshold` defaults to the configured `liveness.pad_threshold` (--config FILE, else the default
+config file when it exists, else the built-in default); the JSON says which (`threshold_source`).
+`--split` keeps only the rows whose `split` column equals it (replay-attack-dev: train / devel).
 
 Input: a CSV with columns `path,label` (more columns are fine); `path` relative to --root (default:
 the CSV's folder). Bona fide labels: live, real, bonafide, genuine, 1. Every other label is an attack
 type (PAI species): nuaa `print`, celeba-spoof `spoof`. For NUAA the print attacks are also broken
 down by `pos` (00 still, 01-04 moved/bent) when the column exists.
 
-Per image: BlazeFace, the largest face, MiniFASNet V2 (2.7) + V1SE (4.0) ensemble -> p_real.
+Per image: BlazeFace, the largest face, the PAD score the device computes -> p_real: `--fusion`
+(default the configured liveness.pad_fusion) `logit4` = V2 2.7 + V1SE 4.0 + both on the face box,
+log-odds fused; `mean2` = the upstream V2 (2.7) + V1SE (4.0) mean.
 An image without a detected face is a failure to acquire: it is counted (`fta`) and scored 0
 (rejected), which counts against BPCER for bona fide images and is a correct rejection for attacks.
 
@@ -19,6 +26,11 @@ Figures (accept as bona fide when p_real >= threshold):
 - EER and its threshold (from kyc_tools.eval.common), and APCER/BPCER/ACER at that threshold
   (an a-posteriori operating point: optimistic, shown for comparison only);
 - BPCER at APCER = 1 % and 5 % (BPCER20 style).
+
+Video level (when the CSV has a `video` column, e.g. replay-attack-dev): the frames of a video are
+fused into one score exactly as a session fuses its per-frame scores (device.liveness.decision
+.fuse_pad over the frames with a face; a video with no scored frame scores 0), and the same figures
+are reported under `video` (APCER per attack type, BPCER, ACER, EER, BPCER at APCER 1 % / 5 %).
 """
 from __future__ import annotations
 
@@ -61,13 +73,13 @@ def model_paths(model_dir: Path) -> tuple[Path, tuple[Path, Path]]:
 class FramePad:
     """Detector + ensemble on still images (largest face)."""
 
-    def __init__(self, model_dir: Path, threads: int = 1, box_expand: float = 1.0):
+    def __init__(self, model_dir: Path, threads: int = 1, box_expand: float = 1.0, fusion: str = "mean2"):
         from device.vision.antispoof import AntiSpoof, AntiSpoofOptions
         from device.vision.detect import DetectorOptions, FaceDetector
         det, pads = model_paths(model_dir)
         self.det = FaceDetector.create(DetectorOptions(str(det), threads=threads))
         self.pad = AntiSpoof.create(AntiSpoofOptions(tuple(str(p) for p in pads), threads=threads,
-                                                     box_expand=box_expand))
+                                                     box_expand=box_expand, fusion=fusion))
         self.ms: list[float] = []
 
     def score(self, rgb: np.ndarray) -> float | None:
@@ -104,9 +116,9 @@ def bpcer_at_apcer(scores, bona, target: float) -> tuple[float, float]:
 
 
 def evaluate(rows: list[dict], model_dir: Path, threshold: float = 0.5, threads: int = 1,
-             box_expand: float = 1.0, progress: bool = True) -> tuple[dict, np.ndarray]:
+             box_expand: float = 1.0, progress: bool = True, fusion: str = "mean2") -> tuple[dict, np.ndarray]:
     """-> (summary dict, per-row p_real scores; 0 where no face was found)."""
-    fp = FramePad(model_dir, threads, box_expand)
+    fp = FramePad(model_dir, threads, box_expand, fusion)
     scores, fta = [], 0
     bar = Progress(len(rows), "eval pad") if progress else None
     for r in rows:
@@ -114,6 +126,7 @@ def evaluate(rows: list[dict], model_dir: Path, threshold: float = 0.5, threads:
         if bgr is None:
             raise FileNotFoundError(r["file"])
         s = fp.score(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        r["_found"] = s is not None
         if s is None:
             fta += 1
             s = 0.0
@@ -158,22 +171,93 @@ def summarise(rows, scores, threshold, fta=0, ms=()) -> dict:
     return out
 
 
-def plot(path, rows, scores, title="PAD") -> None:
+def video_rows(rows: list[dict], scores: np.ndarray, found: np.ndarray | None = None,
+               fuse=None) -> tuple[list[dict], np.ndarray]:
+    """Group frames by their `video` column -> (one row a video, one fused score a video).
+
+    fuse: per-frame scores -> fused score or None (default: the session's fuse_pad). Frames without
+    a face (`found` False) are not scored, as in a session; a video without a scored frame is 0."""
+    from device.liveness.decision import fuse_pad
+    fuse = fuse or fuse_pad
+    found = np.ones(len(rows), bool) if found is None else np.asarray(found, bool)
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r["video"], []).append(i)
+    vrows, vscores = [], []
+    for v, idx in groups.items():
+        r0 = rows[idx[0]]
+        labels = {rows[i]["label"] for i in idx}
+        if len(labels) != 1:
+            raise ValueError(f"video {v}: frames with different labels {sorted(labels)}")
+        f = fuse([float(scores[i]) for i in idx if found[i]])
+        vrows.append({"video": v, "label": r0["label"], "bona_fide": r0["bona_fide"], "frames": len(idx)})
+        vscores.append(0.0 if f is None else f)
+    return vrows, np.asarray(vscores, float)
+
+
+def plot(path, rows, scores, title="PAD", video=None) -> None:
     bona = np.array([r["bona_fide"] for r in rows]).astype(int)
-    plot_det(path, [("MiniFASNet V2+V1SE", scores, bona)], title=title)
+    curves = [("MiniFASNet V2+V1SE, frames", scores, bona)]
+    if video is not None:
+        vr, vs = video
+        curves.append(("same, videos (session fusion)", vs, np.array([r["bona_fide"] for r in vr]).astype(int)))
+    plot_det(path, curves, title=title)
+
+
+def configured_fusion(config_path: str | None) -> str:
+    from device import config as config_mod
+    try:
+        if config_path or Path(config_mod.DEFAULT_PATH).is_file():
+            return config_mod.load(config_path).liveness.pad_fusion
+    except config_mod.ConfigError:
+        pass
+    return config_mod.Config().liveness.pad_fusion
+
+
+def configured_threshold(config_path: str | None) -> tuple[float, str]:
+    from device import config as config_mod
+    if config_path:
+        return config_mod.load(config_path).liveness.pad_threshold, str(config_path)
+    if Path(config_mod.DEFAULT_PATH).is_file():
+        try:
+            return config_mod.load(None).liveness.pad_threshold, str(config_mod.DEFAULT_PATH)
+        except config_mod.ConfigError:
+            pass
+    return config_mod.Config().liveness.pad_threshold, "built-in default"
 
 
 def run(args) -> int:
     from kyc_tools.eval.commands_liveness import resolve_model_dir
-    rows = read_labels(Path(args.labels), Path(args.root) if args.root else None, args.limit, args.stride)
+    rows = read_labels(Path(args.labels), Path(args.root) if args.root else None, 0, 1)
+    split = getattr(args, "split", None)
+    if split:
+        rows = [r for r in rows if r.get("split") == split]
+        if not rows:
+            raise SystemExit(f"no rows with split={split}")
+    rows = rows[:: max(1, args.stride)]
+    if args.limit:
+        rows = rows[: args.limit]
     md = resolve_model_dir(args.model_dir)
-    res, scores = evaluate(rows, md, args.threshold, args.threads, args.box_expand)
+    if args.threshold is None:
+        thr, source = configured_threshold(getattr(args, "config", None))
+    else:
+        thr, source = float(args.threshold), "--threshold"
+    fusion = getattr(args, "fusion", None) or configured_fusion(getattr(args, "config", None))
+    res, scores = evaluate(rows, md, thr, args.threads, args.box_expand, fusion=fusion)
     from kyc_tools.eval.commands_liveness import model_files
     files = model_files(md)
-    res = {"command": "eval pad", "labels": str(args.labels), "model_dir": str(md),
+    res = {"command": "eval pad", "labels": str(args.labels), **({"split": split} if split else {}),
+           "model_dir": str(md), "threshold_source": source, "fusion": fusion,
            "models": {k: files[k].name for k in ("detector", "antispoof_v2", "antispoof_v1se")}, **res}
+    video = None
+    if rows and "video" in rows[0]:
+        video = video_rows(rows, scores, found=np.array([r.get("_found", True) for r in rows]))
+        vres = summarise(video[0], video[1], thr)
+        vres["videos"] = vres.pop("images")
+        vres.pop("fta", None)
+        res["video"] = {"fusion": "device.liveness.decision.fuse_pad over the frames with a face", **vres}
     if args.plot:
-        plot(args.plot, rows, scores, title=f"PAD DET: {Path(args.labels).parent.name}")
+        plot(args.plot, rows, scores, title=f"PAD DET: {Path(args.labels).parent.name}", video=video)
         res["plot"] = str(args.plot)
     emit_json(res)
     return 0

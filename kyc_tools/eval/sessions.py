@@ -77,9 +77,13 @@ def observe_all(tracker, frames, quality_cfg=None) -> list[tuple]:
     return out
 
 
-def replay(recorded, seq: list[str], cfg: LivenessConfig, scfg: SessionConfig):
-    """Feed recorded observations to a fresh LivenessCheck as Session does -> (decision, check)."""
-    check = LivenessCheck(cfg, face_wait_s=scfg.face_wait_s, hold_still_s=scfg.hold_still_s, sequence=seq)
+def replay(recorded, seq: list[str], cfg: LivenessConfig, scfg: SessionConfig | None = None, rng=None):
+    """Feed recorded observations to a fresh LivenessCheck as Session does -> (decision, check).
+    rng draws the random pauses before the prompts (default: a fixed seed, so runs repeat)."""
+    import random
+    scfg = scfg or SessionConfig()
+    check = LivenessCheck(cfg, face_wait_s=scfg.face_wait_s, hold_still_s=scfg.hold_still_s, sequence=seq,
+                          rng=rng or random.Random(0))
     for o, good in recorded:
         if check.feed(o, good_frame=good).done:
             break

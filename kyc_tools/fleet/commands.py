@@ -5,7 +5,9 @@
     fleet software-bundle --out BUNDLE --version N [--source DIR] [--wheel W ...]
     fleet sign BUNDLE --key KEY [--target T ...] [--valid-days D] [--url-base URL] [--allow-downgrade]
     fleet publish BUNDLE --broker URL --target T [--target T ...] [--canary-count N] [--abort-failure-rate R]
-    fleet status --broker URL
+    fleet status --broker URL                 (from the retained status topics)
+    fleet status --dsn postgresql://...       (from the operator database; kyc_tools/fleet/operator.py)
+    fleet enrol --dsn postgresql://... --key KEYS_SHOW_JSON
 
 Self-test vectors need a TFLite runtime; `fleet bundle` computes them in a subprocess
 (`python -m device.selftest compute`) so device.fleet never imports the biometric side.
@@ -28,8 +30,8 @@ UNSIGNED = "manifest.unsigned.json"
 SIGNED = "manifest.signed.json"
 
 
-def _mqtt_args(s) -> None:
-    s.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
+def _mqtt_args(s, required: bool = True) -> None:
+    s.add_argument("--broker", required=required, help="mqtt://host:port or mqtts://host:port")
     s.add_argument("--prefix", default="kyc/v1")
     s.add_argument("--username")
     s.add_argument("--password-file")
@@ -226,6 +228,13 @@ def cmd_publish(a) -> int:
 
 
 def cmd_status(a) -> int:
+    if a.dsn:
+        from kyc_tools.fleet.operator import cmd_status_db
+        return cmd_status_db(a)
+    if not a.broker:
+        print("kyc-edge fleet status: give --broker URL (retained topics) or --dsn DSN (operator database)",
+              file=sys.stderr)
+        return 2
     with _client(a) as fc:
         fc.settle(a.wait)
         rows = fc.table()
@@ -291,8 +300,16 @@ def register(subparsers) -> None:
     s.add_argument("--rate", type=float, default=200.0, help="inline chunk messages per second (the device link queues 64 commands; too fast -> truncated)")
     s.set_defaults(func=cmd_publish)
 
-    s = sub.add_parser("status", help="table of devices from the retained status topics")
-    _mqtt_args(s)
+    s = sub.add_parser("status", help="table of devices: from the retained status topics (--broker) "
+                       "or the operator database (--dsn)")
+    _mqtt_args(s, required=False)
     s.add_argument("--wait", type=float, default=1.5, help="seconds to collect retained messages")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--dsn", help="read the operator database that `kyc-edge verdicts ingest` fills")
+    s.add_argument("--stale-after", type=float, default=180.0, metavar="S",
+                   help="--dsn: an online box with no status for S seconds is shown stale")
+    s.add_argument("--window", type=float, default=24.0, metavar="H", help="--dsn: verdict counts over H hours")
     s.set_defaults(func=cmd_status)
+
+    from kyc_tools.fleet import operator
+    operator.register(sub)

@@ -203,13 +203,17 @@ class FleetClient:
 def staged_rollout(fc: FleetClient, envelope: dict, artifacts_dir: Path | None, stages: list[str], *,
                    canary_count: int = 1, abort_failure_rate: float = 0.2, min_reports: int = 1,
                    expect: int = 0, timeout: float = 600.0, settle_s: float = 3.0, rate: float = 200.0,
+                   stage_expect: list[int] | None = None,
                    log: Callable[[str], None] = lambda s: None) -> dict:
     """Publish to stages[0] (canary); wait for `canary_count` APPLIED; then each further stage.
     Abort (publish no further stage) when failed/(applied+failed) > abort_failure_rate once at least
-    min_reports devices reported a final state. The last stage waits for `expect` final reports
-    (or until nothing is in flight for settle_s)."""
+    min_reports devices reported a final state. With `stage_expect` (devices reached by each stage,
+    cumulative), a middle stage also waits for that many final reports before the next one is
+    published. The last stage waits for `expect` final reports (or until nothing is in flight for
+    settle_s). The summary's `stage_s` holds each stage's time from publish to its wait's end."""
     v = envelope["manifest"]["bundle_version"]
     deadline = time.monotonic() + timeout
+    stage_s: list[float] = []
 
     def counts() -> tuple[list, dict, list]:
         r = fc.results(v)
@@ -226,9 +230,12 @@ def staged_rollout(fc: FleetClient, envelope: dict, artifacts_dir: Path | None, 
     def summary(result: str, stage: int) -> dict:
         applied, failed, busy = counts()
         return {"result": result, "bundle_version": v, "stages_published": stage, "applied": sorted(applied),
-                "failed": failed, "in_progress": sorted(busy)}
+                "failed": failed, "in_progress": sorted(busy), "stage_s": [round(x, 2) for x in stage_s]}
 
     for i, target in enumerate(stages):
+        t_stage = time.monotonic()
+        if i > 0:
+            stage_s.append(0.0)
         n = fc.publish(envelope, artifacts_dir, target, rate=rate)
         log(f"stage {i + 1}/{len(stages)}: published v{v} to {target} ({n} messages)")
         if i == 0 and len(stages) > 1:
@@ -241,6 +248,15 @@ def staged_rollout(fc: FleetClient, envelope: dict, artifacts_dir: Path | None, 
                 log("abort: canary did not report APPLIED in time")
                 return summary("timeout", i + 1)
             log(f"canary ok: {len(counts()[0])} APPLIED")
+            stage_s.append(time.monotonic() - t_stage)
+        elif i > 0 and stage_expect and i < len(stages) - 1 and i < len(stage_expect):
+            want = stage_expect[i]
+            fc.wait_for(lambda: should_abort() or len(counts()[0]) + len(counts()[1]) >= want,
+                        max(0.1, deadline - time.monotonic()))
+            stage_s[-1] = time.monotonic() - t_stage
+            if should_abort():
+                log(f"abort: failure rate above threshold after stage {i + 1}")
+                return summary("aborted", i + 1)
         elif i > 0 and should_abort():
             return summary("aborted", i + 1)
     # final: wait for the expected number of final reports, or quiet
@@ -257,6 +273,8 @@ def staged_rollout(fc: FleetClient, envelope: dict, artifacts_dir: Path | None, 
             elif not snap[2] and time.monotonic() - quiet_since >= settle_s:
                 break
             time.sleep(0.2)
+    if stage_s and len(stages) > 1:
+        stage_s[-1] = time.monotonic() - t_stage
     if should_abort():
         return summary("aborted", len(stages))
     applied, failed, busy = counts()

@@ -59,6 +59,40 @@ def add_listen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=0, help="exit after S seconds (0 = run until Ctrl-C)")
 
 
+def cmd_verdicts_ingest(args) -> int:
+    from kyc_tools.verdicts.ingest import run_ingest
+    return run_ingest(args)
+
+
+def cmd_verdicts_migrate(args) -> int:
+    from kyc_tools.verdicts.ingest import run_migrate
+    return run_migrate(args)
+
+
+def add_ingest_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dsn", required=True, help="postgresql://user@host:port/db (libpq DSN or URL)")
+    p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
+    p.add_argument("--group", default="kyc-ingest", help="shared-subscription group (default: %(default)s)")
+    p.add_argument("--client-id", default="", help="stable and unique per worker (persistent session); "
+                   "default kyc-ingest-<hostname>")
+    p.add_argument("--prefix", default="kyc/v1")
+    p.add_argument("--session-expiry", type=int, default=3600, metavar="S",
+                   help="broker keeps this worker's unacknowledged messages this long while it is away")
+    p.add_argument("--receive-maximum", type=int, default=200, help="unacknowledged messages in flight")
+    p.add_argument("--batch", type=int, default=200, help="messages per database transaction")
+    p.add_argument("--username", default="")
+    p.add_argument("--password-file", default="")
+    p.add_argument("--ca-file", default="")
+    p.add_argument("--cert-file", default="")
+    p.add_argument("--key-file", default="")
+    p.add_argument("--stats-file", default=None, help="append one JSON line per committed batch")
+    p.add_argument("--no-migrate", action="store_true", help="do not apply schema migrations at start")
+    p.add_argument("--max-age", type=float, default=7 * 86400.0, metavar="S",
+                   help="freshness window: a verdict decided longer ago is quarantined `stale` "
+                        "(needs kyc_tools.verdicts.check; 0 = off; default 7 days: boxes deliver late after an outage)")
+    p.add_argument("--timeout", type=float, default=0, help="exit after S seconds (0 = until SIGTERM)")
+
+
 def register(subparsers) -> None:
     verdicts = subparsers.add_parser("verdicts", help="operator-side verdict tools")
     vs = verdicts.add_subparsers(dest="verdicts_cmd", required=True)
@@ -79,3 +113,9 @@ def register(subparsers) -> None:
     st.add_argument("--cert-file", default="")
     st.add_argument("--key-file", default="")
     st.set_defaults(func=cmd_verdicts_start, max_age=0, clock_skew=0)
+    ing = vs.add_parser("ingest", help="MQTT 5 shared subscription -> PostgreSQL, exactly once; forgeries quarantined")
+    add_ingest_args(ing)
+    ing.set_defaults(func=cmd_verdicts_ingest)
+    mig = vs.add_parser("migrate", help="apply the operator database's schema migrations")
+    mig.add_argument("--dsn", required=True)
+    mig.set_defaults(func=cmd_verdicts_migrate)

@@ -17,7 +17,21 @@ Each challenge has its own timeout (cfg.challenge_timeout_s) from the moment it 
 in order; an action done before its challenge was asked does not count. What passes a challenge is
 written in its own file (see `_base.Challenge`).
 
-Events: {"event": "challenge", "challenge": name, "state": "started"|"passed"|"timeout",
+Timing rule (replay resistance; cfg.prompt_pause_min_s..max_s, response_window_s,
+response_min_latency_s). Before each prompt the runner waits a random pause drawn uniformly from
+[prompt_pause_min_s, prompt_pause_max_s] with its rng (SystemRandom on the device): no prompt is
+shown (`current` is None) and nothing counts. Then the prompt is shown ("started") and:
+- the response must BEGIN within `response_window_s` of the prompt (the challenge's `onset`: a
+  blink's closing start, a turn's last near-frontal sample), else `challenge_timeout`; a response
+  under way at the end of the window (`in_progress`) may still complete within challenge_timeout_s;
+- not before: when on the first face frame of the prompt (within response_min_latency_s of it,
+  faster than a person reacts) a response is already under way (`early`: a turn out of the frontal
+  zone towards the requested side) and it then completes without a fresh start, the session fails
+  with `response_too_early`. A blink begun before the prompt is ignored, not failed.
+A recorded video plays its blinks and turns at the times it was recorded: with random prompt times it
+must happen to begin the requested action inside a few-second window after each prompt, in order.
+
+Events: {"event": "challenge", "challenge": name, "state": "started"|"passed"|"timeout"|"too_early",
 "index": i, "of": n, "t": seconds since start}; and {"event": "liveness", "state": "passed"|"failed"}
 once at the end.
 """
@@ -46,7 +60,9 @@ class ChallengeResult:
     name: str
     t_start: float
     t_end: float | None = None
-    state: str = "pending"      # pending | active | passed | timeout
+    state: str = "pending"      # pending | waiting (pause before the prompt) | active | passed | timeout | too_early
+    t_prompt: float | None = None   # when the prompt was shown (after the random pause)
+    t_onset: float | None = None    # when the response that passed began
 
 
 def _pairs_blink_and_turn(pool, count: int) -> bool:
@@ -101,11 +117,16 @@ class ChallengeRunner:
         self._active: Challenge | None = None
         self.done = False
         self.failed_reason: str | None = None
+        self._prompt_at: float | None = None
+        self._early: bool | None = None
 
     # ------------------------------------------------------------------ state
     @property
     def current(self) -> str | None:
+        """The challenge being asked (None while the pause before its prompt runs, and when done)."""
         if self.done or self._t0 is None or self._i >= len(self.sequence):
+            return None
+        if self.results[self._i].state == "waiting":
             return None
         return self.sequence[self._i]
 
@@ -134,14 +155,39 @@ class ChallengeRunner:
         if not self.sequence:
             self.done = True
             return [self._final(t)]
-        return [self._begin(t)]
+        return self._begin(t)
 
-    def _begin(self, t: float) -> dict:
+    def _pause(self) -> float:
+        lo = float(getattr(self.cfg, "prompt_pause_min_s", 0.0))
+        hi = float(getattr(self.cfg, "prompt_pause_max_s", 0.0))
+        if hi <= 0:
+            return 0.0
+        return lo + (hi - lo) * self.rng.random()
+
+    def _begin(self, t: float) -> list[dict]:
+        """Start the random pause before challenge i; its prompt follows when the pause ends."""
         r = self.results[self._i]
-        r.t_start, r.state = t, "active"
+        r.state = "waiting"
+        self._prompt_at = t + self._pause()
+        if self._prompt_at <= t:
+            return [self._prompt(t)]
+        return []
+
+    def _prompt(self, t: float) -> dict:
+        r = self.results[self._i]
+        r.t_start, r.t_prompt, r.state = t, t, "active"
         self._active = REGISTRY[r.name](self.cfg, self)
         self._active.begin(t)
+        self._early = None
         return self._event(r, t, "started")
+
+    def _fail(self, r: ChallengeResult, t: float, state: str, reason: str, events: list) -> list[dict]:
+        r.state, r.t_end = state, t
+        events.append(self._event(r, t, state))
+        self.done = True
+        self.failed_reason = reason
+        events.append(self._final(t))
+        return events
 
     def _event(self, r: ChallengeResult, t: float, state: str) -> dict:
         return {"event": "challenge", "challenge": r.name, "state": state, "index": self._i,
@@ -158,19 +204,33 @@ class ChallengeRunner:
         t = obs.t
         r = self.results[self._i]
         events: list[dict] = []
-        if getattr(obs, "landmarks", None) is not None and self._active.check(obs):
-            r.state, r.t_end = "passed", t
+        if r.state == "waiting":
+            if t < self._prompt_at:
+                return events
+            events.append(self._prompt(t))
+        a = self._active
+        face = getattr(obs, "landmarks", None) is not None
+        if face:
+            lat = float(getattr(self.cfg, "response_min_latency_s", 0.0))
+            if self._early is None:
+                self._early = (t - r.t_prompt <= lat + 1e-9) and a.early(obs)
+            elif self._early and a.completes_early_response(obs):
+                return self._fail(r, t, "too_early", "response_too_early", events)
+        passed = face and a.check(obs)
+        window = float(getattr(self.cfg, "response_window_s", 0.0))
+        if passed and window > 0 and a.onset is not None and a.onset > r.t_prompt + window:
+            passed = False              # began only after the window: does not count
+        if passed:
+            r.state, r.t_end, r.t_onset = "passed", t, a.onset
             events.append(self._event(r, t, "passed"))
             self._i += 1
             if self._i >= len(self.sequence):
                 self.done = True
                 events.append(self._final(t))
             else:
-                events.append(self._begin(t))
+                events += self._begin(t)
+        elif window > 0 and t - r.t_prompt > window and not (face and a.in_progress(obs)):
+            return self._fail(r, t, "timeout", "challenge_timeout", events)
         elif t - r.t_start > self.cfg.challenge_timeout_s:
-            r.state, r.t_end = "timeout", t
-            events.append(self._event(r, t, "timeout"))
-            self.done = True
-            self.failed_reason = "challenge_timeout"
-            events.append(self._final(t))
+            return self._fail(r, t, "timeout", "challenge_timeout", events)
         return events

@@ -22,6 +22,20 @@ class Challenge:
     def begin(self, t: float) -> None:
         """The challenge is asked now (state of an earlier attempt is dropped)."""
         self.t_start = t
+        self.onset: float | None = None    # when the response that passed began (the timing rule)
+
+    def in_progress(self, obs) -> bool:
+        """A response may be under way on this frame (begun, not completed): the runner's response
+        window does not end the challenge while it is."""
+        return False
+
+    def early(self, obs) -> bool:
+        """On the prompt frame: is a response already under way (begun before the prompt)?"""
+        return False
+
+    def completes_early_response(self, obs) -> bool:
+        """After early() said yes: does this frame complete that response without a fresh start?"""
+        return False
 
     def check(self, obs) -> bool:
         """One frame with landmarks (device.vision.tracking.Observation) -> passed on this frame."""

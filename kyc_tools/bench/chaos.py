@@ -1,0 +1,532 @@
+"""`kyc-edge bench chaos`: the faults of issue 20 as scripted faults against a real daemon.
+
+One real `kyc-edge run` subprocess on real parts: a loopback mosquitto (device.localbroker), the pty
+card-reader simulator, the replay camera on a face video and the installed models. Each fault is
+injected, then the script checks, per fault:
+
+  verdicts_expected   cards inserted that must end in a verdict
+  verdicts_survived   of those, verdicts that arrived on MQTT, signed by the device
+  refused             sessions the daemon refused on purpose (storage_low, ...; not lost: the
+                      customer was told before anything was captured)
+  daemon_kept_serving after the fault (and the repair, where the fault is a start-up refusal) a
+                      clean session still produced a verdict, or the fault was refused by
+                      check-config so no daemon ever ran with it
+  result              ok | failed | skipped (with the reason: e.g. no tmpfs without root) |
+                      not_in_this_build (an item another branch delivers)
+
+The JSON ends with totals: lost verdicts and stops. `--short` runs the subset CI runs
+(tests/test_bench_chaos.py: no timing assertions). Loopback only; everything lives in a temp dir
+that is removed at the end (a tmpfs state dir is unmounted).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[2]
+DEVICE, SITE, PREFIX = "chaos-counter", "chaos-shop", "kyc/v1"
+BASE = f"{PREFIX}/{SITE}/{DEVICE}"
+
+
+# ---------------------------------------------------------------- the rig
+class Rig:
+    def __init__(self, work: Path, video: Path, card_photo_rgb, model_dir: Path, *, tmpfs: bool):
+        from device.cardreader.photo import card_photo_jpeg
+        from device.cardreader.simulator import Simulator
+        from device.localbroker import LocalBroker
+
+        self.work = work
+        self.broker = LocalBroker(work).start()
+        self.sim = Simulator(card=None)
+        self.port = self.sim.start_pty()
+        self.photo = card_photo_jpeg(card_photo_rgb)
+        self.state = work / "state"
+        self.state.mkdir(mode=0o700, exist_ok=True)
+        self.tmpfs = tmpfs and _mount(self.state, "64m")
+        self.sections = {
+            "device": {"id": DEVICE, "site": SITE, "state_dir": str(self.state)},
+            "camera": {"backend": "replay", "stall_s": 2.0, "lost_s": 5.0},
+            "camera.replay": {"path": str(video), "pace": "realtime", "loop": True},
+            "reader": {"port": self.port, "poll_s": 0.1},
+            "models": {"dir": str(model_dir)},
+            "liveness": {"challenges": ["blink"], "count": 1},
+            "mqtt": {"url": self.broker.url, "connect_timeout_s": 5.0},
+            "storage": {"reserve_bytes": 8_000_000, "ballast_bytes": 1_000_000, "check_interval_s": 0.5},
+            "log": {"level": "info", "target": "stderr"},
+        }
+        self.cfg_path = work / "config.toml"
+        self.write_config()
+        self.msgs: list = []
+        self._sub = self._subscribe()
+        self.proc: subprocess.Popen | None = None
+        self.notify = None
+        self.log = work / "daemon.log"
+        self._n = 0
+        self.public_key: str | None = None
+
+    def write_config(self, **changes) -> Path:
+        from device.demo import write_config
+        secs = {k: dict(v) for k, v in self.sections.items()}
+        for dotted, value in changes.items():
+            sec, key = dotted.rsplit(".", 1)
+            secs.setdefault(sec, {})[key] = value
+        return write_config(self.cfg_path, secs)
+
+    def _subscribe(self):
+        import threading
+        import paho.mqtt.client as mqtt
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        ready = threading.Event()
+        c.on_message = lambda cl, u, m: self.msgs.append((m.topic, bytes(m.payload), m.properties))
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"{PREFIX}/#", qos=1)
+        c.on_subscribe = lambda *a: ready.set()
+        c.connect("127.0.0.1", self.broker.port)
+        c.loop_start()
+        if not ready.wait(10):
+            raise RuntimeError("chaos: subscriber could not subscribe")
+        return c
+
+    # ------------------------------------------------------------ daemon
+    def start(self, wait_ready: bool = True) -> bool:
+        from device.notify import NotifyListener
+        self._n += 1
+        if self.notify is not None:
+            self.notify.close()
+        self.notify = NotifyListener(self.work / f"notify{self._n}.sock")
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+                                                                "INVOCATION_ID", "JOURNAL_STREAM")}
+        env["NOTIFY_SOCKET"] = self.notify.path
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(self.cfg_path)],
+                                         cwd=REPO, env=env, stdout=log, stderr=log)
+        if not wait_ready:
+            return True
+        return self.notify.first("READY=1", 90, alive=lambda: self.proc.poll() is None) is not None
+
+    def run_once(self) -> subprocess.CompletedProcess:
+        """Start the daemon and wait for it to exit by itself (start-up refusals)."""
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "INVOCATION_ID", "JOURNAL_STREAM")}
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        try:
+            return subprocess.run([sys.executable, "-m", "device.cli", "run", "--config", str(self.cfg_path)],
+                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired as e:
+            return subprocess.CompletedProcess(e.cmd, -1, "", "timeout: still running (not refused)")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc, self.proc = self.proc.returncode, None
+        return rc
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+        with contextlib.suppress(Exception):
+            self._sub.loop_stop()
+            self._sub.disconnect()
+        with contextlib.suppress(Exception):
+            self.sim.stop()
+        with contextlib.suppress(Exception):
+            self.broker.stop()
+        if self.notify is not None:
+            self.notify.close()
+        if self.tmpfs:
+            subprocess.run(["umount", "-l", str(self.state)], capture_output=True)
+
+    # ------------------------------------------------------------ observations
+    def on(self, suffix: str) -> list:
+        return [m for m in list(self.msgs) if m[0].endswith(suffix)]
+
+    def verdicts(self) -> list[dict]:
+        return [json.loads(p) for t, p, _ in self.on("/verdict")]
+
+    def events(self) -> list[dict]:
+        return [json.loads(p) for t, p, _ in self.on("/session")]
+
+    def status(self) -> dict:
+        st = [json.loads(p) for t, p, _ in self.on(BASE + "/status") if p]
+        for s in st:
+            if s.get("public_key"):
+                self.public_key = s["public_key"]
+        return st[-1] if st else {}
+
+    def refused(self, reason: str | None = None) -> int:
+        return sum(1 for e in self.events() if e.get("event") == "refused" and (reason is None or e.get("reason") == reason))
+
+    def wait(self, pred: Callable[[], bool], timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred():
+                return True
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        return bool(pred())
+
+    def verified(self, signed: dict) -> bool:
+        from device import verdict as V
+        self.status()
+        if not self.public_key:
+            return False
+        try:
+            V.verify(signed, [self.public_key])
+            return True
+        except V.VerdictError:
+            return False
+
+    # ------------------------------------------------------------ sessions
+    def session(self, photo: bytes | None = None, during: Callable[[], None] | None = None,
+                timeout: float = 60.0) -> dict | None:
+        """One card -> the signed verdict that arrived (None if none arrived)."""
+        from device.cardreader.simulator import FakeCard
+        before_v = len(self.verdicts())
+        before_s = sum(e.get("event") == "card_detected" for e in self.events())
+        self.sim.insert(FakeCard.resident(photo_bytes=photo or self.photo))
+        if during is not None:
+            self.wait(lambda: sum(e.get("event") == "card_detected" for e in self.events()) > before_s, 20)
+            during()
+        ok = self.wait(lambda: len(self.verdicts()) > before_v, timeout)
+        self.sim.remove()
+        time.sleep(0.4)
+        return self.verdicts()[before_v] if ok else None
+
+    def publish_cmd(self, name: str, payload: dict, *, retain: bool = False, **props) -> None:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+        p = None
+        if props:
+            p = Properties(PacketTypes.PUBLISH)
+            for k, v in props.items():
+                setattr(p, k, v)
+        self._sub.publish(f"{BASE}/cmd/{name}", json.dumps(payload), qos=1, retain=retain,
+                          properties=p).wait_for_publish(5)
+
+
+def _mount(path: Path, size: str) -> bool:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+def _fill(directory: Path) -> Path:
+    p = directory / "chaos-filler.bin"
+    with open(p, "wb", buffering=0) as f:
+        for chunk in (b"\xff" * 65536, b"\xff" * 512):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(chunk)
+    return p
+
+
+def _check_configs(tomls: list[str], work: Path) -> list[int]:
+    """`kyc-edge check-config` on each text (in parallel); their exit codes."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    procs = []
+    for i, toml in enumerate(tomls):
+        p = work / f"probe{i}.toml"
+        p.write_text(toml)
+        procs.append(subprocess.Popen([sys.executable, "-m", "device.cli", "check-config", str(p)], cwd=REPO,
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return [pr.wait(120) for pr in procs]
+
+
+def _one_line(r: subprocess.CompletedProcess) -> bool:
+    errs = [l for l in r.stderr.splitlines() if " ERROR " in l or " CRITICAL " in l]
+    return r.returncode == 2 and "Traceback" not in r.stderr and len(errs) == 1 and "start-up refused" in errs[0]
+
+
+def _bomb_jpeg() -> bytes:
+    import cv2
+    import numpy as np
+    ok, buf = cv2.imencode(".jpg", np.full((126, 102, 3), 128, np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 40])
+    j = buf.tobytes()
+    i = j.index(b"\xff\xc0")
+    j = j[:i + 5] + struct.pack(">HH", 16000, 16000) + j[i + 9:]
+    return (j + b"\0" * 1022)[:1022]
+
+
+# ---------------------------------------------------------------- faults
+def _res(expected=0, survived=0, serving=True, refused=0, **notes) -> dict:
+    return {"verdicts_expected": expected, "verdicts_survived": survived, "refused": refused,
+            "daemon_kept_serving": bool(serving), **notes}
+
+
+def _serve_check(rig: Rig) -> tuple[int, int, bool]:
+    v = rig.session()
+    return 1, int(v is not None and rig.verified(v)), bool(v is not None and rig.alive())
+
+
+def f_poisoned_start(rig: Rig) -> dict:
+    rig.publish_cmd("start", {"operator": "x"}, retain=True, CorrelationData=b"c" * 300)
+    rig.publish_cmd("start", {"operator": "x"}, ResponseTopic="ops/" + "r" * 300)
+    rig.publish_cmd("start", {"operator": "x"}, ResponseTopic="ops/#")
+    refused = rig.wait(lambda: rig.refused("bad_command") >= 3, 15)
+    e, s, ok = _serve_check(rig)
+    rig.stop()
+    restarted = rig.start()
+    e2, s2, ok2 = _serve_check(rig)
+    rig._sub.publish(f"{BASE}/cmd/start", b"", qos=1, retain=True).wait_for_publish(5)
+    return _res(e + e2, s + s2, ok and ok2 and restarted, refused=rig.refused("bad_command"),
+                bad_starts_refused=refused)
+
+
+def f_rebind_start(rig: Rig) -> dict:
+    rig.publish_cmd("start", {"operator": "desk"}, CorrelationData=b"ticket-1")
+    rig.wait(lambda: "start command received" in rig.log.read_text(errors="replace"), 10)
+    n = rig.refused("session_running")
+    v = rig.session(during=lambda: rig.publish_cmd("start", {"operator": "evil"}, CorrelationData=b"evil"))
+    bound = bool(v) and v["verdict"].get("binding") == {
+        "kind": "correlation", "sha256": hashlib.sha256(b"ticket-1").hexdigest()}
+    return _res(1, int(bool(v) and rig.verified(v) and bound), bool(v) and rig.alive(),
+                refused=rig.refused("session_running") - n, binding_kept=bound,
+                listener_side="not in this build (i20b: freshness window, persistent dedup)")
+
+
+def f_bad_device_ids(rig: Rig) -> dict:
+    bad = ["counter-123456789", "counter 1", "c" * 65, "zähler"]
+    refused = [rc == 2 for rc in _check_configs([f'[device]\nid = "{b}"\n' for b in bad], rig.work)]
+    return _res(0, 0, all(refused), check_config_refused=f"{sum(refused)}/{len(bad)}")
+
+
+def f_nan_threshold(rig: Rig) -> dict:
+    rc = _check_configs(["[liveness]\npad_threshold = nan\n"], rig.work)[0]
+    return _res(0, 0, rc == 2, check_config_refused=rc == 2)
+
+
+def f_bad_config_values(rig: Rig) -> dict:
+    cases = ['[mqtt]\nurl = "mqtt://127.0.0.1:99999"\n', '[device]\ngroups = ["g#"]\n',
+             '[mqtt]\nprefix = "kyc/#"\n', '[device]\nsite = "_fleet"\n', "device = 5\n"]
+    ok = [rc == 2 for rc in _check_configs(cases, rig.work)]
+    rig.stop()
+    rig.write_config(**{"mqtt.username": "u", "mqtt.password_file": str(rig.work / "missing-password")})
+    r = rig.run_once()
+    rig.write_config()
+    restarted = rig.start()
+    return _res(0, 0, all(ok) and _one_line(r) and restarted, check_config_refused=f"{sum(ok)}/{len(ok)}",
+                missing_password_file_one_line=_one_line(r))
+
+
+def f_disk_full(rig: Rig) -> dict:
+    if not rig.tmpfs:
+        return {"result": "skipped", "reason": "the state dir is not a tmpfs (needs root to mount one)"}
+    filler: list[Path] = []
+    v = rig.session(during=lambda: filler.append(_fill(rig.state)))
+    survived = int(v is not None and rig.verified(v))
+    low = rig.wait(lambda: rig.status().get("storage") == "storage_low", 10)
+    n = rig.refused()
+    from device.cardreader.simulator import FakeCard
+    rig.sim.insert(FakeCard.resident(photo_bytes=rig.photo))
+    refused = rig.wait(lambda: rig.refused() > n, 10)
+    rig.sim.remove()
+    time.sleep(0.4)
+    for f in filler:
+        f.unlink(missing_ok=True)
+    rig.wait(lambda: rig.status().get("storage") == "ok", 15)
+    e, s, ok = _serve_check(rig)
+    return _res(1 + e, survived + s, ok, refused=int(refused), storage_low_in_status=low)
+
+
+def f_corrupt_outbox(rig: Rig) -> dict:
+    rig.stop()
+    db = rig.state / "outbox.sqlite"
+    for suffix in ("-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    db.write_bytes(os.urandom(max(8192, db.stat().st_size if db.exists() else 0)))
+    started = rig.start()
+    alarm = rig.wait(lambda: "outbox_recovered" in rig.status().get("alarms", []), 10)
+    e, s, ok = _serve_check(rig)
+    return _res(e, s, started and ok, outbox_recovered_alarm=alarm)
+
+
+def f_truncated_key(rig: Rig) -> dict:
+    from device.verdict import KEY_FILE
+    rig.stop()
+    key = rig.state / KEY_FILE
+    good = key.read_bytes()
+    key.write_bytes(good[:40])
+    r = rig.run_once()
+    key.write_bytes(good)                          # the repair: the operator restores the key
+    started = rig.start()
+    e, s, ok = _serve_check(rig)
+    return _res(e, s, started and ok and _one_line(r), exit_code=r.returncode, one_clear_line=_one_line(r))
+
+
+def f_read_only_state(rig: Rig) -> dict:
+    if not rig.tmpfs:
+        return {"result": "skipped", "reason": "needs a tmpfs state dir (root) to remount read-only"}
+    rig.stop()
+    subprocess.run(["mount", "-o", "remount,ro", str(rig.state)], check=True)
+    try:
+        r = rig.run_once()
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(rig.state)], check=True)
+    started = rig.start()
+    e, s, ok = _serve_check(rig)
+    return _res(e, s, started and ok and _one_line(r), exit_code=r.returncode, one_clear_line=_one_line(r))
+
+
+def f_photo_bomb(rig: Rig) -> dict:
+    t = time.monotonic()
+    v = rig.session(photo=_bomb_jpeg(), timeout=30)
+    secs = time.monotonic() - t
+    refused_ok = bool(v) and v["verdict"]["reasons"] == ["card_read_failed"]
+    e, s, ok = _serve_check(rig)
+    return _res(1 + e, int(bool(v) and rig.verified(v)) + s, ok and refused_ok, card_read_failed=refused_ok,
+                seconds_to_verdict=round(secs, 1))
+
+
+def f_sighup_device_id(rig: Rig) -> dict:
+    rig.write_config(**{"device.id": "chaos-renamed"})
+    rig.proc.send_signal(signal.SIGHUP)
+    rig.wait(lambda: "need a restart" in rig.log.read_text(errors="replace"), 10)
+    v = rig.session()
+    kept = bool(v) and v["verdict"]["device"] == DEVICE
+    rig.write_config()
+    rig.proc.send_signal(signal.SIGHUP)
+    return _res(1, int(bool(v) and rig.verified(v) and kept), bool(v) and rig.alive(), device_id_kept=kept)
+
+
+def f_wlt_missing(rig: Rig) -> dict:
+    alarm = rig.wait(lambda: "photo_decoder_wlt_missing" in rig.status().get("alarms", []), 10)
+    warned = "reader.wlt_library is not set" in rig.log.read_text(errors="replace")
+    return _res(0, 0, rig.alive() and warned and alarm, start_up_warning=warned, alarm=alarm)
+
+
+def f_unwritable_state_path(rig: Rig) -> dict:
+    rig.stop()
+    blocker = rig.work / "a-file"
+    blocker.write_text("x")
+    rig.write_config(**{"device.state_dir": str(blocker / "state")})
+    r = rig.run_once()
+    rig.write_config()
+    started = rig.start()
+    return _res(0, 0, started and _one_line(r), exit_code=r.returncode, one_clear_line=_one_line(r))
+
+
+def f_unit_procsubset(rig: Rig) -> dict:
+    text = (REPO / "systemd" / "kyc-edge.service").read_text()
+    has = any(l.strip() == "ProcSubset=pid" for l in text.splitlines())
+    return _res(0, 0, not has, procsubset_pid=has,
+                note="XNNPACK under the unit's /proc settings: tests/test_unit_xnnpack.py")
+
+
+def _other_branch(item: int, what: str) -> Callable[[Rig], dict]:
+    def run(rig: Rig) -> dict:
+        return {"result": "not_in_this_build", "reason": f"item {item} ({what}) is delivered by branch i20b"}
+    return run
+
+
+FAULTS: list[tuple[str, str, Callable[[Rig], dict], bool]] = [
+    # id, issue item, script, in --short
+    ("poisoned_start", "1", f_poisoned_start, True),
+    ("bad_device_id", "2", f_bad_device_ids, True),
+    ("disk_full_mid_session", "3", f_disk_full, False),
+    ("corrupt_outbox", "4", f_corrupt_outbox, True),
+    ("truncated_signing_key", "4", f_truncated_key, True),
+    ("read_only_state_dir", "4", f_read_only_state, False),
+    ("photo_header_bomb", "5", f_photo_bomb, True),
+    ("unsigned_update_status", "6", _other_branch(6, "fleet status integrity"), False),
+    ("injected_inline_chunk", "7", _other_branch(7, "signed chunk manifest"), False),
+    ("second_start_rebind", "8", f_rebind_start, False),
+    ("nan_pad_threshold", "9", f_nan_threshold, True),
+    ("bad_config_values", "10", f_bad_config_values, False),
+    ("config_stacking", "11", _other_branch(11, "config stacking"), False),
+    ("sighup_device_id", "12", f_sighup_device_id, False),
+    ("unit_procsubset", "13", f_unit_procsubset, True),
+    ("wlt_library_missing", "14", f_wlt_missing, True),
+    ("listener_key_files", "15", _other_branch(15, "listener key binding"), False),
+    ("unwritable_state_dir", "16", f_unwritable_state_path, False),
+]
+
+
+def _default_photo(video: Path):
+    """The card photo: a head-and-shoulders crop of the video's subject (as tests/faces.py)."""
+    import cv2
+    import numpy as np
+    cap = cv2.VideoCapture(str(video))
+    try:
+        for _ in range(61):
+            ok, bgr = cap.read()
+            if not ok:
+                raise SystemExit(f"chaos: {video} has fewer than 61 frames")
+    finally:
+        cap.release()
+    return np.ascontiguousarray(bgr[180:620, 470:830, ::-1])
+
+
+def run(args) -> dict:
+    video = Path(getattr(args, "frames", None) or _shared() / "data" / "blink" / "demo_old.mp4")
+    model_dir = Path(getattr(args, "models_dir", None) or os.environ.get("KYC_EDGE_MODEL_DIR")
+                     or REPO / "models" / "store")
+    short = bool(getattr(args, "short", False))
+    only = set(getattr(args, "only", None) or [])
+    if not video.exists():
+        raise SystemExit(f"chaos: no face video at {video} (--frames VIDEO)")
+    photo = _default_photo(video)
+    work = Path(tempfile.mkdtemp(prefix="kyc-chaos-"))
+    rows = []
+    t_all = time.monotonic()
+    rig = Rig(work, video, photo, model_dir, tmpfs=not getattr(args, "no_tmpfs", False))
+    try:
+        if not rig.start():
+            raise SystemExit("chaos: the daemon did not become READY:\n" + rig.log.read_text(errors="replace")[-3000:])
+        for fid, item, fn, in_short in FAULTS:
+            if (short and not in_short) or (only and fid not in only):
+                continue
+            if not rig.alive() and fn not in (f_bad_device_ids, f_nan_threshold, f_unit_procsubset):
+                rig.start()
+            t = time.monotonic()
+            try:
+                res = fn(rig)
+            except Exception as e:  # noqa: BLE001 - a fault script that breaks is a failed fault, not a crash
+                res = _res(0, 0, False, error=f"{type(e).__name__}: {e}"[:300])
+            res.setdefault("result", "ok" if res.get("daemon_kept_serving")
+                           and res.get("verdicts_survived") == res.get("verdicts_expected") else "failed")
+            rows.append({"fault": fid, "item": item, **res, "seconds": round(time.monotonic() - t, 1)})
+    finally:
+        rig.close()
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+    ran = [r for r in rows if r["result"] in ("ok", "failed")]
+    return {
+        "faults": rows,
+        "ran": len(ran),
+        "lost_verdicts": sum(r["verdicts_expected"] - r["verdicts_survived"] for r in ran),
+        "stops": sum(not r["daemon_kept_serving"] for r in ran),
+        "failed": [r["fault"] for r in ran if r["result"] == "failed"],
+        "skipped": [r["fault"] for r in rows if r["result"] == "skipped"],
+        "not_in_this_build": [r["fault"] for r in rows if r["result"] == "not_in_this_build"],
+        "short": short,
+        "seconds": round(time.monotonic() - t_all, 1),
+    }
+
+
+def _shared() -> Path:
+    for cand in (os.environ.get("KYC_EDGE_SHARED"), REPO.parent / "shared", Path("/work/shared")):
+        if cand and Path(cand).is_dir():
+            return Path(cand)
+    return REPO.parent / "shared"
