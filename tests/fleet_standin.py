@@ -74,8 +74,9 @@ def main() -> int:
     stop = threading.Event()
 
     def apply(bundle_dir):
-        holder["p"] = Pipeline(model_dir(bundle_dir, factory), merged_config(cfg, bundle_dir))
-        print(json.dumps({"event": "applied", "dir": str(bundle_dir)}), flush=True)
+        eff = merged_config(cfg, bundle_dir)          # what the daemon's _apply_bundle runs with
+        holder["p"] = Pipeline(model_dir(bundle_dir, factory), eff)
+        print(json.dumps({"event": "applied", "dir": str(bundle_dir), "threshold": eff.match.threshold}), flush=True)
 
     link_box: dict = {}
     agent = UpdateAgent(cfg, state, publish_status=lambda st: link_box["l"].publish_update_status(st),

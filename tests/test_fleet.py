@@ -46,7 +46,7 @@ def _keys(tmp_path):
 
 
 def _m(**kw):
-    art = [{"name": "m.tflite", "sha256": "0" * 64, "size": 10, "inline": True}]
+    art = [{"name": "m.tflite", "sha256": "0" * 64, "size": 10, **mf.inline_fields(b"x" * 10)}]
     return mf.make_manifest(bundle_version=kw.pop("v", 2), artifacts=art, **kw)
 
 
@@ -174,6 +174,15 @@ def test_fleet_cli_keygen_bundle_sign(tmp_path, model_dir):
     assert a["url"] == "https://updates.example/b2/face_detection_short_range.tflite" and a["size"] == 229714
     assert m["self_test"]["vectors"][0]["model"] == "face_detection_short_range.tflite"
     assert len(json.dumps(env)) < 16384          # one MQTT command
+    assert "config_complete" not in m                # default: the patch stacks onto the running one
+    r = cli("bundle", "--models", str(models), "--config", str(tmp_path / "ok.toml"), "--out", str(tmp_path / "c"),
+            "--version", "3", "--no-vectors", "--config-complete")
+    assert r.returncode == 0, r.stderr
+    r = cli("sign", str(tmp_path / "c"), "--key", str(tmp_path / "k" / mf.FLEET_KEY_FILE))
+    env = json.loads((tmp_path / "c" / "manifest.signed.json").read_text())
+    m = mf.verify(env, mf.trusted_keys([(tmp_path / "k" / mf.FLEET_PUB_FILE).read_text().strip()]))
+    assert m["config_complete"] is True and m["artifacts"][0]["inline"] is True
+    assert m["artifacts"][0]["pages"] == mf.inline_fields((models / "face_detection_short_range.tflite").read_bytes())["pages"]
 
 
 def test_a_bundle_replacing_a_float_model_drops_its_stale_int8_build(tmp_path):
@@ -191,3 +200,29 @@ def test_a_bundle_replacing_a_float_model_drops_its_stale_int8_build(tmp_path):
     names = sorted(p.name for p in (slot / "models").iterdir())
     assert names == ["face_landmark.tflite", "mobilefacenet.tflite"]
     assert models_mod.resolve(slot / "models", "int8")["embedder"].read_bytes() == b"new embedder"
+
+
+def test_spool_accepts_only_chunks_announced_by_a_pinned_page(tmp_path):
+    """In-process edges of the inline spool: nothing unannounced is written, nothing raises."""
+    import hashlib
+    from device.fleet.agent import _Spool
+    data = os.urandom(mf.PAGE_CHUNKS * 1024 + 700)            # two pages at 1 KiB chunks
+    art = {"name": "m.tflite", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+           **mf.inline_fields(data, 1024)}
+    mf.check_schema(mf.make_manifest(bundle_version=2, artifacts=[art]))
+    sp = _Spool(tmp_path / "in", [art])
+    pages = mf.paginate(mf.chunk_digests(data, 1024))
+    sp.add("m.tflite", 0, data[:1024])                        # before its page
+    for bad in ((0, pages[1]), (1, pages[0]), (2, pages[0]), (True, pages[0]), (0, ["zz"]), (0, [1, 2]), (0, "x")):
+        sp.add_page("m.tflite", *bad)
+    assert sp.files["m.tflite"]["known"] == {} and sp.dropped == 8
+    sp.add_page("m.tflite", 0, pages[0])
+    sp.add_page("m.tflite", 1, pages[1])
+    for off, chunk in ((0, b"x" * 1024), (1, data[1:1025]), (1024, data[1024:2000]), (len(data) + 1024, b"x"),
+                       ("0", data[:1024]), (-1024, data[:1024])):
+        sp.add("m.tflite", off, chunk)
+    assert sp.files["m.tflite"]["got"] == set() and sp.error is None
+    for off in range(0, len(data), 1024):
+        sp.add("m.tflite", off, data[off:off + 1024])
+        sp.add("m.tflite", off, b"y" * 1024)                  # a late forgery for a chunk already written
+    assert sp.wait("m.tflite", time.monotonic() + 1).read_bytes() == data

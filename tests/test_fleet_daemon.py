@@ -177,3 +177,26 @@ def test_three_daemons_canary_then_widen_all_applied(tmp_path, broker, shared_da
         for s in sims:
             s.stop()
         fc.close()
+
+
+def test_daemon_keeps_a_fleet_threshold_through_a_later_models_only_bundle(fleet_rig, shared_data):
+    """Issue 20 item 11 on the real daemon: threshold 0.55 from a config bundle is what the verdict
+    is decided with after a later models-only bundle (patches stack onto the running slot's)."""
+    rig, fc = fleet_rig, fleet_rig["fc"]
+    notify = NotifySocket(rig["tmp"] / "notify.sock")
+    rig["procs"].append(start_daemon(rig["cfg"], notify, log_path=rig["tmp"] / "daemon0.log"))
+    assert notify.wait_for("READY=1", 40), _logs(rig)
+    _wait(rig, lambda: fc.updates.get(DEV, {}).get("state") == "idle", 30, "update agent not up")
+    det = (rig["model_dir"] / DET).read_bytes()
+    assert MatchConfig().threshold != 0.55
+    for version, pad, patch in ((2, 8, {"match": {"threshold": 0.55}}), (3, 16, None)):
+        b = _bundle(rig, version, {DET: det + b"\0" * pad}, patch=patch)
+        fc.publish(json.loads((b / SIGNED).read_text()), b / "artifacts", "*")
+        _wait(rig, lambda v=version: fc.updates.get(DEV, {}).get("state") == "applied"
+              and fc.updates[DEV]["bundle_version"] == v, 60, f"v{version} not applied")
+    rig["sim"].insert(FakeCard.resident(photo_bytes=chip_jpeg(genuine_photo(shared_data))))
+    _wait(rig, lambda: any(t.endswith("/verdict") for _, t, o in fc.log), 90, "no verdict")
+    rig["sim"].remove()
+    v = next(o for _, topic, o in fc.log if topic.endswith("/verdict"))["verdict"]
+    assert v["scores"]["threshold"] == pytest.approx(0.55), v["scores"]
+    assert slots.config_patch(slots.active_bundle(rig["state"])) == {"match": {"threshold": 0.55}}

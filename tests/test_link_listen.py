@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from device import verdict as V
@@ -82,13 +83,13 @@ def test_listen_prints_verified_flags_forged_and_dedups(broker, tmp_path):
     keydir.mkdir()
     (keydir / "dev1.pub").write_text(good.public_key_b64)
     p = cli("verdicts", "listen", "--broker", broker.url, "--verify-key", str(keydir),
-            "--topic", "kyc/v1/+/+/verdict", "--timeout", "8", "--count", "2")
+            "--topic", "kyc/v1/+/+/verdict", "--timeout", "8", "--count", "2", "--state", str(tmp_path / "l.db"))
     pub = Sub(broker.port, "nothing")
     try:
         assert "subscribed to kyc/v1/+/+/verdict" in p.stderr.readline()
         topic = "kyc/v1/s1/dev1/verdict"
-        s1 = good.sign(make(device="dev1", site="s1"))
-        s2 = good.sign(make(device="dev1", site="s1"))
+        s1 = good.sign(make(device="dev1", site="s1", started_at=time.time() - 6, decided_at=time.time()))
+        s2 = good.sign(make(device="dev1", site="s1", started_at=time.time() - 6, decided_at=time.time()))
         tampered = copy.deepcopy(s1)
         tampered["verdict"]["result"], tampered["verdict"]["reasons"] = "pass", []
         forged = evil.sign(make(device="dev1", site="s1"))

@@ -132,7 +132,8 @@ def test_passing_probe_commits_and_reports_applied(tmp_path, root):
 
 def _software_env(key, version, n, **kw):
     m = mf.make_manifest(bundle_version=n, artifacts=[{"name": f"kyc_edge-{version}-py3-none-any.whl",
-                                                       "sha256": "0" * 64, "size": 10, "inline": True}],
+                                                       "sha256": "0" * 64, "size": 10,
+                                                       **mf.inline_fields(b"x" * 10)}],
                          kind="software", software_version=version, **kw)
     return mf.sign(m, key)
 
@@ -148,7 +149,9 @@ def test_software_manifest_version_rules(tmp_path, root):
         bad = _software_env(key, "0.3.0", 5)
         bad["manifest"]["software_version"] = "9.0.0"        # changed after signing
         agent.on_command("update", json.dumps(bad))
-        assert link.statuses[-1]["reason"] == "bad_signature"
+        # unverified: nothing of it is echoed, the genuine state stays (issue 20 item 6)
+        assert link.statuses[-1]["rejected_reason"] == "bad_signature" and link.statuses[-1]["state"] == "failed"
+        assert "9.0.0" not in json.dumps(link.statuses[-1])
         # a signed allow_downgrade is accepted (queued; its chunks never come here)
         agent.on_command("update", json.dumps(_software_env(key, "0.1.9", 6, allow_downgrade=True)))
         assert link.statuses[-1]["state"] == "queued" and link.statuses[-1]["target_software_version"] == "0.1.9"

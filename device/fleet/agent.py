@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import http.client
+import json
 import logging
 import os
 import queue
@@ -38,7 +40,11 @@ from device.fleet.nonces import NonceStore
 
 log = logging.getLogger("kyc_edge.fleet")
 
-CHUNK_BYTES = 8192          # raw bytes per inline chunk: fits the link's 16 KiB command limit
+CHUNK_BYTES = mf.CHUNK_BYTES   # raw bytes per inline chunk: fits the link's 16 KiB command limit
+# Failures of the transport, not of the signed content: the nonce is released so the operator (or
+# the broker's redelivery) can re-send the same signed manifest. An attacker who can only inject
+# or drop messages therefore cannot use up a genuine update.
+RETRYABLE = frozenset({"truncated", "download_failed", "hash_mismatch", "disk_full"})
 
 
 def is_update_topic(name: str) -> bool:
@@ -51,7 +57,12 @@ class _Stopping(Exception):
 
 
 class _Spool:
-    """Inline artifacts arriving as chunks: {"chunk": {"nonce", "name", "offset", "data"}}."""
+    """Inline artifacts arriving as pages and chunks on the update topic:
+    {"page": {"nonce", "name", "index", "sha256": [hex, ...]}} announces the sha256 of up to
+    PAGE_CHUNKS chunks and must match the signed manifest's `pages[index]`;
+    {"chunk": {"nonce", "name", "offset", "data"}} is written only if its sha256 is the one its
+    page announced. Anything else (unknown name, early chunk, bad offset/length/hash, bad
+    base64) is dropped and counted in `dropped`, never fatal: the genuine message still lands."""
 
     def __init__(self, d: Path, artifacts: list[dict], stop: threading.Event | None = None):
         self.stop = stop or threading.Event()
@@ -59,22 +70,55 @@ class _Spool:
         self.cond = threading.Condition()
         self.error: FleetError | None = None
         self.files: dict[str, dict] = {}
+        self.dropped = 0
         d.mkdir(parents=True, exist_ok=True)
         for a in artifacts:
             if a.get("inline"):
                 p = d / a["name"]
                 p.touch()
-                self.files[a["name"]] = {"path": p, "size": int(a["size"]), "got": {}, "bytes": 0}
+                self.files[a["name"]] = {"path": p, "size": int(a["size"]), "cb": int(a["chunk_bytes"]),
+                                         "pages": list(a["pages"]), "pages_ok": set(), "known": {}, "got": set(),
+                                         "bytes": 0}
 
-    def add(self, name: str, offset: int, data: bytes) -> None:
+    def drop(self, why: str) -> None:
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 100 == 0:
+            log.warning("fleet: inline message dropped (%s); %d dropped so far", why, self.dropped)
+
+    def add_page(self, name: str, index: Any, digests: Any) -> None:
         with self.cond:
             f = self.files.get(name)
-            if f is None or self.error is not None or offset in f["got"]:
+            if f is None or not isinstance(index, int) or isinstance(index, bool) \
+                    or not 0 <= index < len(f["pages"]) or not isinstance(digests, list):
+                return self.drop("page for no announced page")
+            if index in f["pages_ok"]:
                 return
-            if offset < 0 or offset + len(data) > f["size"]:
-                self.error = FleetError("hash_mismatch", f"{name}: chunk beyond the declared size")
-                self.cond.notify_all()
+            try:
+                ok = mf.page_digest(digests) == f["pages"][index]
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                return self.drop("page digest differs from the signed manifest")
+            f["pages_ok"].add(index)
+            for k, dg in enumerate(digests):
+                f["known"][index * mf.PAGE_CHUNKS + k] = dg
+
+    def add(self, name: str, offset: Any, data: bytes) -> None:
+        with self.cond:
+            f = self.files.get(name)
+            if f is None or self.error is not None:
                 return
+            cb = f["cb"]
+            if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or offset % cb:
+                return self.drop("chunk offset not on a chunk boundary")
+            k = offset // cb
+            if k in f["got"]:
+                return
+            want = f["known"].get(k)
+            if want is None:
+                return self.drop("chunk before its page / beyond the declared size")
+            if len(data) != min(cb, f["size"] - offset) or hashlib.sha256(data).hexdigest() != want:
+                return self.drop("chunk sha256 differs from its page")
             try:
                 fd = os.open(f["path"], os.O_WRONLY)
                 try:
@@ -86,7 +130,7 @@ class _Spool:
                                         f"{name}: writing chunk: {e.strerror}")
                 self.cond.notify_all()
                 return
-            f["got"][offset] = len(data)
+            f["got"].add(k)
             f["bytes"] += len(data)
             self.cond.notify_all()
 
@@ -129,6 +173,8 @@ class UpdateAgent:
         self.state_dir = Path(state_dir)
         self.bdir = slots.bundles_dir(state_dir)
         self.bdir.mkdir(parents=True, exist_ok=True)
+        self.nonces = NonceStore(self.bdir / "nonces.json")
+        self._release_interrupted()       # before cleanup() removes the evidence
         slots.cleanup(state_dir)
         self.factory_models = Path(factory_models) if factory_models else config_mod.models_dir(cfg)
         self.publish_status = publish_status
@@ -140,7 +186,6 @@ class UpdateAgent:
         self.keys = mf.trusted_keys(cfg.fleet.public_keys)
         if not self.keys:
             log.warning("fleet: no usable fleet.public_keys; every update will be refused (no_trusted_keys)")
-        self.nonces = NonceStore(self.bdir / "nonces.json")
         self._lock = threading.RLock()
         self._jobs: "queue.Queue[_Job | None]" = queue.Queue()
         self._active: dict[str, _Job] = {}        # nonce -> job not yet finished (dedup, chunks)
@@ -149,6 +194,10 @@ class UpdateAgent:
         self._reported_start = False
         self._stop = threading.Event()
         self.last_status: dict | None = None
+        self.rejected = 0                # update messages refused before their signature verified
+        self._rejected_reason = ""
+        self._rejected_pub = 0.0
+        self._rejected_dirty = False
 
         st = slots.read_state(state_dir)
         trial = st.get("trial")
@@ -184,15 +233,16 @@ class UpdateAgent:
             return False
         try:
             obj = mf.parse(payload)
-            if "chunk" in obj:
-                self._on_chunk(obj["chunk"])
+            if len(obj) == 1 and ("chunk" in obj or "page" in obj):
+                kind = next(iter(obj))
+                self._on_inline(kind, obj[kind])
             else:
                 self._on_manifest(obj)
         except FleetError as e:
-            self._report("failed", _version_hint(payload), reason=e.reason, detail=e.detail)
+            self._rejected(e.reason, e.detail)
         except Exception as e:  # noqa: BLE001 - a command must never take the daemon down
             log.exception("fleet: update command failed")
-            self._report("failed", None, reason="internal_error", detail=type(e).__name__)
+            self._rejected("internal_error", type(e).__name__)
         return True
 
     def poll(self, session_active: bool) -> None:
@@ -200,6 +250,8 @@ class UpdateAgent:
         if not self._reported_start:
             self._reported_start = True
             self._report_start()
+        if self._rejected_dirty:
+            self._publish_rejected()
         if self.software is not None:
             self.software.poll(session_active)
         if session_active:
@@ -234,6 +286,8 @@ class UpdateAgent:
         if reason:
             st["reason"] = reason
         st.update(extra)
+        if self.rejected:
+            st["rejected"] = self.rejected
         lvl = logging.WARNING if state in ("failed", "rolled_back") else logging.INFO
         log.log(lvl, "fleet: %s%s target=%s running=%s%s", state, f"({reason})" if reason else "",
                 target, st["bundle_version"], f": {detail}" if detail else "")
@@ -243,6 +297,31 @@ class UpdateAgent:
                 s = slots.read_state(self.state_dir)
                 s["last"] = st
                 slots.write_state(self.state_dir, s)
+        try:
+            self.publish_status(st)
+        except Exception as e:  # noqa: BLE001
+            log.warning("fleet: publishing update status failed: %s", e)
+
+    def _rejected(self, reason: str, detail: str) -> None:
+        """An update message refused before (or as) its signature was checked. Nothing of it is
+        trusted, so nothing of it is published: the retained status keeps the last genuine update's
+        state and target_version (a rollout is neither aborted nor stalled by forgeries) and gains
+        `rejected` (count) and `rejected_reason` (our reason code), published at most once a second
+        (a burst is summed up by poll())."""
+        self.rejected += 1
+        self._rejected_reason = reason
+        log.warning("fleet: update message rejected (%s): %s", reason, detail[:200])
+        self._publish_rejected()
+
+    def _publish_rejected(self) -> None:
+        now = time.monotonic()
+        if now - self._rejected_pub < 1.0:
+            self._rejected_dirty = True
+            return
+        self._rejected_pub, self._rejected_dirty = now, False
+        last = {k: v for k, v in (self.last_status or {"state": "idle"}).items() if k != "at"}
+        st = dict(last, bundle_version=self.bundle_version, rejected=self.rejected,
+                  rejected_reason=self._rejected_reason)
         try:
             self.publish_status(st)
         except Exception as e:  # noqa: BLE001
@@ -261,18 +340,20 @@ class UpdateAgent:
         self._report(last["state"], last.get("target_version"), reason=last.get("reason"))
 
     # ------------------------------------------------------------------ commands
-    def _on_chunk(self, c: Any) -> None:
-        if not isinstance(c, dict):
-            raise FleetError("malformed", "chunk: not an object")
-        job = self._active.get(str(c.get("nonce")))
+    def _on_inline(self, kind: str, c: Any) -> None:
+        """A page or chunk: only for an update we accepted (by nonce); a bad one is dropped."""
+        job = self._active.get(str(c.get("nonce"))) if isinstance(c, dict) else None
         if job is None:
             return              # not for an update we accepted: ignore (no status spam)
+        if kind == "page":
+            job.spool.add_page(str(c.get("name")), c.get("index"), c.get("sha256"))
+            return
         try:
             data = base64.b64decode(c["data"], validate=True)
-            offset = int(c["offset"])
         except (KeyError, TypeError, ValueError, binascii.Error):
-            raise FleetError("malformed", "chunk: bad fields") from None
-        job.spool.add(str(c.get("name")), offset, data)
+            job.spool.drop("chunk: bad fields")
+            return
+        job.spool.add(str(c.get("name")), c.get("offset"), data)
 
     def _on_manifest(self, env: dict) -> None:
         m = mf.verify(env, self.keys)
@@ -280,8 +361,10 @@ class UpdateAgent:
             log.info("fleet: %s not targeted at this device; ignored", mf.short_id(m))
             return
         if m.get("kind") == "software":
-            if self.software is None:
-                raise FleetError("software_unsupported", "no fleet.software_root on this device")
+            if self.software is None:     # signed, so its version may be reported (not a rejection)
+                self._report("failed", m["bundle_version"], reason="software_unsupported",
+                             detail="no fleet.software_root on this device", persist=True)
+                return None
             return self.software.submit(m, env)
         tv = m["bundle_version"]
         with self._lock:
@@ -313,6 +396,7 @@ class UpdateAgent:
                 except OSError as e:
                     raise FleetError("disk_full" if slots.disk_error(e) else "internal_error", str(e.strerror)) from None
             except FleetError as e:
+                self._release_nonce(m, e.reason)
                 self._report("failed", tv, reason=e.reason, detail=e.detail, persist=True)
                 return
             job = _Job(m, env, d, spool)
@@ -330,11 +414,14 @@ class UpdateAgent:
             try:
                 self._process(job)
             except _Stopping:
-                log.info("fleet: v%s abandoned: agent closing", tv)
+                log.info("fleet: v%s abandoned: agent closing; a re-send of it may try again", tv)
+                self._release_nonce(job.m, "truncated")
             except FleetError as e:
+                self._release_nonce(job.m, e.reason)
                 self._report("failed", tv, reason=e.reason, detail=e.detail, persist=True)
             except OSError as e:
                 reason = "disk_full" if slots.disk_error(e) else "internal_error"
+                self._release_nonce(job.m, reason)
                 self._report("failed", tv, reason=reason, detail=f"{type(e).__name__}: {e.strerror}", persist=True)
             except Exception as e:  # noqa: BLE001
                 log.exception("fleet: update failed")
@@ -343,6 +430,39 @@ class UpdateAgent:
                 shutil.rmtree(job.dir, ignore_errors=True)
                 with self._lock:
                     self._active.pop(job.m["nonce"], None)
+
+    def _release_nonce(self, m: dict, reason: str) -> None:
+        if reason in RETRYABLE:
+            try:
+                self.nonces.release(m["nonce"])
+            except OSError as e:
+                log.warning("fleet: could not release nonce %s: %s", m["nonce"][:8], e.strerror)
+
+    def _release_interrupted(self) -> None:
+        """A download cut short by a restart or power cut (its .incoming/<nonce> is still there)
+        is a transport failure too: release its nonce, unless that update got as far as a slot."""
+        inc = self.bdir / ".incoming"
+        if not inc.is_dir():
+            return
+        st = slots.read_state(self.state_dir)
+        keep = {(st.get("staged") or {}).get("nonce")}
+        for slot in slots.SLOTS:
+            try:
+                keep.add(json.loads((self.bdir / slot / "manifest.json").read_text())["manifest"]["nonce"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        for d in inc.iterdir():
+            if len(d.name) == 32 and all(c in "0123456789abcdef" for c in d.name) and d.name not in keep:
+                log.info("fleet: update %s was interrupted; its nonce is released for a re-send", d.name[:8])
+                self._release_nonce({"nonce": d.name}, "truncated")
+
+    def _stacked_patch(self, m: dict) -> dict:
+        """The config patch the new slot keeps: merged onto the running slot's (patches stack),
+        unless the manifest says `config_complete` (its patch is then the whole fleet layer)."""
+        patch = m.get("config_patch") or {}
+        if m.get("config_complete"):
+            return patch
+        return slots.deep_merge(slots.config_patch(slots.active_bundle(self.state_dir)), patch)
 
     def _trial_open(self) -> bool:
         t = slots.read_state(self.state_dir).get("trial")
@@ -373,7 +493,7 @@ class UpdateAgent:
                 raise FleetError("truncated", f"{a['name']}: {size} of {a['size']} bytes")
             if size > a["size"] or sha256_file(p) != a["sha256"]:
                 raise FleetError("hash_mismatch", f"{a['name']}: sha256 differs from the manifest")
-        patch = m.get("config_patch") or {}
+        patch = self._stacked_patch(m)
         try:
             slots.merge_config(self.cfg, patch)
         except config_mod.ConfigError as e:
@@ -503,11 +623,3 @@ class UpdateAgent:
         except Exception as e:  # noqa: BLE001 - the boot guard catches a crash loop from here
             log.error("fleet: re-applying the previous bundle failed: %s", type(e).__name__)
         self._report("rolled_back", trial.get("version"), reason=reason, detail=detail, persist=True)
-
-
-def _version_hint(payload: Any) -> int | None:
-    try:
-        v = mf.parse(payload)["manifest"]["bundle_version"]
-        return v if isinstance(v, int) and not isinstance(v, bool) else None
-    except Exception:  # noqa: BLE001
-        return None

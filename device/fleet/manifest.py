@@ -4,6 +4,10 @@ Wire form (one MQTT command, <= 16 KiB like every command):
 
     {"manifest": {...}, "sig": {"alg": "Ed25519", "key_id": "<16 hex>", "value": "<base64>"}}
 
+Inline artifacts then follow as pages and chunks (see `inline_fields`): the signed manifest pins
+each page's digest, each page lists its chunks' sha256s, so every inline message is verifiable
+on arrival and an injected one is dropped.
+
 The signature covers `device.verdict.canonical(manifest)` (sorted keys, no whitespace, ASCII),
 the same scheme as verdicts, so one verifier works for both. The device holds one or more fleet
 public keys (`fleet.public_keys`), which allows key rotation: sign with the new key once every
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import re
@@ -85,11 +90,14 @@ SCHEMA: dict = {
                     "size": {"type": "integer", "minimum": 0},
                     "url": {"type": "string", "pattern": "^(https?|file)://", "maxLength": 1024},
                     "inline": {"const": True},
+                    "chunk_bytes": {"type": "integer", "minimum": 1024, "maximum": 12288},
+                    "pages": {"type": "array", "maxItems": 4096, "items": _HEX64},
                 },
-                "oneOf": [{"required": ["url"]}, {"required": ["inline"]}],
+                "oneOf": [{"required": ["url"]}, {"required": ["inline", "chunk_bytes", "pages"]}],
             },
         },
         "config_patch": {"type": "object"},
+        "config_complete": {"type": "boolean"},
         "min_daemon_version": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+){0,3}$"},
         "self_test": {
             "type": "object", "additionalProperties": False,
@@ -162,13 +170,50 @@ def trusted_keys(specs: Iterable[str]) -> list[Ed25519PublicKey]:
     return out
 
 
+# ------------------------------------------------------------------ inline chunks
+# An inline artifact travels as chunks of `chunk_bytes`. The signed manifest lists, per page of
+# PAGE_CHUNKS chunks, page_digest(the chunks' sha256s); each page message carries those sha256s.
+# So every page and every chunk is checked against the signature the moment it arrives: an
+# injected page or chunk is dropped, and cannot displace or corrupt the genuine one.
+CHUNK_BYTES = 8192
+PAGE_CHUNKS = 128
+
+
+def n_chunks(size: int, chunk_bytes: int) -> int:
+    return -(-int(size) // int(chunk_bytes))
+
+
+def n_pages(size: int, chunk_bytes: int) -> int:
+    return -(-n_chunks(size, chunk_bytes) // PAGE_CHUNKS)
+
+
+def chunk_digests(data: bytes, chunk_bytes: int = CHUNK_BYTES) -> list[str]:
+    return [hashlib.sha256(data[o:o + chunk_bytes]).hexdigest() for o in range(0, len(data), chunk_bytes)]
+
+
+def page_digest(digests: list[str]) -> str:
+    """sha256 over the page's raw 32-byte chunk digests, concatenated in order."""
+    return hashlib.sha256(b"".join(bytes.fromhex(d) for d in digests)).hexdigest()
+
+
+def paginate(digests: list[str]) -> list[list[str]]:
+    return [digests[i:i + PAGE_CHUNKS] for i in range(0, len(digests), PAGE_CHUNKS)]
+
+
+def inline_fields(data: bytes, chunk_bytes: int = CHUNK_BYTES) -> dict:
+    """The manifest fields of an inline artifact: chunk_bytes and the page digests."""
+    return {"inline": True, "chunk_bytes": chunk_bytes,
+            "pages": [page_digest(p) for p in paginate(chunk_digests(data, chunk_bytes))]}
+
+
 # ------------------------------------------------------------------ build / sign / verify
 def new_nonce() -> str:
     return os.urandom(16).hex()
 
 
 def make_manifest(*, bundle_version: int, artifacts: list[dict], targets: list[str] | None = None,
-                  config_patch: dict | None = None, min_daemon_version: str | None = None,
+                  config_patch: dict | None = None, config_complete: bool = False,
+                  min_daemon_version: str | None = None,
                   vectors: list[dict] | None = None, valid_s: float = 7 * 86400,
                   not_before: int | None = None, allow_downgrade: bool = False,
                   nonce: str | None = None, now: float | None = None, kind: str | None = None,
@@ -182,6 +227,8 @@ def make_manifest(*, bundle_version: int, artifacts: list[dict], targets: list[s
     }
     if config_patch:
         m["config_patch"] = config_patch
+    if config_complete:
+        m["config_complete"] = True
     if min_daemon_version:
         m["min_daemon_version"] = min_daemon_version
     if vectors:
@@ -212,6 +259,9 @@ def check_schema(m: Any) -> None:
     names = [a["name"] for a in m["artifacts"]]
     if len(set(names)) != len(names):
         raise FleetError("malformed", "manifest: duplicate artifact names")
+    for a in m["artifacts"]:
+        if a.get("inline") and len(a["pages"]) != n_pages(a["size"], a["chunk_bytes"]):
+            raise FleetError("malformed", f"manifest: {a['name']}: page count does not fit size/chunk_bytes")
 
 
 def parse(data: bytes | str | dict) -> dict:
@@ -241,7 +291,8 @@ def verify(envelope: dict, keys: list[Ed25519PublicKey]) -> dict:
         raise FleetError("no_trusted_keys", "fleet.public_keys holds no usable key")
     matching = [k for k in keys if key_id_of(k) == sig["key_id"]]
     if not matching:
-        raise FleetError("unknown_key", f"key_id {sig['key_id'][:16]!s} not trusted")
+        kid = sig["key_id"] if re.fullmatch(r"[0-9a-f]{16}", sig["key_id"]) else "(not a key id)"
+        raise FleetError("unknown_key", f"key_id {kid} not trusted")   # the log never echoes free text
     try:
         raw = base64.b64decode(sig["value"], validate=True)
         msg = canonical(m)

@@ -43,3 +43,12 @@ class NonceStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.path, json.dumps(d, sort_keys=True).encode())
             return True
+
+    def release(self, nonce: str) -> None:
+        """Forget nonce: its update failed in transport (nothing staged), so a re-send of the same
+        signed manifest may try again. Replays of anything that was staged, applied or rolled
+        back stay refused."""
+        with self._lock:
+            d = self._load()
+            if d.pop(nonce, None) is not None:
+                write_atomic(self.path, json.dumps(d, sort_keys=True).encode())

@@ -79,7 +79,8 @@ def compute_vectors(models: Path, names: list[str]) -> list[dict]:
 
 
 def build_bundle(models: Path, out: Path, version: int, patch: dict | None = None,
-                 min_daemon_version: str | None = None, vectors: bool = True) -> dict:
+                 min_daemon_version: str | None = None, vectors: bool = True,
+                 config_complete: bool = False) -> dict:
     """BUNDLE/artifacts/<files> + BUNDLE/manifest.unsigned.json. Returns the unsigned part."""
     if patch:
         slots.merge_config(config_mod.Config(), patch)          # ConfigError on a bad patch
@@ -95,6 +96,8 @@ def build_bundle(models: Path, out: Path, version: int, patch: dict | None = Non
     body = {"bundle_version": int(version), "artifacts": arts}
     if patch:
         body["config_patch"] = patch
+    if config_complete:
+        body["config_complete"] = True       # the patch replaces the fleet config layer (no stacking)
     if min_daemon_version:
         body["min_daemon_version"] = min_daemon_version
     tfl = [f.name for f in files if f.suffix == ".tflite"]
@@ -118,10 +121,11 @@ def sign_bundle(bundle: Path, key_path: str, targets: list[str], *, valid_days: 
         if url_base:
             a["url"] = url_base.rstrip("/") + "/" + a["name"]
         else:
-            a["inline"] = True
+            a.update(mf.inline_fields((bundle / "artifacts" / a["name"]).read_bytes()))
         arts.append(a)
     m = mf.make_manifest(bundle_version=version or body["bundle_version"], artifacts=arts,
                          targets=targets or ["*"], config_patch=body.get("config_patch"),
+                         config_complete=bool(body.get("config_complete")),
                          min_daemon_version=body.get("min_daemon_version"), vectors=body.get("vectors"),
                          valid_s=valid_days * 86400, allow_downgrade=allow_downgrade,
                          kind=body.get("kind"), software_version=body.get("software_version"))
@@ -183,7 +187,8 @@ def cmd_software_bundle(a) -> int:
 def cmd_bundle(a) -> int:
     try:
         patch = load_patch(a.config) if a.config else None
-        body = build_bundle(Path(a.models), Path(a.out), a.version, patch, a.min_daemon_version, not a.no_vectors)
+        body = build_bundle(Path(a.models), Path(a.out), a.version, patch, a.min_daemon_version, not a.no_vectors,
+                            config_complete=a.config_complete)
     except config_mod.ConfigError as e:
         for line in e.problems:
             print(line, file=sys.stderr)
@@ -236,10 +241,11 @@ def cmd_status(a) -> int:
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'DEVICE':32s} {'ONLINE':9s} {'BUNDLE':>6s} {'LAST UPDATE':28s} {'TARGET':>6s} {'OUTBOX':>6s}")
+    print(f"{'DEVICE':32s} {'ONLINE':9s} {'BUNDLE':>6s} {'LAST UPDATE':28s} {'TARGET':>6s} {'OUTBOX':>6s} "
+          f"{'REJECTED':>8s}")
     for r in rows:
         print(f"{r['device']:32s} {str(r['online']):9s} {str(r['bundle_version']):>6s} {r['update']:28s} "
-              f"{str(r['target_version']):>6s} {str(r['outbox_depth']):>6s}")
+              f"{str(r['target_version']):>6s} {str(r['outbox_depth']):>6s} {str(r['rejected']):>8s}")
     return 0
 
 
@@ -257,6 +263,9 @@ def register(subparsers) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--version", type=int, required=True, help="bundle_version (monotonic)")
     s.add_argument("--min-daemon-version")
+    s.add_argument("--config-complete", action="store_true",
+                   help="the --config patch is the whole fleet config layer: it replaces earlier bundles' "
+                        "patches instead of merging onto them (default: merge)")
     s.add_argument("--no-vectors", action="store_true", help="skip self-test vectors (no TFLite runtime here)")
     s.set_defaults(func=cmd_bundle)
 

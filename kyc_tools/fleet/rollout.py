@@ -6,7 +6,7 @@ Topics (must match device/link/mqtt.py):
     <prefix>/<site>/<device>/cmd/update          one device   (target `SITE/DEVICE`)
     <prefix>/_fleet/group/<group>/cmd/update     a group      (target `group:NAME`)
     <prefix>/_fleet/all/cmd/update               every device (target `*`)
-A manifest is one message; inline artifacts follow as chunk messages on the same topic.
+A manifest is one message; inline artifacts follow as page + chunk messages on the same topic.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
-from device.fleet.agent import CHUNK_BYTES
+from device.fleet import manifest as mf
 
 MAX_MESSAGE_BYTES = 16384     # device/link/mqtt.py MAX_COMMAND_BYTES
 TERMINAL = ("applied", "failed", "rolled_back")
@@ -41,9 +41,14 @@ def update_topic(prefix: str, target: str) -> str:
     return f"{p}/{site}/{dev}/cmd/update"
 
 
+def _j(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
 def messages(envelope: dict, artifacts_dir: Path | None) -> list[bytes]:
-    """The manifest, then every inline artifact as chunks of CHUNK_BYTES."""
-    out = [json.dumps(envelope, separators=(",", ":")).encode()]
+    """The manifest, then per inline artifact and page: the page (the sha256s of its chunks, which
+    the signed manifest pins by `pages[i]`), then the page's chunks of `chunk_bytes`."""
+    out = [_j(envelope)]
     if len(out[0]) > MAX_MESSAGE_BYTES:
         raise ValueError(f"signed manifest is {len(out[0])} bytes; the device link accepts {MAX_MESSAGE_BYTES}")
     m = envelope["manifest"]
@@ -51,10 +56,12 @@ def messages(envelope: dict, artifacts_dir: Path | None) -> list[bytes]:
         if not a.get("inline"):
             continue
         data = (Path(artifacts_dir) / a["name"]).read_bytes()
-        for off in range(0, len(data), CHUNK_BYTES):
-            out.append(json.dumps({"chunk": {"nonce": m["nonce"], "name": a["name"], "offset": off,
-                                             "data": base64.b64encode(data[off:off + CHUNK_BYTES]).decode()}},
-                                  separators=(",", ":")).encode())
+        cb = int(a["chunk_bytes"])
+        for i, page in enumerate(mf.paginate(mf.chunk_digests(data, cb))):
+            out.append(_j({"page": {"nonce": m["nonce"], "name": a["name"], "index": i, "sha256": page}}))
+            for k in range(i * mf.PAGE_CHUNKS, i * mf.PAGE_CHUNKS + len(page)):
+                out.append(_j({"chunk": {"nonce": m["nonce"], "name": a["name"], "offset": k * cb,
+                                         "data": base64.b64encode(data[k * cb:(k + 1) * cb]).decode()}}))
     return out
 
 
@@ -188,7 +195,8 @@ class FleetClient:
                 rows.append({"device": d, "online": s.get("state", "unknown"),
                              "bundle_version": u.get("bundle_version", s.get("bundle_version", "-")),
                              "update": show_state(u), "target_version": u.get("target_version", "-"),
-                             "outbox_depth": depth if depth is not None else "-"})
+                             "outbox_depth": depth if depth is not None else "-",
+                             "rejected": u.get("rejected", 0)})
             return rows
 
 

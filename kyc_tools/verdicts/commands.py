@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from device import verdict as _verdict
+from kyc_tools.verdicts.check import DEFAULT_MAX_AGE_S, DEFAULT_SKEW_S
 
 
 def cmd_verdicts_listen(args) -> int:
@@ -14,12 +15,27 @@ def cmd_verdicts_listen(args) -> int:
     except _verdict.VerdictError as e:
         print(f"kyc-edge verdicts listen: {e.detail}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"kyc-edge verdicts listen: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+        return 2
+
+
+def cmd_verdicts_start(args) -> int:
+    from kyc_tools.verdicts.start import run_start
+    try:
+        return run_start(args)
+    except (_verdict.VerdictError, ValueError, OSError, ConnectionError) as e:
+        print(f"kyc-edge verdicts start: {getattr(e, 'detail', None) or e}", file=sys.stderr)
+        return 2
 
 
 def add_listen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
-    p.add_argument("--verify-key", action="append", required=True, metavar="KEY|DIR",
-                   help="device public key (base64, PEM, or a file), or a directory of *.pub/*.pem/*.b64; repeatable")
+    p.add_argument("--verify-key", action="append", metavar="KEY|FILE|DIR",
+                   help="device public key (base64, PEM), a key file <device>.pub (binds the key to <device>), "
+                        "or a directory of <device>.pub/.pem/.b64; repeatable")
+    p.add_argument("--key-registry", action="append", metavar="FILE",
+                   help="JSON/TOML table device = public key (or key file, or a list); binds each key to its device")
     p.add_argument("--topic", default="kyc/v1/+/+/verdict", help="subscription (default: %(default)s)")
     p.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
     p.add_argument("--username", default="")
@@ -29,6 +45,16 @@ def add_listen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-file", default="")
     p.add_argument("--client-id", default="", help="with --session-expiry: a persistent session (no verdict missed while away)")
     p.add_argument("--session-expiry", type=int, default=0, metavar="S")
+    p.add_argument("--max-age", type=float, default=DEFAULT_MAX_AGE_S, metavar="S",
+                   help="reject (stale) a verdict decided more than S seconds ago (default %(default)s; 0 = off)")
+    p.add_argument("--clock-skew", type=float, default=DEFAULT_SKEW_S, metavar="S",
+                   help="allowed clock difference with the devices (default %(default)s)")
+    p.add_argument("--allow-unbound", action="store_true",
+                   help="accept Correlation Data on verdicts that do not sign it (devices older than the "
+                        "signed binding); the ticket link of such verdicts is NOT authenticated")
+    p.add_argument("--state", default="", metavar="FILE",
+                   help="SQLite file of verdict_ids seen and nonces sent, kept across restarts "
+                        "(default $XDG_STATE_HOME/kyc-edge/verdicts.sqlite)")
     p.add_argument("--count", type=int, default=0, help="exit after N verified verdicts")
     p.add_argument("--timeout", type=float, default=0, help="exit after S seconds (0 = run until Ctrl-C)")
 
@@ -73,6 +99,20 @@ def register(subparsers) -> None:
     listen = vs.add_parser("listen", help="subscribe, verify signatures, dedup; flags forged/tampered verdicts")
     add_listen_args(listen)
     listen.set_defaults(func=cmd_verdicts_listen)
+    st = vs.add_parser("start", help="send cmd/start with a fresh nonce recorded in the listener state "
+                                     "(the verdict signs it; `listen` then accepts it once)")
+    st.add_argument("--broker", required=True)
+    st.add_argument("--device", required=True, metavar="SITE/DEVICE")
+    st.add_argument("--prefix", default="kyc/v1")
+    st.add_argument("--response-topic", default="")
+    st.add_argument("--correlation", default="", help="Correlation Data (e.g. the ticket id)")
+    st.add_argument("--state", default="", metavar="FILE", help="the listener's state file (see listen --state)")
+    st.add_argument("--username", default="")
+    st.add_argument("--password-file", default="")
+    st.add_argument("--ca-file", default="")
+    st.add_argument("--cert-file", default="")
+    st.add_argument("--key-file", default="")
+    st.set_defaults(func=cmd_verdicts_start, max_age=0, clock_skew=0)
     ing = vs.add_parser("ingest", help="MQTT 5 shared subscription -> PostgreSQL, exactly once; forgeries quarantined")
     add_ingest_args(ing)
     ing.set_defaults(func=cmd_verdicts_ingest)

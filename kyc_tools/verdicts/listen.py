@@ -1,12 +1,16 @@
-"""Operator side: subscribe to verdicts, verify signatures, deduplicate by verdict_id.
+"""Operator side: subscribe to verdicts, verify them, deduplicate by verdict_id.
 
-Delivery is at-least-once, so the same verdict can arrive twice (after a reconnect or a broker
-restart); `Dedup` drops repeats. Each message becomes one `Received` record with `status`:
-    ok         signature valid, schema valid, first time seen
-    duplicate  same verdict_id seen before (signature still checked first)
+The checks themselves live in `kyc_tools.verdicts.check` (shared with the PostgreSQL ingest).
+Each message becomes one `Received` record with `status`:
+    ok         every check passed, first time seen
+    duplicate  same verdict_id accepted before (persistent across restarts with a SeenStore)
     forged     signature invalid, unknown key, the verdict claims another device than its topic, or
-               (key directory with <device>.pub files) it is signed with another device's key
+               it is signed with a key bound to another device (<device>.pub files, a registry)
     invalid    not JSON / not a signed verdict / schema violation
+    stale      decided_at outside the freshness window (--max-age, --clock-skew)
+    replayed   its signed binding does not match the Correlation Data it arrived with, or its
+               nonce was used by another verdict
+    unbound    it arrived with Correlation Data it does not sign, or names a nonce we never sent
 """
 from __future__ import annotations
 
@@ -14,7 +18,6 @@ import collections
 import json
 import ssl
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -24,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from device import verdict as _verdict
+from kyc_tools.verdicts.check import REJECTED, KeyRing, Policy, SeenStore, check, default_state_path
 
 
 class Dedup:
@@ -74,54 +78,32 @@ class Received:
 
 
 def bound_keys(spec: str) -> dict[str, str]:
-    """device id -> key_id for a key directory whose files are named <device>.pub/.pem/.b64."""
-    from pathlib import Path
-    p = Path(spec)
-    out: dict[str, str] = {}
-    if p.is_dir():
-        for f in sorted(p.iterdir()):
-            if f.is_file() and f.suffix in (".pub", ".pem", ".b64"):
-                try:
-                    out[f.stem] = _verdict.key_id_of(_verdict.load_public_key(f))
-                except _verdict.VerdictError:
-                    continue
-    return out
+    """device id -> key_id for key files named <device>.pub/.pem/.b64 (a directory or one file)."""
+    ring = KeyRing()
+    ring.add_spec(spec)
+    return {dev: sorted(kids)[0] for dev, kids in ring.by_device.items()}
 
 
-def check_message(topic: str, payload: bytes, keys: list, dedup: Dedup | None,
-                  properties: Any = None, bound: dict[str, str] | None = None) -> Received:
-    corr = rt = None
-    ups: dict = {}
-    if properties is not None:
-        cd = getattr(properties, "CorrelationData", None)
-        corr = bytes(cd) if cd else None
-        rt = getattr(properties, "ResponseTopic", None) or None
-        ups = dict(getattr(properties, "UserProperty", None) or [])
-    rec = Received("invalid", topic, correlation=corr, response_topic=rt, user_properties=ups)
-    try:
-        obj = _verdict.parse(payload)
-        _verdict.check_signed_shape(obj)
-    except _verdict.VerdictError as e:
-        rec.error = e.detail
-        return rec
-    rec.verdict = obj["verdict"]
-    try:
-        v = _verdict.verify(obj, keys)
-    except _verdict.VerdictError as e:
-        rec.status, rec.error = "forged", e.detail
-        return rec
-    parts = topic.split("/")
-    if len(parts) >= 3 and (parts[-2] != v["device"] or parts[-3] != v["site"]):
-        rec.status, rec.error = "forged", "verdict device/site differ from the topic"
-        return rec
-    if bound and v["device"] in bound and bound[v["device"]] != obj["sig"]["key_id"]:
-        rec.status, rec.error = "forged", "signed with another device's key"
-        return rec
-    if dedup is not None and not dedup.first_time(v["verdict_id"]):
-        rec.status = "duplicate"
-        return rec
-    rec.status = "ok"
-    return rec
+def _props(properties: Any) -> tuple[bytes | None, str | None, dict]:
+    if properties is None:
+        return None, None, {}
+    cd = getattr(properties, "CorrelationData", None)
+    return (bytes(cd) if cd else None, getattr(properties, "ResponseTopic", None) or None,
+            dict(getattr(properties, "UserProperty", None) or []))
+
+
+def check_message(topic: str, payload: bytes, keys: list | KeyRing, dedup: Any,
+                  properties: Any = None, bound: dict[str, str] | None = None, *,
+                  policy: Policy | None = None, nonces: SeenStore | None = None,
+                  now: float | None = None) -> Received:
+    """One MQTT message -> Received. `keys` a KeyRing (bindings included) or a key list plus the
+    old `bound` dict; no freshness check unless a `policy` is given."""
+    corr, rt, ups = _props(properties)
+    ring = keys if isinstance(keys, KeyRing) else KeyRing.from_bound(keys, bound)
+    o = check(payload, topic=topic, ring=ring, policy=policy or Policy(max_age_s=None), correlation=corr,
+              seen=dedup, nonces=nonces, now=now)
+    return Received(o.status, topic, verdict=o.verdict, error=o.error, correlation=corr, response_topic=rt,
+                    user_properties=ups)
 
 
 class Listener:
@@ -135,10 +117,13 @@ class Listener:
                  topic: str = "kyc/v1/+/+/verdict", protocol: str = "5", client_id: str = "",
                  session_expiry_s: int = 0, username: str = "", password: str | None = None,
                  ca_file: str = "", cert_file: str = "", key_file: str = "",
-                 tls_context: ssl.SSLContext | None = None, dedup: Dedup | None = None,
-                 bound: dict[str, str] | None = None):
-        self.keys = [_verdict.load_public_key(k) for k in keys]
-        self.bound = dict(bound or {})
+                 tls_context: ssl.SSLContext | None = None, dedup: Any = None,
+                 bound: dict[str, str] | None = None, ring: KeyRing | None = None,
+                 policy: Policy | None = None, nonces: SeenStore | None = None):
+        self.ring = ring if ring is not None else KeyRing.from_bound(keys, bound)
+        self.keys = self.ring.keys
+        self.policy = policy or Policy(max_age_s=None)
+        self.nonces = nonces
         self.on_received = on_received
         self.topic = topic
         self.dedup = dedup if dedup is not None else Dedup()
@@ -178,8 +163,8 @@ class Listener:
 
     def _on_message(self, c, userdata, msg) -> None:
         with self._lock:
-            rec = check_message(msg.topic, msg.payload, self.keys, self.dedup,
-                                getattr(msg, "properties", None), self.bound)
+            rec = check_message(msg.topic, msg.payload, self.ring, self.dedup,
+                                getattr(msg, "properties", None), policy=self.policy, nonces=self.nonces)
             self.counts[rec.status] += 1
         self.on_received(rec)
 
@@ -203,14 +188,30 @@ class Listener:
         return self.subscribed.wait(timeout)
 
 
+def listener_state(args) -> SeenStore:
+    path = getattr(args, "state", "") or str(default_state_path())
+    keep = max(7 * 86400.0, (args.max_age or 0) + args.clock_skew + 3600)
+    return SeenStore(path, keep_s=keep)
+
+
+def key_ring(args) -> KeyRing:
+    ring = KeyRing()
+    for spec in args.verify_key or []:
+        ring.add_spec(spec)              # <device>.pub (a file or in a directory) binds that key
+    for reg in getattr(args, "key_registry", None) or []:
+        ring.add_registry(reg)
+    if not ring.keys:
+        raise _verdict.VerdictError("no verification keys: give --verify-key and/or --key-registry")
+    return ring
+
+
 def run_listen(args) -> int:
-    """`kyc-edge verdicts listen`: print one JSON line per message, flag forged/tampered."""
+    """`kyc-edge verdicts listen`: print one JSON line per message, flag forged/tampered/replayed."""
     import sys
-    keys: list = []
-    bound: dict[str, str] = {}
-    for spec in args.verify_key:
-        keys += _verdict.load_public_keys(spec)
-        bound.update(bound_keys(spec))       # <device>.pub in a key directory binds that key
+    ring = key_ring(args)
+    policy = Policy(max_age_s=args.max_age if args.max_age and args.max_age > 0 else None,
+                    skew_s=args.clock_skew, require_binding=not getattr(args, "allow_unbound", False))
+    store = listener_state(args)
     password = None
     if getattr(args, "password_file", ""):
         with open(args.password_file, encoding="utf-8") as f:
@@ -220,7 +221,7 @@ def run_listen(args) -> int:
 
     def show(rec: Received) -> None:
         print(rec.line(), flush=True)
-        if rec.status in ("forged", "invalid"):
+        if rec.status in REJECTED:
             state["bad"] += 1
             print(f"WARNING: {rec.status.upper()} verdict on {rec.topic}: {rec.error}", file=sys.stderr,
                   flush=True)
@@ -229,10 +230,11 @@ def run_listen(args) -> int:
             if args.count and state["n"] >= args.count:
                 done.set()
 
-    lst = Listener(args.broker, keys, show, topic=args.topic, protocol=args.protocol,
+    lst = Listener(args.broker, [], show, topic=args.topic, protocol=args.protocol,
                    client_id=args.client_id or "", session_expiry_s=args.session_expiry,
                    username=args.username or "", password=password, ca_file=args.ca_file or "",
-                   cert_file=args.cert_file or "", key_file=args.key_file or "", bound=bound).start()
+                   cert_file=args.cert_file or "", key_file=args.key_file or "", ring=ring, policy=policy,
+                   dedup=store, nonces=store).start()
     if lst.wait_subscribed(args.timeout if args.timeout and args.timeout > 0 else 30):
         print(f"kyc-edge verdicts listen: subscribed to {args.topic} on {args.broker}", file=sys.stderr, flush=True)
     else:
@@ -244,5 +246,6 @@ def run_listen(args) -> int:
         pass
     finally:
         lst.stop()
-    time.sleep(0)
+        with lst._lock:
+            store.close()
     return 1 if state["bad"] else 0
