@@ -18,24 +18,30 @@ out = {}
 tmp = Path(tempfile.mkdtemp())
 # 1. operator-side check, with the persistent store (fsync per accepted verdict)
 s = V.Signer.load_or_create(tmp / "k")
-ring = KeyRing(); ring.add(s.public_key, "counter-0001")
+ring = KeyRing()
+ring.add(s.public_key, "counter-0001")
 store = SeenStore(tmp / "seen.db")
 now = time.time()
 msgs = [json.dumps(s.sign(make(device="counter-0001", site="site-0001", started_at=now - 6, decided_at=now))) for _ in range(300)]
 ts = []
 for m in msgs:
-    t = time.perf_counter(); r = check(m, topic="kyc/v1/site-0001/counter-0001/verdict", ring=ring, policy=Policy(), seen=store, nonces=store)
-    ts.append((time.perf_counter() - t) * 1000); assert r.status == "ok"
+    t = time.perf_counter()
+    r = check(m, topic="kyc/v1/site-0001/counter-0001/verdict", ring=ring, policy=Policy(), seen=store, nonces=store)
+    ts.append((time.perf_counter() - t) * 1000)
+    assert r.status == "ok"
 ts.sort()
 out["check_ok_with_sqlite_state_ms"] = {"n": len(ts), "median": round(statistics.median(ts), 3), "p95": round(ts[int(0.95 * len(ts))], 3)}
 ts = []
 for m in msgs[:100]:
-    t = time.perf_counter(); r = check(m, topic="kyc/v1/site-0001/counter-0001/verdict", ring=ring, policy=Policy(), seen=store)
-    ts.append((time.perf_counter() - t) * 1000); assert r.status == "duplicate"
+    t = time.perf_counter()
+    r = check(m, topic="kyc/v1/site-0001/counter-0001/verdict", ring=ring, policy=Policy(), seen=store)
+    ts.append((time.perf_counter() - t) * 1000)
+    assert r.status == "duplicate"
 out["check_duplicate_ms_median"] = round(statistics.median(ts), 3)
 store.close()
 # 2. inline update, 5.2 MB, at 400 msg/s, stand-in device (real agent + link + mosquitto)
-factory = tmp / "factory"; factory.mkdir()
+factory = tmp / "factory"
+factory.mkdir()
 shutil.copyfile(Path(os.environ.get("KYC_EDGE_MODEL_DIR", "models/store")) / "face_detection_short_range.tflite", factory / "face_detection_short_range.tflite")
 key, pub, _ = mf.keygen(tmp / "fk")
 with Mosquitto(tmp / "mq") as broker:
