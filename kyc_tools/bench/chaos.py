@@ -53,6 +53,11 @@ class Rig:
         self.state = work / "state"
         self.state.mkdir(mode=0o700, exist_ok=True)
         self.tmpfs = tmpfs and _mount(self.state, "64m")
+        from device.fleet import manifest as mf
+        self.model_dir = model_dir
+        self.fleet_key, fleet_pub, _ = mf.keygen(work / "fleetkey")
+        self.fleet_version = 1
+        self._fc = None
         self.sections = {
             "device": {"id": DEVICE, "site": SITE, "state_dir": str(self.state)},
             "camera": {"backend": "replay", "stall_s": 2.0, "lost_s": 5.0},
@@ -61,6 +66,8 @@ class Rig:
             "models": {"dir": str(model_dir)},
             "liveness": {"challenges": ["blink"], "count": 1},
             "mqtt": {"url": self.broker.url, "connect_timeout_s": 5.0},
+            "fleet": {"public_keys": [fleet_pub.read_text().strip()], "min_free_bytes": 0,
+                      "crash_loop_window_s": 120},
             "storage": {"reserve_bytes": 8_000_000, "ballast_bytes": 1_000_000, "check_interval_s": 0.5},
             "log": {"level": "info", "target": "stderr"},
         }
@@ -140,9 +147,22 @@ class Rig:
         rc, self.proc = self.proc.returncode, None
         return rc
 
+    def fc(self):
+        """A fleet-manager client (kyc_tools.fleet.rollout), mirroring the retained update status."""
+        if self._fc is None:
+            from kyc_tools.fleet.rollout import FleetClient
+            self._fc = FleetClient(self.broker.url, PREFIX).connect()
+        return self._fc
+
+    def update(self) -> dict:
+        return dict(self.fc().updates.get(f"{SITE}/{DEVICE}") or {})
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.stop()
+        if self._fc is not None:
+            with contextlib.suppress(Exception):
+                self._fc.close()
         with contextlib.suppress(Exception):
             self._sub.loop_stop()
             self._sub.disconnect()
@@ -434,10 +454,193 @@ def f_unit_procsubset(rig: Rig) -> dict:
                 note="XNNPACK under the unit's /proc settings: tests/test_unit_xnnpack.py")
 
 
-def _other_branch(item: int, what: str) -> Callable[[Rig], dict]:
-    def run(rig: Rig) -> dict:
-        return {"result": "not_in_this_build", "reason": f"item {item} ({what}) is delivered by branch i20b"}
-    return run
+# ---------------------------------------------------------------- fleet and operator side
+DET = "face_detection_short_range.tflite"
+
+
+def _bundle(rig: Rig, patch: dict | None = None, pad: int = 8) -> tuple[int, Path]:
+    """A signed models-only (or config) bundle for every device: the installed detector + `pad` bytes."""
+    from kyc_tools.fleet.commands import build_bundle, sign_bundle
+    rig.fleet_version += 1
+    v = rig.fleet_version
+    b = rig.work / f"bundle{v}"
+    (b / "src").mkdir(parents=True)
+    (b / "src" / DET).write_bytes((rig.model_dir / DET).read_bytes() + b"\0" * (pad + v))
+    build_bundle(b / "src", b, v, patch, vectors=False)
+    sign_bundle(b, str(rig.fleet_key), ["*"])
+    return v, b
+
+
+def _envelope(b: Path) -> dict:
+    from kyc_tools.fleet.commands import SIGNED
+    return json.loads((b / SIGNED).read_text())
+
+
+def _agent_idle(rig: Rig) -> bool:
+    return bool(rig.fc().wait_for(lambda: rig.update().get("state") in ("idle", "applied"), 30))
+
+
+def _applied(rig: Rig, v: int, timeout: float = 60) -> bool:
+    return bool(rig.fc().wait_for(lambda: rig.update().get("state") == "applied"
+                                  and rig.update().get("bundle_version") == v, timeout))
+
+
+def f_unsigned_update_status(rig: Rig) -> dict:
+    """Item 6: forged update messages naming a bundle_version change nothing in the retained status
+    but a `rejected` count; a staged rollout would count no failure."""
+    from device.fleet import manifest as mf
+    from kyc_tools.fleet.rollout import update_topic
+    up = _agent_idle(rig)
+    before = rig.update()
+    other_key, _, _ = mf.keygen(rig.work / "otherkey")
+    _v, b = _bundle(rig)                                    # signed, never published: forgeries of it
+    env = _envelope(b)
+    forged = [mf.sign({**env["manifest"], "bundle_version": 77}, mf.load_private_key(other_key)),  # unknown_key
+              {**env, "manifest": {**env["manifest"], "bundle_version": 78}},                        # bad_signature
+              {"manifest": {"bundle_version": 79, "format": 1}, "sig": "x"}]                         # malformed
+    n0 = int(before.get("rejected", 0))
+    seen: list[dict] = []
+    for n, e in enumerate(forged, 1):
+        rig.fc().client.publish(update_topic(PREFIX, "*"), json.dumps(e), qos=1).wait_for_publish(5)
+        rig.fc().wait_for(lambda n=n: rig.update().get("rejected", 0) >= n0 + n, 15)
+        seen.append(rig.update())
+        time.sleep(1.05)                                    # the agent re-publishes a rejection at most 1/s
+    counted = rig.update().get("rejected", 0) - n0
+    echoed = [u for u in seen if {77, 78, 79} & {x for x in u.values() if isinstance(x, int)}]
+    kept = all((u.get("state"), u.get("bundle_version")) == (before.get("state"), before.get("bundle_version"))
+               for u in seen)
+    no_failure = all(rig.fc().results(x) == {} for x in (77, 78, 79))
+    e, s, ok = _serve_check(rig)
+    return _res(e, s, ok and up and counted == 3 and not echoed and kept and no_failure,
+                rejected_counted=counted, forged_values_echoed=len(echoed), genuine_state_kept=kept,
+                rollout_sees_failure=not no_failure)
+
+
+def f_injected_inline_chunk(rig: Rig) -> dict:
+    """Item 7: unauthenticated inline chunks injected during a genuine update are dropped; the update
+    completes and the daemon goes on deciding with the new slot."""
+    import base64
+    from kyc_tools.fleet.rollout import messages, update_topic
+    up = _agent_idle(rig)
+    v, b = _bundle(rig)
+    env = _envelope(b)
+    m = env["manifest"]
+    art = m["artifacts"][0]
+    name, nonce, cb = art["name"], m["nonce"], art["chunk_bytes"]
+    genuine = messages(env, b / "artifacts")
+
+    def chunk(offset, data: str) -> bytes:
+        return json.dumps({"chunk": {"nonce": nonce, "name": name, "offset": offset, "data": data}}).encode()
+    junk = base64.b64encode(os.urandom(cb)).decode()
+    fake_page = json.dumps({"page": {"nonce": nonce, "name": name, "index": 0,
+                                     "sha256": [hashlib.sha256(os.urandom(8)).hexdigest()] * 3}}).encode()
+    early = [chunk(0, junk), fake_page, chunk(art["size"] + cb, junk), chunk(1, junk), chunk("0", "!!")]
+    after_page = [chunk(0, junk), chunk(cb, junk[:100])]
+    msgs = [genuine[0], *early, genuine[1], *after_page, *genuine[2:]]
+    n_ev = len(rig.fc().events)
+    topic = update_topic(PREFIX, "*")
+    infos = []
+    for n, x in enumerate(msgs):
+        infos.append(rig.fc().client.publish(topic, x, qos=1))
+        if n % 50 == 49:
+            time.sleep(0.2)
+    for i in infos:
+        i.wait_for_publish(10)
+    applied = _applied(rig, v, 60)
+    states = [u.get("state") for _, _d, u in rig.fc().events[n_ev:] if u.get("target_version") == v]
+    dropped = "inline message dropped" in rig.log.read_text(errors="replace")
+    e, s, ok = _serve_check(rig)
+    return _res(e, s, ok and up and applied and "failed" not in states and dropped, genuine_update_applied=applied,
+                update_states=states, injected_dropped_logged=dropped, injected_messages=len(early) + len(after_page))
+
+
+def f_config_stacking(rig: Rig) -> dict:
+    """Item 11: threshold 0.55 from a config bundle is what the daemon decides with after a later
+    models-only bundle."""
+    from device.config import MatchConfig
+    up = _agent_idle(rig)
+    default = MatchConfig().threshold
+    applied = []
+    for patch in ({"match": {"threshold": 0.55}}, None):
+        v, b = _bundle(rig, patch)
+        rig.fc().publish(_envelope(b), b / "artifacts", "*")
+        applied.append(_applied(rig, v, 60))
+    v = rig.session()
+    thr = v["verdict"]["scores"].get("threshold") if v else None
+    stacked = thr is not None and abs(thr - 0.55) < 1e-9
+    survived = int(v is not None and rig.verified(v))
+    # repair: a bundle declaring itself complete puts the fleet layer back to the defaults
+    from kyc_tools.fleet.commands import build_bundle, sign_bundle
+    rig.fleet_version += 1
+    bd = rig.work / f"bundle{rig.fleet_version}"
+    (bd / "src").mkdir(parents=True)
+    (bd / "src" / DET).write_bytes((rig.model_dir / DET).read_bytes())
+    build_bundle(bd / "src", bd, rig.fleet_version, None, vectors=False, config_complete=True)
+    sign_bundle(bd, str(rig.fleet_key), ["*"])
+    rig.fc().publish(_envelope(bd), bd / "artifacts", "*")
+    reset = _applied(rig, rig.fleet_version, 60)
+    return _res(1, survived, bool(v) and rig.alive() and up and all(applied) and stacked,
+                bundles_applied=all(applied), threshold_in_verdict=thr, default_threshold=default,
+                complete_bundle_resets=reset)
+
+
+def f_listener_key_files(rig: Rig) -> dict:
+    """Item 15: `verdicts listen` given keys as separate files binds each to its device: the daemon's
+    verdict signed with another device's key is `forged`, the genuine one `ok`; a private key in the
+    key directory is one clear line and exit 2."""
+    import copy
+    import uuid
+    from device import verdict as V
+    rig.status()
+    if not rig.public_key:
+        rig.wait(lambda: bool(rig.status().get("public_key")), 10)
+    kd = rig.work / "listener-keys"
+    kd.mkdir(exist_ok=True)
+    other = V.Signer.load_or_create(rig.work / "other-counter")
+    (kd / f"{DEVICE}.pub").write_text(rig.public_key + "\n")
+    (kd / "chaos-other.pub").write_text(other.public_key_b64 + "\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    p = subprocess.Popen([sys.executable, "-m", "device.cli", "verdicts", "listen", "--broker", rig.broker.url,
+                          "--verify-key", str(kd / f"{DEVICE}.pub"), "--verify-key", str(kd / "chaos-other.pub"),
+                          "--topic", f"{BASE}/verdict", "--count", "1", "--timeout", "45",
+                          "--state", str(rig.work / "listen.db")],
+                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        subscribed = "subscribed to" in p.stderr.readline()
+        last = rig.verdicts()[-1] if rig.verdicts() else None
+        crossed = None
+        if last is not None:
+            body = copy.deepcopy(last["verdict"])
+            now = time.time()
+            body["verdict_id"] = str(uuid.uuid4())
+            body["started_at"], body["decided_at"] = V.rfc3339(now - 6), V.rfc3339(now)
+            body.pop("binding", None)
+            crossed = other.sign(body)           # this device's verdict, the other device's key
+            rig._sub.publish(f"{BASE}/verdict", json.dumps(crossed), qos=1).wait_for_publish(5)
+        v = rig.session()
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    lines = [json.loads(x) for x in out.splitlines() if x.strip()]
+    statuses = [x.get("status") for x in lines]
+    cross_forged = crossed is not None and bool(lines) and lines[0].get("status") == "forged" \
+        and lines[0].get("error") == "signed with another device's key"
+    genuine_ok = v is not None and lines[-1:] and lines[-1].get("status") == "ok" \
+        and lines[-1].get("verdict", {}).get("verdict_id") == v["verdict"]["verdict_id"]
+    from device.verdict import KEY_FILE
+    (kd / "chaos-third.key").write_bytes((rig.state / KEY_FILE).read_bytes())
+    r = subprocess.run([sys.executable, "-m", "device.cli", "verdicts", "listen", "--broker", rig.broker.url,
+                        "--verify-key", str(kd), "--timeout", "1", "--state", str(rig.work / "listen2.db")],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    private_one_line = r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    (kd / "chaos-third.key").unlink()
+    return _res(1, int(bool(v) and rig.verified(v) and bool(genuine_ok)),
+                bool(v) and rig.alive() and subscribed and cross_forged and private_one_line,
+                listener_statuses=statuses, cross_signed_forged=cross_forged,
+                private_key_file_one_line=private_one_line)
+
 
 
 FAULTS: list[tuple[str, str, Callable[[Rig], dict], bool]] = [
@@ -449,16 +652,16 @@ FAULTS: list[tuple[str, str, Callable[[Rig], dict], bool]] = [
     ("truncated_signing_key", "4", f_truncated_key, True),
     ("read_only_state_dir", "4", f_read_only_state, False),
     ("photo_header_bomb", "5", f_photo_bomb, True),
-    ("unsigned_update_status", "6", _other_branch(6, "fleet status integrity"), False),
-    ("injected_inline_chunk", "7", _other_branch(7, "signed chunk manifest"), False),
+    ("unsigned_update_status", "6", f_unsigned_update_status, False),
+    ("injected_inline_chunk", "7", f_injected_inline_chunk, False),
     ("second_start_rebind", "8", f_rebind_start, False),
     ("nan_pad_threshold", "9", f_nan_threshold, True),
     ("bad_config_values", "10", f_bad_config_values, False),
-    ("config_stacking", "11", _other_branch(11, "config stacking"), False),
+    ("config_stacking", "11", f_config_stacking, False),
     ("sighup_device_id", "12", f_sighup_device_id, False),
     ("unit_procsubset", "13", f_unit_procsubset, True),
     ("wlt_library_missing", "14", f_wlt_missing, True),
-    ("listener_key_files", "15", _other_branch(15, "listener key binding"), False),
+    ("listener_key_files", "15", f_listener_key_files, False),
     ("unwritable_state_dir", "16", f_unwritable_state_path, False),
 ]
 
