@@ -12,7 +12,11 @@ injected, then the script checks, per fault:
                       clean session still produced a verdict, or the fault was refused by
                       check-config so no daemon ever ran with it
   result              ok | failed | skipped (with the reason: e.g. no tmpfs without root) |
-                      not_in_this_build (an item another branch delivers)
+                      not_in_this_build (an item another branch delivers; none at present)
+
+Items 6, 7 and 11 go through the daemon's own update agent (the rig's config carries a fleet key;
+bundles are built and signed with kyc_tools.fleet and published with its FleetClient); item 15 runs
+`kyc-edge verdicts listen` against the daemon's own verdicts.
 
 The JSON ends with totals: lost verdicts and stops. `--short` runs the subset CI runs
 (tests/test_bench_chaos.py: no timing assertions). Loopback only; everything lives in a temp dir
@@ -323,7 +327,7 @@ def f_rebind_start(rig: Rig) -> dict:
         "kind": "correlation", "sha256": hashlib.sha256(b"ticket-1").hexdigest()}
     return _res(1, int(bool(v) and rig.verified(v) and bound), bool(v) and rig.alive(),
                 refused=rig.refused("session_running") - n, binding_kept=bound,
-                listener_side="not in this build (i20b: freshness window, persistent dedup)")
+                listener_side="freshness window, persistent dedup: tests/test_listen_replay.py")
 
 
 def f_bad_device_ids(rig: Rig) -> dict:
@@ -652,16 +656,16 @@ FAULTS: list[tuple[str, str, Callable[[Rig], dict], bool]] = [
     ("truncated_signing_key", "4", f_truncated_key, True),
     ("read_only_state_dir", "4", f_read_only_state, False),
     ("photo_header_bomb", "5", f_photo_bomb, True),
-    ("unsigned_update_status", "6", f_unsigned_update_status, False),
-    ("injected_inline_chunk", "7", f_injected_inline_chunk, False),
+    ("unsigned_update_status", "6", f_unsigned_update_status, True),
+    ("injected_inline_chunk", "7", f_injected_inline_chunk, True),
     ("second_start_rebind", "8", f_rebind_start, False),
     ("nan_pad_threshold", "9", f_nan_threshold, True),
     ("bad_config_values", "10", f_bad_config_values, False),
-    ("config_stacking", "11", f_config_stacking, False),
+    ("config_stacking", "11", f_config_stacking, True),
     ("sighup_device_id", "12", f_sighup_device_id, False),
     ("unit_procsubset", "13", f_unit_procsubset, True),
     ("wlt_library_missing", "14", f_wlt_missing, True),
-    ("listener_key_files", "15", f_listener_key_files, False),
+    ("listener_key_files", "15", f_listener_key_files, True),
     ("unwritable_state_dir", "16", f_unwritable_state_path, False),
 ]
 
