@@ -104,3 +104,11 @@ def child_env(env: dict | None = None) -> dict:
     if root:
         env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+def shared_data_dir() -> Path:
+    """../shared/data (or $KYC_EDGE_SHARED/data): the evaluation data; a clear error when absent."""
+    d = shared_path("data")
+    if d is None:
+        raise FileNotFoundError("no evaluation data: set KYC_EDGE_SHARED to the folder holding data/")
+    return d

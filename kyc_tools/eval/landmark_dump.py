@@ -58,7 +58,8 @@ def report(d: Path, options=None) -> dict:
 
 
 def main(argv=None) -> int:
-    from kyc_tools.eval.commands_liveness import make_tracker, resolve_model_dir, SHARED_MODELS
+    from kyc_tools.eval.commands_liveness import make_tracker, resolve_model_dir
+    from kyc_tools.paths import shared_data_dir
     from kyc_tools.eval.liveness import _img_loader, clips
     from kyc_tools.eval.sessions import nuaa_sequences
     ap = argparse.ArgumentParser()
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
         from kyc_tools.eval.common import emit_json
         emit_json(report(Path(a.report)))
         return 0
-    data = SHARED_MODELS.parent / "data"
+    data = shared_data_dir()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     tr = make_tracker(resolve_model_dir(a.model_dir), pad=False, iris=False)

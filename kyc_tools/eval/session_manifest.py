@@ -219,9 +219,9 @@ def run_manifest(args) -> int:
 # ------------------------------------------------------------------ manifests of the older runs
 def make_nuaa(out: Path, src_fps: float = 20.0) -> Path:
     """Every NUAA sequence (print attempts and live) as a folder of symlinks + frames.csv."""
-    from kyc_tools.eval.commands_liveness import SHARED_MODELS
+    from kyc_tools.paths import shared_data_dir
     from kyc_tools.eval.sessions import nuaa_sequences
-    root = SHARED_MODELS.parent / "data" / "nuaa-train"
+    root = shared_data_dir() / "nuaa-train"
     out = Path(out)
     rows = []
     for label in ("print", "live"):
@@ -246,14 +246,14 @@ def make_nuaa(out: Path, src_fps: float = 20.0) -> Path:
 
 
 def make_blink(out: Path) -> Path:
-    from kyc_tools.eval.commands_liveness import SHARED_MODELS
+    from kyc_tools.paths import shared_data_dir
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     man = out / "manifest.csv"
     with open(man, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "subject"])
-        w.writerow([str(SHARED_MODELS.parent / "data" / "blink" / "demo_old.mp4"), "genuine", "blink"])
+        w.writerow([str(shared_data_dir() / "blink" / "demo_old.mp4"), "genuine", "blink"])
     return man
 
 

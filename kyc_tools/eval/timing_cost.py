@@ -46,7 +46,8 @@ def clip_runs(rec, cfg, seqs, draws: int) -> dict:
 
 def main(argv=None) -> int:
     from device.config import LivenessConfig
-    from kyc_tools.eval.commands_liveness import SHARED_MODELS, make_tracker, resolve_model_dir
+    from kyc_tools.eval.commands_liveness import make_tracker, resolve_model_dir
+    from kyc_tools.paths import shared_data_dir
     from kyc_tools.eval.common import Progress, emit_json
     from kyc_tools.eval.liveness import clips, video_frames
     from kyc_tools.eval.sessions import observe_all, possible_sequences
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model-dir")
     ap.add_argument("--no-sessions-dev", action="store_true")
     a = ap.parse_args(argv)
-    data = SHARED_MODELS.parent / "data"
+    data = shared_data_dir()
     tr = make_tracker(resolve_model_dir(a.model_dir), pad=True, iris=True)
     cfg = LivenessConfig()
     seqs = possible_sequences(cfg)
