@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -153,8 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
         reg = _load(mod, fn)
         if reg:
             reg(sub)
+    seen = set()
     for ep in entry_points(group=COMMAND_PLUGINS):
-        ep.load()(sub)
+        if ep.value in seen:          # the same plugin seen through two installs (editable + wheel)
+            continue
+        seen.add(ep.value)
+        try:
+            register = ep.load()
+        except ImportError as e:
+            # metadata without its code (a software slot layered on a base venv, a half-removed
+            # tools install): the box's own verbs must still work, so the plugin's verbs are left out
+            logging.getLogger("kyc_edge.cli").debug("command plugin %s not loadable: %s", ep.value, e)
+            continue
+        register(sub)
     return p
 
 
