@@ -74,7 +74,9 @@ class VerdictSubscriber:
 
 def shared_blink_video() -> Path:
     # a source checkout's ../shared is only the fallback; installed boxes set KYC_EDGE_SHARED
-    shared = Path(os.environ.get("KYC_EDGE_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+    from device.models import checkout_root
+    root = checkout_root()
+    shared = Path(os.environ.get("KYC_EDGE_SHARED") or (root.parent / "shared" if root else "/nonexistent"))
     return shared / "data" / "blink" / "demo_old.mp4"
 
 

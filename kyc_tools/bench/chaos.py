@@ -35,9 +35,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from kyc_tools import paths as tool_paths
 from typing import Callable
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = tool_paths.checkout() or Path.cwd()    # PYTHONPATH / cwd for the daemons it starts
 DEVICE, SITE, PREFIX = "chaos-counter", "chaos-shop", "kyc/v1"
 BASE = f"{PREFIX}/{SITE}/{DEVICE}"
 
@@ -687,8 +689,8 @@ def _default_photo(video: Path):
 
 def run(args) -> dict:
     video = Path(getattr(args, "frames", None) or _shared() / "data" / "blink" / "demo_old.mp4")
-    model_dir = Path(getattr(args, "models_dir", None) or os.environ.get("KYC_EDGE_MODEL_DIR")
-                     or REPO / "models" / "store")
+    from device.models import find_model_dir
+    model_dir = find_model_dir(getattr(args, "models_dir", None), search=True)
     short = bool(getattr(args, "short", False))
     only = set(getattr(args, "only", None) or [])
     if not video.exists():
@@ -733,7 +735,4 @@ def run(args) -> dict:
 
 
 def _shared() -> Path:
-    for cand in (os.environ.get("KYC_EDGE_SHARED"), REPO.parent / "shared", Path("/work/shared")):
-        if cand and Path(cand).is_dir():
-            return Path(cand)
-    return REPO.parent / "shared"
+    return tool_paths.shared_dir() or Path("$KYC_EDGE_SHARED")

@@ -32,7 +32,9 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from kyc_tools import paths as tool_paths
+
+REPO = tool_paths.checkout() or Path.cwd()    # PYTHONPATH for the box and worker processes
 CLK = os.sysconf("SC_CLK_TCK")
 BOXES_PER_PROC = 100
 

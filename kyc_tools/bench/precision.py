@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
 PRECISIONS = ("float", "weight_only", "full_int8")
 # stage -> (manifest role, float file)
 STAGES = {

@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+from kyc_tools import paths as tool_paths
+
 import cv2
 import numpy as np
 
@@ -158,7 +160,7 @@ def cmd_mask(args) -> int:
 
 def register_eval(sub) -> None:
     p = sub.add_parser("mask", help="face_covered check on synthetic masks over LFW / blink faces")
-    p.add_argument("--shared", default=str(Path(__file__).resolve().parents[2].parent / "shared"))
+    p.add_argument("--shared", default=str(tool_paths.shared_dir() or "$KYC_EDGE_SHARED"))
     p.add_argument("--models-dir")
     p.add_argument("--limit", type=int, default=400, help="LFW images (blink frames: limit/10, every 10th)")
     p.add_argument("--threshold", type=float, help="covered fraction (default: config quality.max_covered)")
