@@ -222,6 +222,16 @@ def test_status_into_devices_and_fleet_status_from_the_database(tmp_path, ingest
                     and q1(dsn, "SELECT count(*) FROM verdicts")[0][0] == 3, 60)
         boxes[0].link.publish_update_status({"state": "applied", "bundle_version": 3, "target_version": 3})
         assert wait(lambda: q1(dsn, "SELECT count(*) FROM devices WHERE update_status IS NOT NULL")[0][0] == 1, 60)
+        # the retained status may predate the last verdict's delivery (depth 1): the box's next status,
+        # as its periodic timer would send it, must reach the devices table with the drained outbox
+        boxes[0].link.publish_status()
+        from kyc_tools.fleet.operator import fleet_rows
+        from kyc_tools.verdicts import db
+
+        def drained():
+            with db.connect(dsn) as c:
+                return {r["device"]: r for r in fleet_rows(c)}["counter-0"]["outbox_depth"] == 0
+        assert wait(drained, 60)
         boxes[1].stop()
         assert wait(lambda: q1(dsn, "SELECT state FROM devices WHERE device = 'counter-1'")[0][0] != "online", 60)
         from kyc_tools.fleet.operator import fleet_rows
