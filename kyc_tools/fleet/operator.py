@@ -69,7 +69,8 @@ def fleet_rows(conn, *, stale_after_s: float = 180.0, window_h: float = 24.0, pr
     return out
 
 
-def print_table(rows: list[dict], file=sys.stdout) -> None:
+def print_table(rows: list[dict], file=None) -> None:
+    file = file or sys.stdout     # looked up per call: a default bound at import outlives a redirect
     hdr = (f"{'SITE/DEVICE':34s} {'STATE':7s} {'LAST SEEN':20s} {'LAST VERDICT':20s} {'N':>5s} {'PASS':>6s} "
            f"{'OUTBOX':>6s} {'BUNDLE':>6s} {'UPDATE':18s} {'MODELS':24s} ALARMS")
     print(hdr, file=file)
