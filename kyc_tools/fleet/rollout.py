@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import ssl
 import threading
 import time
 import uuid
@@ -21,6 +20,8 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+
+from kyc_tools.mqtt_client import apply_auth
 
 from device.fleet import manifest as mf
 
@@ -89,11 +90,8 @@ class FleetClient:
         self._ready = threading.Event()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"kyc-fleet-{uuid.uuid4().hex[:8]}",
                         protocol=mqtt.MQTTv5)
-        if username:
-            c.username_pw_set(username, password)
-        if u.scheme == "mqtts":
-            c.tls_set(ca_certs=ca_file or None, certfile=cert_file or None, keyfile=key_file or None,
-                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        apply_auth(c, tls=u.scheme == "mqtts", username=username, password=password, ca_file=ca_file,
+                   cert_file=cert_file, key_file=key_file)
         c.max_inflight_messages_set(50)
         c.max_queued_messages_set(0)
         c.on_connect = self._on_connect

@@ -45,6 +45,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+
+from kyc_tools.mqtt_client import apply_auth
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -155,13 +157,8 @@ class Ingest:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                         manual_ack=True)
         c.reconnect_delay_set(0.2, 10)
-        if username:
-            c.username_pw_set(username, password)
-        if self.tls:
-            ctx = tls_context or ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file or None)
-            if cert_file and tls_context is None:
-                ctx.load_cert_chain(cert_file, key_file or None)
-            c.tls_set_context(ctx)
+        apply_auth(c, tls=self.tls, username=username, password=password, ca_file=ca_file,
+                   cert_file=cert_file, key_file=key_file, tls_context=tls_context)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message

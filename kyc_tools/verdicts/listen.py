@@ -23,6 +23,8 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+
+from kyc_tools.mqtt_client import apply_auth
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -142,13 +144,8 @@ class Listener:
             c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
                             clean_session=not (client_id and session_expiry_s))
         c.reconnect_delay_set(0.1, 2)
-        if username:
-            c.username_pw_set(username, password)
-        if self.tls:
-            ctx = tls_context or ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file or None)
-            if cert_file and tls_context is None:
-                ctx.load_cert_chain(cert_file, key_file or None)
-            c.tls_set_context(ctx)
+        apply_auth(c, tls=self.tls, username=username, password=password, ca_file=ca_file,
+                   cert_file=cert_file, key_file=key_file, tls_context=tls_context)
         c.on_connect = self._on_connect
         c.on_message = self._on_message
         c.on_subscribe = lambda *a: self.subscribed.set()

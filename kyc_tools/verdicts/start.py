@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 import sys
 import uuid
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+
+from kyc_tools.mqtt_client import apply_auth
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -26,11 +27,8 @@ def send_start(url: str, topic: str, nonce: str, *, response_topic: str = "", co
     u = urlsplit(url)
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"kyc-start-{uuid.uuid4().hex[:8]}",
                     protocol=mqtt.MQTTv5)
-    if username:
-        c.username_pw_set(username, password)
-    if u.scheme == "mqtts":
-        c.tls_set(ca_certs=ca_file or None, certfile=cert_file or None, keyfile=key_file or None,
-                  tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    apply_auth(c, tls=u.scheme == "mqtts", username=username, password=password, ca_file=ca_file,
+               cert_file=cert_file, key_file=key_file)
     c.connect(u.hostname or "127.0.0.1", u.port or (8883 if u.scheme == "mqtts" else 1883), keepalive=30)
     c.loop_start()
     try:
