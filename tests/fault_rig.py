@@ -85,19 +85,22 @@ class Rig:
         rgb = genuine_photo(self.shared_data) if photo is None else photo
         self.sim.insert(FakeCard.resident(photo_bytes=chip_jpeg(rgb)))
 
-    def session(self, timeout: float = 60.0, during=None) -> dict:
+    def session(self, timeout: float = 60.0, during=None, exclude: set | frozenset = frozenset()) -> dict:
         """Insert a genuine card, optionally run `during()` once the session has started, wait for
-        the verdict on MQTT, remove the card. Returns (signed payload, properties)."""
+        the verdict on MQTT, remove the card. Returns (signed payload, properties). Verdicts whose
+        id is in `exclude` (older rows still draining from the outbox) are not this session's."""
+        def fresh():
+            return [v for v in self.verdicts()[before:] if v[0]["verdict"]["verdict_id"] not in exclude]
         before = len(self.verdicts())
         self.insert()
         if during is not None:
             self.wait(lambda: sum(e.get("event") == "card_detected" for e in self.events()) > self._sessions_seen(),
                       30, "the session to start")
             during()
-        self.wait(lambda: len(self.verdicts()) > before, timeout, "a verdict")
+        self.wait(lambda: bool(fresh()), timeout, "a verdict")
         self.sim.remove()
         time.sleep(0.4)     # the daemon sees the card removed before the next one goes in
-        return self.verdicts()[before]
+        return fresh()[0]
 
     def _sessions_seen(self) -> int:
         return len(self.verdicts())
