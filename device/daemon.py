@@ -82,7 +82,6 @@ class Daemon:
             "verdicts": self.verdicts,
             "bundle_version": self.agent.bundle_version if self.agent else 0,
             "software_version": _software_version(),
-            "cpu_temp_c": _cpu_temp(),
             "storage": self.storage_state or "ok",
         }
 
@@ -543,9 +542,3 @@ def _software_version() -> str:
     from device import __version__
     return __version__
 
-
-def _cpu_temp() -> float | None:
-    try:
-        return round(int(Path("/sys/class/thermal/thermal_zone0/temp").read_text().strip()) / 1000.0, 1)
-    except (OSError, ValueError):
-        return None
