@@ -35,6 +35,8 @@ from device import config as config_mod
 from device.models import sha256_file
 from device.fleet import manifest as mf
 from device.fleet import slots
+from device.fleet.admission import Current, Policy, admit
+from device.fleet.journal import Staged
 from device.fleet.manifest import FleetError
 from device.fleet.nonces import NonceStore
 
@@ -189,7 +191,7 @@ class UpdateAgent:
         self._lock = threading.RLock()
         self._jobs: "queue.Queue[_Job | None]" = queue.Queue()
         self._active: dict[str, _Job] = {}        # nonce -> job not yet finished (dedup, chunks)
-        self._staged: dict | None = None
+        self._staged: Staged | None = None
         self._probe_pending = False
         self._reported_start = False
         self._stop = threading.Event()
@@ -199,16 +201,15 @@ class UpdateAgent:
         self._rejected_pub = 0.0
         self._rejected_dirty = False
 
-        st = slots.read_state(state_dir)
-        trial = st.get("trial")
-        if trial and not trial.get("committed") and trial.get("slot") == slots.current_slot(state_dir):
+        j = slots.load_journal(state_dir)
+        cur = slots.current_slot(state_dir)
+        if j.probation_in(cur):
             self._probe_pending = True      # restarted after a switch, before its health probe passed
-        staged = st.get("staged")
-        if staged and staged.get("slot") in slots.SLOTS and staged["slot"] != slots.current_slot(state_dir) \
-                and slots.is_complete(self.bdir / staged["slot"]) \
-                and slots.slot_version(self.bdir / staged["slot"]) == staged.get("version") \
-                and staged.get("version", 0) > slots.current_version(state_dir):
-            self._staged = staged           # self-tested before a power cut; switch it in
+        s = j.staged
+        if s and s.slot in slots.SLOTS and s.slot != cur and slots.is_complete(self.bdir / s.slot) \
+                and slots.slot_version(self.bdir / s.slot) == s.version \
+                and (s.version or 0) > slots.current_version(state_dir):
+            self._staged = s                # self-tested before a power cut; switch it in
         self._worker = threading.Thread(target=self._work, name="kyc-fleet", daemon=True)
         self._worker.start()
         self.software = software            # device.fleet.software.SoftwareUpdater (kind=software)
@@ -269,8 +270,8 @@ class UpdateAgent:
                 log.exception("fleet: switch failed")
                 reason = "disk_full" if slots.disk_error(e) else "internal_error"
                 try:
-                    if (slots.read_state(self.state_dir).get("trial") or {}).get("slot") == \
-                            slots.current_slot(self.state_dir):
+                    trial = slots.load_journal(self.state_dir).trial
+                    if trial is not None and trial.slot == slots.current_slot(self.state_dir):
                         self._rollback(reason, type(e).__name__)
                         return
                 except Exception:  # noqa: BLE001
@@ -294,9 +295,9 @@ class UpdateAgent:
         self.last_status = st
         if persist:
             with self._lock:
-                s = slots.read_state(self.state_dir)
-                s["last"] = st
-                slots.write_state(self.state_dir, s)
+                j = slots.load_journal(self.state_dir)
+                j.last = st
+                slots.save_journal(self.state_dir, j)
         try:
             self.publish_status(st)
         except Exception as e:  # noqa: BLE001
@@ -328,13 +329,13 @@ class UpdateAgent:
             log.warning("fleet: publishing update status failed: %s", e)
 
     def _report_start(self) -> None:
-        s = slots.read_state(self.state_dir)
-        rep = s.pop("report", None)
+        j = slots.load_journal(self.state_dir)
+        rep = j.take_report()
         if rep:
-            slots.write_state(self.state_dir, s)
+            slots.save_journal(self.state_dir, j)
             self._report(rep["state"], rep.get("target_version"), reason=rep.get("reason"))
             return
-        last = s.get("last") or {"state": "idle"}
+        last = j.last or {"state": "idle"}
         if self._probe_pending:
             return          # reported after the probe
         self._report(last["state"], last.get("target_version"), reason=last.get("reason"))
@@ -371,25 +372,12 @@ class UpdateAgent:
             dup = self._active.get(m["nonce"])
             if dup is not None and dup.envelope == env:
                 return          # the same manifest via a second topic / QoS 1 redelivery
-            if tv in (self.bundle_version, (self._staged or {}).get("version")) and self.nonces.seen(m["nonce"]):
+            staged_v = self._staged.version if self._staged else None
+            if tv in (self.bundle_version, staged_v) and self.nonces.seen(m["nonce"]):
                 log.info("fleet: %s is already staged/running; ignored", mf.short_id(m))
                 return          # e.g. a canary device that is also in the widened group
             try:
-                mf.check_window(m, self.clock(), self.fcfg.clock_skew_s)
-                if not self.nonces.add(m["nonce"], m["expires"], self.clock()):
-                    raise FleetError("replayed_nonce", f"nonce {m['nonce'][:8]} seen before")
-                running = max(self.bundle_version, (self._staged or {}).get("version", 0))
-                if tv <= running and not m.get("allow_downgrade"):
-                    raise FleetError("downgrade_refused", f"v{tv} <= v{running}")
-                if m.get("min_daemon_version") and \
-                        mf.version_tuple(self.daemon_version) < mf.version_tuple(m["min_daemon_version"]):
-                    raise FleetError("daemon_too_old", f"{self.daemon_version} < {m['min_daemon_version']}")
-                total = mf.total_size(m)
-                if total > self.fcfg.max_bundle_bytes:
-                    raise FleetError("too_large", f"{total} > {self.fcfg.max_bundle_bytes} bytes")
-                free = shutil.disk_usage(self.bdir).free
-                if free < total + self.fcfg.min_free_bytes:
-                    raise FleetError("disk_full", f"{free} bytes free, {total} + reserve needed")
+                self.admit(m)
                 d = self.bdir / ".incoming" / m["nonce"]
                 try:
                     spool = _Spool(d, m["artifacts"], self._stop)
@@ -403,6 +391,19 @@ class UpdateAgent:
             self._active[m["nonce"]] = job
         self._report("queued", tv)
         self._jobs.put(job)
+
+    def admit(self, m: dict, *, free_paths: tuple = (), **current) -> None:
+        """Gather what the box has now, ask the pure `admission.admit()`, record the nonce when
+        it says so; raises FleetError with the refusal's reason."""
+        now = self.clock()
+        free = min(shutil.disk_usage(p).free for p in (self.bdir, *free_paths))
+        cur = Current(now=now, nonce_seen=self.nonces.seen(m["nonce"]), free_bytes=free,
+                      bundle_version=self.bundle_version,
+                      staged_version=self._staged.version if self._staged else None, **current)
+        adm = admit(m, Policy.of(self.fcfg, self.daemon_version), cur)
+        if adm.consumes_nonce and not self.nonces.add(m["nonce"], m["expires"], now):
+            raise FleetError("replayed_nonce", f"nonce {m['nonce'][:8]} seen before")
+        adm.raise_if_refused()
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
@@ -444,8 +445,8 @@ class UpdateAgent:
         inc = self.bdir / ".incoming"
         if not inc.is_dir():
             return
-        st = slots.read_state(self.state_dir)
-        keep = {(st.get("staged") or {}).get("nonce")}
+        staged = slots.load_journal(self.state_dir).staged
+        keep = {staged.nonce if staged else None}
         for slot in slots.SLOTS:
             try:
                 keep.add(json.loads((self.bdir / slot / "manifest.json").read_text())["manifest"]["nonce"])
@@ -465,8 +466,7 @@ class UpdateAgent:
         return slots.deep_merge(slots.config_patch(slots.active_bundle(self.state_dir)), patch)
 
     def _trial_open(self) -> bool:
-        t = slots.read_state(self.state_dir).get("trial")
-        return bool(t and not t.get("committed")) or self._probe_pending
+        return slots.load_journal(self.state_dir).on_probation or self._probe_pending
 
     def _process(self, job: _Job) -> None:
         m, tv = job.m, job.m["bundle_version"]
@@ -500,13 +500,11 @@ class UpdateAgent:
             raise FleetError("config_invalid", "; ".join(e.problems)[:300]) from None
         with self._lock:
             if self._staged is not None:
-                log.info("fleet: staged v%s superseded by v%s", self._staged["version"], tv)
+                log.info("fleet: staged v%s superseded by v%s", self._staged.version, tv)
                 self._staged = None
-            st = slots.read_state(self.state_dir)
-            if st.get("trial"):          # committed; its rollback window ends with a new stage
-                st["trial"] = None
-            st["staged"] = None
-            slots.write_state(self.state_dir, st)
+            j = slots.load_journal(self.state_dir)
+            j.unstage()                  # a committed switch's rollback window ends with a new stage
+            slots.save_journal(self.state_dir, j)
             slot = slots.other_slot(self.state_dir)
             base = slots.model_dir(slots.active_bundle(self.state_dir), self.factory_models)
             slot_dir = slots.stage_slot(self.state_dir, slot, files, base, job.envelope, patch, tv)
@@ -521,11 +519,11 @@ class UpdateAgent:
         except Exception as e:  # noqa: BLE001 - whatever the self-test raises is a failed self-test
             shutil.rmtree(slot_dir, ignore_errors=True)
             raise FleetError("self_test_failed", f"{type(e).__name__}: {str(e)[:200]}") from None
-        staged = {"slot": slot, "version": tv, "nonce": m["nonce"]}
+        staged = Staged(slot, tv, m["nonce"])
         with self._lock:
-            st = slots.read_state(self.state_dir)
-            st["staged"] = staged
-            slots.write_state(self.state_dir, st)
+            j = slots.load_journal(self.state_dir)
+            j.stage(staged)
+            slots.save_journal(self.state_dir, j)
             self._staged = staged
         self._report("staged", tv)
 
@@ -569,17 +567,15 @@ class UpdateAgent:
         return p
 
     # ------------------------------------------------------------------ switch / probe / rollback (main loop)
-    def _switch(self, staged: dict) -> None:
-        slot, tv = staged["slot"], staged["version"]
+    def _switch(self, staged: Staged) -> None:
+        slot, tv = staged.slot, staged.version
         sdir = self.bdir / slot
-        if slot == slots.current_slot(self.state_dir) or not slots.is_complete(sdir):
+        cur = slots.current_slot(self.state_dir)
+        if slot == cur or not slots.is_complete(sdir):
             return
-        st = slots.read_state(self.state_dir)
-        st["trial"] = {"slot": slot, "version": tv, "from_slot": slots.current_slot(self.state_dir),
-                       "from_version": self.bundle_version, "switched_at": time.time(), "boots": [],
-                       "committed": False}
-        st["staged"] = None
-        slots.write_state(self.state_dir, st)
+        j = slots.load_journal(self.state_dir)
+        j.begin_trial(slot, tv, from_slot=cur, from_version=self.bundle_version, now=time.time())
+        slots.save_journal(self.state_dir, j)
         slots.killpoint("journaled")
         slots.switch(self.state_dir, slot)
         slots.killpoint("switched")
@@ -592,34 +588,31 @@ class UpdateAgent:
         self._probe_and_commit()
 
     def _probe_and_commit(self) -> None:
-        st = slots.read_state(self.state_dir)
-        trial = st.get("trial") or {}
-        tv = trial.get("version", self.bundle_version)
+        j = slots.load_journal(self.state_dir)
+        tv = j.trial.version if j.trial else self.bundle_version
         try:
             self.health_probe()
         except Exception as e:  # noqa: BLE001
             self._rollback("health_probe_failed", f"{type(e).__name__}: {str(e)[:200]}")
             return
-        if trial:
-            trial["committed"] = True
-            trial["committed_at"] = time.time()
-            st["trial"] = trial
-        st["last"] = {"state": "applied", "target_version": tv}
-        slots.write_state(self.state_dir, st)     # one write: committed + what to report after a restart
+        if j.on_probation:
+            j.commit(time.time())
+        j.last = {"state": "applied", "target_version": tv}
+        slots.save_journal(self.state_dir, j)     # one write: committed + what to report after a restart
         slots.killpoint("committed")
         self._report("applied", tv)
 
     def _rollback(self, reason: str, detail: str) -> None:
-        st = slots.read_state(self.state_dir)
-        trial = st.get("trial") or {}
-        to = trial.get("from_slot")
+        j = slots.load_journal(self.state_dir)
+        trial = j.trial
+        to = trial.from_slot if trial else None
         if to is not None and not slots.is_complete(self.bdir / to):
             to = None
         slots.switch(self.state_dir, to)
-        st["trial"] = None
-        slots.write_state(self.state_dir, st)
+        j.roll_back(repair=trial is None)
+        slots.save_journal(self.state_dir, j)
         try:
             self.apply(self.bdir / to if to else None)
         except Exception as e:  # noqa: BLE001 - the boot guard catches a crash loop from here
             log.error("fleet: re-applying the previous bundle failed: %s", type(e).__name__)
-        self._report("rolled_back", trial.get("version"), reason=reason, detail=detail, persist=True)
+        self._report("rolled_back", trial.version if trial else None, reason=reason, detail=detail, persist=True)
