@@ -52,7 +52,7 @@ from typing import Any, Callable
 
 from device import __version__ as RUNNING_VERSION
 from device import config as config_mod
-from device.models import sha256_file
+from device.fleet import fetch
 from device.fleet import manifest as mf
 from device.fleet.admission import WHEEL as _WHEEL
 from device.fleet.journal import Journal, Staged
@@ -314,7 +314,6 @@ class SoftwareUpdater:
 
     # -------------------------------------------------------------- command thread
     def submit(self, m: dict, env: dict) -> None:
-        from device.fleet.agent import _Spool   # the agent's inline-chunk spool (lazy: no import cycle)
         a = self.agent
         with a._lock:
             dup = a._active.get(m["nonce"])
@@ -326,7 +325,7 @@ class SoftwareUpdater:
                         software_version=self.running_version,
                         staged_software=self._staged.version if self._staged else None)
                 d = a.bdir / ".incoming" / m["nonce"]
-                spool = _Spool(d, m["artifacts"], a._stop)
+                spool = fetch.Spool(d, m["artifacts"], a._stop)
             except FleetError as e:
                 self._report("failed", m, reason=e.reason, detail=e.detail)
                 return
@@ -353,7 +352,7 @@ class SoftwareUpdater:
                 self._report("failed", job.m, reason="disk_full" if disk_error(e) else "internal_error",
                              detail=f"{type(e).__name__}: {e.strerror}")
             except Exception as e:  # noqa: BLE001
-                if type(e).__name__ == "_Stopping":
+                if isinstance(e, fetch.Stopping):
                     log.info("software: %s abandoned: agent closing", mf.short_id(job.m))
                 else:
                     log.exception("software: update failed")
@@ -373,18 +372,9 @@ class SoftwareUpdater:
             if a._stop.wait(0.1):
                 return
         self._report("downloading", m)
-        files: dict[str, Path] = {}
-        for art in m["artifacts"]:
-            files[art["name"]] = job.spool.wait(art["name"], deadline) if art.get("inline") \
-                else a._download(art, job.dir, deadline)
+        files = fetch.fetch(m, job.spool, job.dir, deadline, a._stop)
         self._report("verifying", m)
-        for art in m["artifacts"]:
-            p = files[art["name"]]
-            size = p.stat().st_size
-            if size < art["size"]:
-                raise FleetError("truncated", f"{art['name']}: {size} of {art['size']} bytes")
-            if size > art["size"] or sha256_file(p) != art["sha256"]:
-                raise FleetError("hash_mismatch", f"{art['name']}: sha256 differs from the manifest")
+        fetch.verify(m, files)
         slot = other(current_slot(self.root))
         self._staged = None
         j = load_journal(self.root)
