@@ -336,7 +336,8 @@ class Link:
 
 
 def outbox_path(cfg: Config) -> Path:
-    return Path(cfg.outbox.path) if cfg.outbox.path else Path(cfg.device.state_dir) / "outbox.sqlite"
+    from device.config import outbox_path as _path     # one definition: [outbox] path, else <state_dir>/
+    return _path(cfg)
 
 
 def open_outbox(cfg: Config) -> Outbox:
