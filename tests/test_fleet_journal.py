@@ -95,3 +95,9 @@ def test_the_json_shape_is_unchanged_and_unknown_keys_survive():
     j.stage(Staged("A", 4, nonce="n"))
     assert j.to_dict() == {"staged": {"slot": "A", "version": 4, "nonce": "n"}, "trial": None}
     assert Journal.from_dict("garbage").to_dict() == {"staged": None, "trial": None}
+
+
+def test_a_hand_edited_or_old_journal_still_loads():
+    j = Journal.from_dict({"staged": {"slot": "A"}, "trial": {"slot": "B", "version": 2}, "last": "x"})
+    assert j.staged.version is None and j.trial.boots == [] and j.last is None
+    assert j.boot("B", 1000.0, 60, 3) == "counted"        # no switched_at: counted from now

@@ -46,7 +46,7 @@ def _to(obj) -> dict:
 class Staged:
     """A slot that passed its self-test, waiting for a moment without a session."""
     slot: str
-    version: Any
+    version: Any = None
     nonce: str | None = None
     bundle_version: int | None = None
     extra: dict = field(default_factory=dict, repr=False)
@@ -60,7 +60,7 @@ class Staged:
 class Trial:
     """A switch on probation: counted boots until committed, rolled back on a crash loop."""
     slot: str
-    version: Any
+    version: Any = None
     from_slot: str | None = None
     from_version: Any = None
     switched_at: float | None = None
