@@ -262,3 +262,13 @@ def test_the_outbox_is_polled_without_a_kick(ob, put):
     assert d.want() is None                                     # the poll interval has not passed
     w.tick(1.0, 1001.0)
     assert [v for _, v in w.pump()] == ids
+
+
+def test_which_puback_reason_codes_count_as_denied():
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from device.link.transport import is_failure
+    assert is_failure(0x87) and is_failure(0x80) and is_failure(ReasonCode(PacketTypes.PUBACK, "Not authorized"))
+    assert not is_failure(0) and not is_failure(0x10) and not is_failure(None)    # 0x10: no matching subscribers
+    assert not is_failure(ReasonCode(PacketTypes.PUBACK, "Success"))
