@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from device import models as models_mod
 from device.config import Config
 from device.vision import quality as quality_mod
+from device.vision.ahead import AheadEmbedder
 from device.vision.embed import EmbedderOptions, FaceEmbedder, cosine, l2n, prepare_card_face
 from device.vision.quality import BestFrames
 from device.vision.tracking import build_tracker
@@ -55,6 +56,10 @@ class VisionSuite:
         self._card_vec: np.ndarray | None = None
         self._first_vec: np.ndarray | None = None
         self.last_failed: tuple[str, ...] = ()   # quality gates the last tracked face failed (hints)
+        # match.embed_ahead: the top-k, first and last crops embedded during capture on a second thread
+        # with its own interpreter (device/vision/ahead.py); the decision is then a comparison
+        self.ahead = AheadEmbedder(EmbedderOptions(str(paths["embedder"]), threads=th)) \
+            if cfg.match.embed_ahead else None
 
     @classmethod
     def create(cls, cfg: Config, model_dir: Path) -> "VisionSuite":
@@ -80,8 +85,12 @@ class VisionSuite:
         self.last_failed = q.failed if q is not None else ()   # why no crop: the session's hints
         if aligned is None:
             return None
-        best.offer(q.score, aligned)
-        if self._first_vec is None:    # the session keeps its first passing crop as the start identity
+        kept = best.offer(q.score, aligned)
+        if self.ahead is not None:     # the worker embeds the top k and the first/last crops (ahead.py)
+            if kept:
+                self.ahead.top(best.crops())
+            self.ahead.newest(aligned, obs.t)
+        elif self._first_vec is None:  # the session keeps its first passing crop as the start identity
             self._first_vec = self.embedder.embed_one(aligned).vector
         return aligned
 
@@ -102,30 +111,39 @@ class VisionSuite:
         """Best frames in, similarity out: the mean top-k live embedding vs the card, and the start/end
         identity similarity (first vs last passing crop; None when there is no last crop).
 
-        The card (at card_face) and the session's first passing crop (in quality_crop) are embedded ahead;
-        what is left (top-k live crops, the last crop, and the card or first crop if not done ahead) goes
-        two per call, the model's batch."""
+        The card is embedded at card_face; with match.embed_ahead the top-k crops, the first crop and a
+        last crop (at most ahead.LAST_MAX_AGE_S of frame time older than `last`) were embedded during
+        capture, and only what the worker has not done is embedded here (else, as without it: the first
+        crop in quality_crop, the rest here), two per call, the model's batch."""
         card_vec = self._card_vec
         first_vec = self._first_vec if first is not None else None
-        # one queue of faces still to embed, two per call (the model's batch): live crops, the card if it
-        # was not embedded at card-read time, the first crop if not embedded during capture, the last crop
-        todo = [("live", c) for c in crops]
+        identity_wanted = first is not None and last is not None
+        got, running = self.ahead.collect(crops, identity_wanted) if self.ahead is not None else ({}, {})
+
+        def embed(todo) -> None:       # two per call (the model's batch)
+            while todo:
+                (ka, a), (kb, b) = todo[0], todo[1] if len(todo) > 1 else todo[0]
+                r = self.embedder.embed(a, b)
+                for k, v in ((ka, r.vectors[0]), (kb, r.vectors[1]))[: 2 if len(todo) > 1 else 1]:
+                    got[k] = v
+                del todo[:2]
+        # one queue of faces still to embed: live crops, the card if it was not embedded at card-read
+        # time, the first crop if not embedded during capture, the last crop
+        todo = [(("live", i), c) for i, c in enumerate(crops) if ("live", i) not in got and ("live", i) not in running]
         if card_vec is None:
             todo.append(("card", card_face))
-        if first is not None and last is not None:
-            if first_vec is None:
+        if identity_wanted:
+            if first_vec is None and "first" not in got and "first" not in running:
                 todo.append(("first", first))
-            todo.append(("last", last))
-        live, got = [], {}
-        while todo:
-            (ka, a), (kb, b) = todo[0], todo[1] if len(todo) > 1 else todo[0]
-            r = self.embedder.embed(a, b)
-            for k, v in ((ka, r.vectors[0]), (kb, r.vectors[1]))[: 2 if len(todo) > 1 else 1]:
-                if k == "live":
-                    live.append(v)
-                else:
-                    got[k] = v
-            del todo[:2]
+            if "last" not in got and "last" not in running:
+                todo.append(("last", last))
+        embed(todo)
+        if running:                    # the worker's job in flight (at most one call); a failed one: here
+            late = self.ahead.wait(running)
+            got.update({k: v for k, v in late.items() if v is not None})
+            face = {"first": first, "last": last}
+            embed([(k, crops[k[1]] if k[0] == "live" else face[k]) for k, v in late.items() if v is None])
+        live = [got.pop(("live", i)) for i in range(len(crops))]
         card_vec = got.get("card", card_vec)
         first_vec = got.get("first", first_vec)
         mean = l2n(np.mean(live, axis=0))
@@ -142,9 +160,11 @@ class VisionSuite:
     @property
     def runtimes(self) -> tuple:
         """Every model interpreter this suite holds (device.vision.runtime.ModelRuntime)."""
-        return self.tracker.runtimes + self.embedder.runtimes
+        return self.tracker.runtimes + self.embedder.runtimes + (self.ahead.runtimes if self.ahead else ())
 
     def reset(self) -> None:
+        if self.ahead is not None:     # drains and ends the worker, zero-fills its copies, wipes its interpreter
+            self.ahead.stop()
         self.tracker.reset()
         self.tracker.wipe()
         self.embedder.wipe()

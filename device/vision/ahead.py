@@ -1,0 +1,223 @@
+"""Embedding ahead of the decision: a second thread embeds the session's match crops during capture.
+
+The decision after the last challenge then only compares vectors and signs (docs/performance.md, P3).
+VisionSuite owns one AheadEmbedder (match.embed_ahead) and tells it, from quality_crop():
+
+- top(crops): the current BestFrames crops, after every offer that changed them. A crop new to the top k
+  is copied and queued; a job whose crop left the top k is cancelled (its copy, or its vector, zero-filled).
+- newest(crop, t): every passing crop with its frame time. The session's first one is queued as the
+  start identity ("first"); after it, one crop every `every_s` of frame time (default 0.3 s) is queued as
+  the end identity ("last"), replacing the previous one. So the end-identity vector the decision uses
+  was made from a crop at most `every_s` of frame time older than the session's newest passing crop
+  (LAST_MAX_AGE_S; 9 frames at 30 fps); when there is none the decision embeds the newest crop itself.
+
+At the decision, collect() hands over the finished vectors and takes back the jobs the worker has not
+started (the caller embeds those crops itself, on its own interpreter, while the worker finishes its
+current job); wait() then waits for that running job. Nothing waits longer than the one call in flight.
+
+Threads: the worker has its own FaceEmbedder (its own TFLite interpreter: an interpreter is never used
+from two threads). LiteRT releases the GIL inside invoke() (measured: two threads on two interpreters,
+1.8x the throughput of one on two cores; a pure-Python thread keeps its full rate while the other
+invokes), so the worker runs on the second core and the frame path keeps the first.
+
+Privacy: every crop copy is zero-filled once embedded or cancelled, every vector when taken over by the
+caller (who wipes it), cancelled or replaced; stop() (VisionSuite.reset) cancels what is queued, waits for
+the running job, zero-fills everything held, ends the thread and wipes the worker's interpreter
+(ModelRuntime.wipe: zero inputs, one run). `runtimes` is in VisionSuite.runtimes for tests/test_privacy.py.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from device.vision.embed import EmbedderOptions, FaceEmbedder
+
+LAST_EVERY_S = 0.3          # frame time between two end-identity crops sent to the worker
+LAST_MAX_AGE_S = LAST_EVERY_S   # the end-identity crop used is at most this much older than the newest
+
+QUEUED, RUNNING, DONE, FAILED, TAKEN, CANCELLED = "queued", "running", "done", "failed", "taken", "cancelled"
+
+
+class Job:
+    """One crop to embed. `src`: the caller's array it was copied from (its identity, never read here)."""
+    __slots__ = ("src", "crop", "vec", "state", "t")
+
+    def __init__(self, src: np.ndarray | None, crop: np.ndarray, t: float | None = None):
+        self.src, self.crop, self.vec, self.state, self.t = src, crop, None, QUEUED, t
+
+    def clear(self) -> None:
+        for a in (self.crop, self.vec):
+            if a is not None:
+                a.fill(0)
+        self.src = self.crop = self.vec = None
+
+    def __repr__(self) -> str:
+        return f"Job({self.state})"
+
+
+class AheadEmbedder:
+    def __init__(self, options: EmbedderOptions, every_s: float = LAST_EVERY_S):
+        self.embedder = FaceEmbedder.create(options)     # the worker's own interpreter
+        self.every_s = float(every_s)
+        self._cv = threading.Condition()
+        self._queue: list[Job] = []
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.top_jobs: list[Job] = []
+        self.first_job: Job | None = None
+        self.last_job: Job | None = None
+        self._last_t: float | None = None
+        # numbers only, cumulative over the suite's life: what the worker cost (the bench's CPU figure)
+        self.calls = 0
+        self.cpu_ms = 0.0
+
+    @property
+    def runtimes(self) -> tuple:
+        return self.embedder.runtimes
+
+    # -- capture side (the session's thread)
+    def top(self, crops) -> None:
+        """The current top-k crops (BestFrames.crops()): queue the new ones, cancel the ones that left."""
+        with self._cv:
+            keep = []
+            for j in self.top_jobs:
+                if any(j.src is c for c in crops):
+                    keep.append(j)
+                else:
+                    self._cancel(j)
+            for c in crops:
+                if not any(j.src is c for j in keep):
+                    keep.append(self._submit(c, c.copy()))
+            self.top_jobs = keep
+
+    def newest(self, crop: np.ndarray, t: float) -> None:
+        """A passing crop at frame time t: the first is the start identity, then one every `every_s`."""
+        with self._cv:
+            if self.first_job is None:
+                self.first_job = self._submit(None, crop.copy(), t)
+                self._last_t = t
+            elif t - self._last_t >= self.every_s:
+                if self.last_job is not None:
+                    self._cancel(self.last_job)
+                self.last_job = self._submit(None, crop.copy(), t)
+                self._last_t = t
+
+    # -- decision side
+    def job_for(self, crop: np.ndarray) -> Job | None:
+        return next((j for j in self.top_jobs if j.src is crop), None)
+
+    def collect(self, crops, identity: bool) -> tuple[dict, dict]:
+        """The decision's first pass, without waiting: ({key: vector} of the finished jobs, {key: job} of the
+        running ones). Keys: ("live", i) for crops[i], and with `identity` "first" and "last". A job not
+        started yet is taken back: its key is in neither, and the caller embeds that crop itself."""
+        jobs = [(("live", i), self.job_for(c)) for i, c in enumerate(crops)]
+        if identity:
+            jobs += [("first", self.first_job), ("last", self.last_job)]
+        got, running = {}, {}
+        with self._cv:
+            for k, j in jobs:
+                if j is None:
+                    continue
+                if j.state == RUNNING:
+                    running[k] = j
+                else:
+                    v = self._take(j)
+                    if v is not None:
+                        got[k] = v
+        return got, running
+
+    def wait(self, running: dict) -> dict:
+        """{key: vector, or None if the job failed} for the jobs collect() found running (waits for them:
+        the worker runs one at a time, so at most one embedder call)."""
+        with self._cv:
+            out = {}
+            for k, j in running.items():
+                while j.state == RUNNING:
+                    self._cv.wait()
+                out[k] = self._take(j)
+            return out
+
+    def _take(self, job: Job) -> np.ndarray | None:
+        """(under self._cv, job not running) Hand the vector over (the caller wipes it) or take the job back."""
+        vec = None
+        if job.state == DONE:
+            vec, job.vec = job.vec, None
+        elif job.state == QUEUED:
+            self._queue.remove(job)
+        job.state = TAKEN
+        job.clear()
+        return vec
+
+    def stop(self) -> None:
+        """End of session: cancel what is queued, wait for the running job, zero-fill every crop and
+        vector held, end the thread, wipe the worker's interpreter."""
+        with self._cv:
+            self._stopping = True
+            for j in self._queue:
+                j.state = CANCELLED
+                j.clear()
+            self._queue.clear()
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._cv:
+            for j in self.top_jobs + [self.first_job, self.last_job]:
+                if j is not None:
+                    j.clear()
+            self.top_jobs, self.first_job, self.last_job, self._last_t = [], None, None, None
+            self._stopping = False
+        self.embedder.wipe()
+
+    # -- internals (under self._cv)
+    def _submit(self, src, crop: np.ndarray, t: float | None = None) -> Job:
+        job = Job(src, crop, t)
+        self._queue.append(job)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="kyc-embed-ahead", daemon=True)
+            self._thread.start()
+        self._cv.notify_all()
+        return job
+
+    def _cancel(self, job: Job) -> None:
+        if job.state == QUEUED:
+            self._queue.remove(job)
+        if job.state != RUNNING:        # a running job's copy is the worker's: it clears it when done
+            job.clear()
+        job.state = CANCELLED
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._stopping:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                job = self._queue.pop(0)
+                job.state = RUNNING
+                crop = job.crop
+            c0 = time.thread_time()
+            vec = None
+            try:
+                vec = self.embedder.embed_one(crop).vector
+            except Exception:  # noqa: BLE001 - the decision embeds this crop itself
+                vec = None
+            finally:
+                crop.fill(0)
+            with self._cv:
+                self.calls += 1
+                self.cpu_ms += (time.thread_time() - c0) * 1000.0
+                if job.state == RUNNING and vec is not None:
+                    job.vec, job.state = vec, DONE
+                    job.crop = None
+                else:                   # cancelled while running, or failed
+                    if vec is not None:
+                        vec.fill(0)
+                    job.state = FAILED if job.state == RUNNING else job.state
+                    job.clear()
+                self._cv.notify_all()
+
+    def __repr__(self) -> str:
+        return f"AheadEmbedder(top={len(self.top_jobs)}, queued={len(self._queue)})"
