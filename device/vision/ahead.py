@@ -42,7 +42,6 @@ QUEUED, RUNNING, DONE, FAILED, TAKEN, CANCELLED = "queued", "running", "done", "
 
 class Job:
     """One crop to embed. `src`: the caller's array it was copied from (its identity, never read here)."""
-    __slots__ = ("src", "crop", "vec", "state", "t")
 
     def __init__(self, src: np.ndarray | None, crop: np.ndarray, t: float | None = None):
         self.src, self.crop, self.vec, self.state, self.t = src, crop, None, QUEUED, t

@@ -1,0 +1,184 @@
+"""match.embed_ahead (device/vision/ahead.py): the top-k, first and last crops embedded during capture on a
+second thread. Real models, real frames of the blink video; the old synchronous path is the reference."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.faces import BLINK_VIDEO, genuine_photo
+
+FRAMES = 150
+
+
+def _suite(model_dir, ahead: bool):
+    from device import config as C
+    from device.vision.suite import VisionSuite
+    cfg = C.replace(C.from_dict({}), **{"models.dir": str(model_dir), "match.embed_ahead": ahead})
+    return VisionSuite.create(cfg, model_dir)
+
+
+@pytest.fixture(scope="module")
+def frames(shared_data):
+    from device.camera.replay import decode_video
+    return list(decode_video(shared_data / BLINK_VIDEO, limit=FRAMES))
+
+
+@pytest.fixture(scope="module")
+def suites(model_dir):
+    a, s = _suite(model_dir, True), _suite(model_dir, False)
+    yield a, s
+    a.reset()
+    s.reset()
+
+
+def _capture(suite, frames, photo, on_crop=None):
+    """What Session does with the suite: card face, every frame through observe + quality_crop, the first
+    and the newest passing crop kept. -> (card_face, best, first, last)."""
+    card_face = suite.card_face(photo.copy())
+    best = suite.best_frames()
+    first = last = None
+    for rgb, t in frames:
+        obs = suite.observe(rgb, t)
+        crop = suite.quality_crop(rgb, obs, best)
+        if crop is None:
+            continue
+        if on_crop is not None:
+            on_crop(crop, t)
+        if first is None:
+            first = crop.copy()
+        elif last is None:
+            last = crop.copy()
+        else:
+            last[:] = crop
+    return card_face, best, first, last
+
+
+def _idle(ahead, timeout=30.0):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        with ahead._cv:
+            jobs = ahead.top_jobs + [ahead.first_job, ahead.last_job]
+            if not ahead._queue and all(j is None or j.state != "running" for j in jobs):
+                return
+        time.sleep(0.01)
+    raise AssertionError("the worker did not finish")
+
+
+@pytest.mark.parametrize("wait_for_worker", [True, False], ids=["all_ahead", "decision_right_after_capture"])
+def test_similarity_equals_the_synchronous_path(suites, frames, shared_data, wait_for_worker):
+    """Same top-k crops: the mean-embedding similarity is the old path's to float tolerance, whether the
+    worker finished everything (no embedder call at the decision) or the decision comes right after the
+    last frame (some jobs taken back or waited for)."""
+    from device.vision.embed import cosine
+    ahead_suite, sync_suite = suites
+    photo = genuine_photo(shared_data)
+    lasts = []                       # the crops the worker was given as the end identity
+    newest = [None]                  # frame time of the newest passing crop
+
+    def on_crop(crop, t):
+        newest[0] = t
+        j = ahead_suite.ahead.last_job
+        if j is not None and (not lasts or lasts[-1][0] is not j):
+            lasts.append((j, crop.copy(), t))
+    cf_a, best_a, first_a, last_a = _capture(ahead_suite, frames, photo, on_crop)
+    cf_s, best_s, first_s, last_s = _capture(sync_suite, frames, photo)
+    try:
+        assert sync_suite.ahead is None and ahead_suite.ahead is not None
+        assert len(best_a) == len(best_s) == ahead_suite.cfg.match.top_k
+        assert all(np.array_equal(a, b) for a, b in zip(best_a.crops(), best_s.crops())), "same top-k crops"
+        assert np.array_equal(first_a, first_s) and np.array_equal(last_a, last_s)
+        assert lasts, "the worker was given end-identity crops"
+        if wait_for_worker:
+            _idle(ahead_suite.ahead)
+        calls = [0]
+        orig = ahead_suite.embedder.embed
+
+        def counted(a, b):
+            calls[0] += 1
+            return orig(a, b)
+        ahead_suite.embedder.embed = counted
+        try:
+            m_a = ahead_suite.match(cf_a, best_a.crops(), first_a, last_a)
+        finally:
+            del ahead_suite.embedder.embed
+        m_s = sync_suite.match(cf_s, best_s.crops(), first_s, last_s)
+        if wait_for_worker:
+            assert calls[0] == 0, "everything was embedded ahead: the decision runs no embedder call"
+        assert m_a.similarity == pytest.approx(m_s.similarity, abs=1e-5)
+        assert m_s.similarity > 0.5          # the genuine subject: a real comparison, not two zeros
+        # the end identity: the newest crop the worker was given (at most LAST_MAX_AGE_S older than the
+        # newest passing crop), or the newest crop itself when that job was taken back
+        from device.vision.ahead import LAST_MAX_AGE_S
+        j, last_crop, t_last = lasts[-1]
+        assert 0 <= newest[0] - t_last < LAST_MAX_AGE_S
+        e = sync_suite.embedder
+        ref_last = cosine(e.embed_one(first_s).vector, e.embed_one(last_crop).vector)
+        ref_newest = cosine(e.embed_one(first_s).vector, e.embed_one(last_s).vector)
+        assert m_a.identity is not None and m_s.identity == pytest.approx(ref_newest, abs=1e-5)
+        assert min(abs(m_a.identity - ref_last), abs(m_a.identity - ref_newest)) < 1e-5
+        if wait_for_worker:
+            assert m_a.identity == pytest.approx(ref_last, abs=1e-5)
+        m_a.wipe()
+        m_s.wipe()
+    finally:
+        for b in (best_a, best_s):
+            b.wipe()
+        ahead_suite.reset()
+        sync_suite.reset()
+
+
+def test_worker_holds_crops_during_capture_and_nothing_after_reset(suites, frames, shared_data):
+    """Mid-session the worker holds vectors and its interpreter the last crop (so the checks can fail);
+    reset() ends the thread, zero-fills every copy and vector and wipes its interpreter."""
+    ahead_suite, _ = suites
+    ah = ahead_suite.ahead
+    calls0 = ah.calls
+    cf, best, first, last = _capture(ahead_suite, frames, genuine_photo(shared_data))
+    _idle(ah)
+    held = [j.vec for j in ah.top_jobs + [ah.first_job, ah.last_job] if j is not None and j.vec is not None]
+    assert len(held) >= 3 and all(v.any() for v in held)
+    assert ah.calls > calls0 and ah._thread is not None and ah._thread.is_alive()
+    assert not ah.runtimes[0].holds_no_face()
+    refs = list(held)
+    best.wipe()
+    ahead_suite.reset()
+    assert ah._thread is None and ah.top_jobs == [] and ah.first_job is None and ah.last_job is None
+    assert not any(v.any() for v in refs), "the vectors were zero-filled, not only dropped"
+    assert all(rt.holds_no_face() for rt in ah.runtimes)
+    assert not any(t.name == "kyc-embed-ahead" for t in threading.enumerate())
+
+
+def test_a_crop_that_leaves_the_top_k_is_cancelled_and_zero_filled(model_dir):
+    """Unit level, on the real embedder: top() copies new crops, cancels those gone (their copy or vector
+    zero-filled), and a queued job taken back at the decision leaves its crop to the caller."""
+    from device.vision.ahead import AheadEmbedder
+    from device.vision.embed import EmbedderOptions
+    ah = AheadEmbedder(EmbedderOptions(str(model_dir / "mobilefacenet.tflite")))
+    rng = np.random.default_rng(1)
+    a, b, c = (rng.integers(0, 255, (112, 112, 3), np.uint8) for _ in range(3))
+    try:
+        ah.top([a, b])
+        ja, jb = ah.job_for(a), ah.job_for(b)
+        assert ja is not None and jb is not None and ja.crop is not a and ja.src is a
+        _idle(ah)
+        assert ja.state == jb.state == "done"
+        vb = jb.vec
+        ah.top([a, c])                         # b left the top k
+        assert ah.job_for(b) is None and jb.state == "cancelled" and not vb.any()
+        _idle(ah)
+        got, running = ah.collect([a, c], identity=False)
+        assert not running and set(got) == {("live", 0), ("live", 1)}
+        for v in got.values():
+            assert v.shape == (192,) and abs(np.linalg.norm(v) - 1) < 1e-4
+        # a job not started yet is taken back (worker busy): the caller embeds that crop itself
+        with ah._cv:                            # hold the worker off while queuing
+            ah.top([a, b])
+            jb2 = ah.job_for(b)
+            got2, running2 = ah._take(jb2), {}
+        assert got2 is None and jb2.state == "taken" and jb2.crop is None
+    finally:
+        ah.stop()
+    assert ah._thread is None and all(rt.holds_no_face() for rt in ah.runtimes)
