@@ -511,12 +511,13 @@ def _blink_card_photo(video: Path) -> np.ndarray:
     return np.ascontiguousarray(got[60][0][180:620, 470:830])
 
 
-def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 3) -> dict:
+def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 3, embed_ahead: bool = True) -> dict:
     """Last challenge frame -> verdict signed and in the durable outbox, from `Session.last_challenge_to_stored_ms`.
 
     In process, on the daemon's own parts: VisionSuite, replay camera (pace fast) on the blink video, a
     fabricated resident card with the subject's photo, and the daemon's sink (Ed25519 sign + SQLite outbox put,
-    synchronous=FULL) in a temporary state dir. One blink challenge; `runs` sessions on one suite."""
+    synchronous=FULL) in a temporary state dir. One blink challenge; `runs` sessions on one suite.
+    `embed_ahead`: match.embed_ahead (False: the synchronous decision, for the CPU comparison)."""
     import tempfile
     from device import config as C
     from device import wiring
@@ -527,11 +528,13 @@ def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 
         return {"last_challenge_to_outbox_ms": None, "last_challenge_to_outbox_why": f"{BLINK_VIDEO} missing"}
     load_dir, _, _ = resolve_models(models_dir, model_set)
     cfg = wiring.offline_replay(C.from_dict({}), BLINK_VIDEO, **{
-        "models.dir": str(load_dir), "models.set": model_set, "models.threads": threads})
+        "models.dir": str(load_dir), "models.set": model_set, "models.threads": threads,
+        "match.embed_ahead": embed_ahead})
     suite = wiring.vision(cfg, load_dir)
     photo = _blink_card_photo(BLINK_VIDEO)
     lat, sink_ms, timings, results = [], [], [], []
     match_ms, decide_ms, embed_calls = [], [], []
+    sess_cpu, worker_calls, worker_cpu = [], [], []
     from device.liveness.check import LivenessCheck
     orig_match, orig_decide, orig_embed = suite.match, LivenessCheck.decide, suite.embedder.embed
     calls = [0]
@@ -567,9 +570,16 @@ def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 
                     s0 = time.perf_counter()
                     outbox.put(signer.sign(v))
                     sink_ms.append((time.perf_counter() - s0) * 1000.0)
+                ah = suite.ahead
+                w0 = (ah.calls, ah.cpu_ms) if ah is not None else (0, 0.0)
                 with wiring.camera(cfg) as cam:
                     sess = Session(cfg, reader=None, camera=cam, vision=suite, sink=sink, challenges=["blink"])
+                    c0 = time.process_time()
                     v = sess.run(card=fabricated_card(photo.copy()))
+                    sess_cpu.append((time.process_time() - c0) * 1000.0)
+                if ah is not None:
+                    worker_calls.append(ah.calls - w0[0])
+                    worker_cpu.append(ah.cpu_ms - w0[1])
                 results.append(v["result"] + (":" + ",".join(v["reasons"]) if v["reasons"] else ""))
                 timings.append({k: round(float(x), 1) for k, x in v["timings_ms"].items()})
                 if sess.last_challenge_to_stored_ms is not None:
@@ -581,6 +591,11 @@ def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 
            "breakdown_ms": {"match_embeddings": stats(match_ms), "embed_calls_per_match": embed_calls,
                             "decide": stats(decide_ms), "sink_sign_outbox_put": stats(sink_ms)},
            "verdict_timings_ms": timings,
+           "embed_ahead": {"on": embed_ahead, "worker_embed_calls": worker_calls, "worker_cpu_ms": stats(worker_cpu),
+                           "session_cpu_ms": stats(sess_cpu),
+                           "what": "match.embed_ahead (device/vision/ahead.py): embedder calls and thread CPU time of "
+                                   "the worker per session; session_cpu_ms: process CPU time (all threads) of the "
+                                   "whole Session.run, capture included"},
            "what": "Session.last_challenge_to_stored_ms: monotonic clock from the frame that passed the last "
                    "challenge to the signed verdict committed in the outbox (decision incl. top-k + identity "
                    "embeddings, verdict build, sign, SQLite put)"}
