@@ -109,3 +109,17 @@ def test_bench_vs_mediapipe_through_the_cli(capsys, blink_video, model_dir, monk
     assert set(v["cpu"]) >= {"median_of_medians", "mean_of_means", "per_frame_median", "paired_frames"}
     assert v["cpu"]["paired_frames"] == 4
     assert out["summary"]["vs_mediapipe_ratio"] is not None
+
+
+def test_session_latency_reports_the_ahead_worker(blink_video, model_dir):
+    """The session figure (one run): the genuine session passes, the worker embedded the session's crops,
+    and the decision ran fewer embedder calls than the synchronous path's two (top-3 + last crop). No
+    timing assertion."""
+    need(bench.BLINK_VIDEO)
+    r = bench.session_latency(model_dir, "int8", 1, runs=1)
+    assert r["results"] == ["pass"], r["results"]
+    ah = r["embed_ahead"]
+    assert ah["on"] is True and ah["worker_embed_calls"][0] >= 4     # top 3, first, last at least
+    assert ah["worker_cpu_ms"]["n"] == 1 and ah["session_cpu_ms"]["median"] > 0
+    assert r["breakdown_ms"]["embed_calls_per_match"][0] < 2
+    assert r["last_challenge_to_outbox_ms"]["n"] == 1
