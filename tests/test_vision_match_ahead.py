@@ -1,5 +1,5 @@
 """match.embed_ahead (device/vision/ahead.py): the top-k, first and last crops embedded during capture on a
-second thread. Real models, real frames of the blink video; the old synchronous path is the reference."""
+second thread (on the suite's embedder, one call at a time). Real models, real frames of the blink video; the old synchronous path is the reference."""
 from __future__ import annotations
 
 import threading
@@ -141,13 +141,13 @@ def test_worker_holds_crops_during_capture_and_nothing_after_reset(suites, frame
     held = [j.vec for j in ah.top_jobs + [ah.first_job, ah.last_job] if j is not None and j.vec is not None]
     assert len(held) >= 3 and all(v.any() for v in held)
     assert ah.calls > calls0 and ah._thread is not None and ah._thread.is_alive()
-    assert not ah.runtimes[0].holds_no_face()
+    assert not ah.embedder.runtimes[0].holds_no_face()
     refs = list(held)
     best.wipe()
     ahead_suite.reset()
     assert ah._thread is None and ah.top_jobs == [] and ah.first_job is None and ah.last_job is None
     assert not any(v.any() for v in refs), "the vectors were zero-filled, not only dropped"
-    assert all(rt.holds_no_face() for rt in ah.runtimes)
+    assert all(rt.holds_no_face() for rt in ah.embedder.runtimes)
     assert not any(t.name == "kyc-embed-ahead" for t in threading.enumerate())
 
 
@@ -155,8 +155,8 @@ def test_a_crop_that_leaves_the_top_k_is_cancelled_and_zero_filled(model_dir):
     """Unit level, on the real embedder: top() copies new crops, cancels those gone (their copy or vector
     zero-filled), and a queued job taken back at the decision leaves its crop to the caller."""
     from device.vision.ahead import AheadEmbedder
-    from device.vision.embed import EmbedderOptions
-    ah = AheadEmbedder(EmbedderOptions(str(model_dir / "mobilefacenet.tflite")))
+    from device.vision.embed import EmbedderOptions, FaceEmbedder
+    ah = AheadEmbedder(FaceEmbedder.create(EmbedderOptions(str(model_dir / "mobilefacenet.tflite"))))
     rng = np.random.default_rng(1)
     a, b, c = (rng.integers(0, 255, (112, 112, 3), np.uint8) for _ in range(3))
     try:
@@ -181,4 +181,5 @@ def test_a_crop_that_leaves_the_top_k_is_cancelled_and_zero_filled(model_dir):
         assert got2 == {} and running2 == {} and jb2.state == "taken" and jb2.crop is None
     finally:
         ah.stop()
-    assert ah._thread is None and all(rt.holds_no_face() for rt in ah.runtimes)
+        ah.embedder.wipe()
+    assert ah._thread is None and all(rt.holds_no_face() for rt in ah.embedder.runtimes)

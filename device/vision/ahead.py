@@ -15,15 +15,20 @@ At the decision, collect() hands over the finished vectors and takes back the jo
 started (the caller embeds those crops itself, on its own interpreter, while the worker finishes its
 current job); wait() then waits for that running job. Nothing waits longer than the one call in flight.
 
-Threads: the worker has its own FaceEmbedder (its own TFLite interpreter: an interpreter is never used
-from two threads). LiteRT releases the GIL inside invoke() (measured: two threads on two interpreters,
-1.8x the throughput of one on two cores; a pure-Python thread keeps its full rate while the other
-invokes), so the worker runs on the second core and the frame path keeps the first.
+Threads and interpreters: the worker embeds on the suite's one FaceEmbedder, whose lock lets one call
+run at a time (an interpreter is never used by two threads at once). LiteRT releases the GIL inside
+invoke() (measured: two threads on two interpreters give 1.8x the throughput of one on two cores, and a
+pure-Python thread keeps its full rate while another invokes), so the worker's calls run on the second
+core while the frame path runs on the first. A second interpreter of its own was measured and not kept:
+it costs 17.8 MB RSS (int8 MobileFaceNet: fp32-dequantised weights, XNNPACK's packed copy and the
+batch-2 arena; 21.2 MB float) against issue 17's 150 MB target, and it would only help when the
+decision has to embed a crop while the worker is in the middle of another: then the two calls run one
+after the other instead of side by side (one call more in the worst case). The worker embeds two queued
+crops per call when two wait (the model's batch is fixed at 2; it cannot be resized to 1).
 
 Privacy: every crop copy is zero-filled once embedded or cancelled, every vector when taken over by the
-caller (who wipes it), cancelled or replaced; stop() (VisionSuite.reset) cancels what is queued, waits for
-the running job, zero-fills everything held, ends the thread and wipes the worker's interpreter
-(ModelRuntime.wipe: zero inputs, one run). `runtimes` is in VisionSuite.runtimes for tests/test_privacy.py.
+caller (who wipes it), cancelled or replaced; stop() (VisionSuite.reset, before the embedder's wipe)
+cancels what is queued, waits for the running call, zero-fills everything held and ends the thread.
 """
 from __future__ import annotations
 
@@ -32,10 +37,11 @@ import time
 
 import numpy as np
 
-from device.vision.embed import EmbedderOptions, FaceEmbedder
+from device.vision.embed import FaceEmbedder
 
 LAST_EVERY_S = 0.3          # frame time between two end-identity crops sent to the worker
 LAST_MAX_AGE_S = LAST_EVERY_S   # the end-identity crop used is at most this much older than the newest
+WAIT_MAX_S = 2.0            # the decision never waits longer for a job in flight (one call is ~16 ms here)
 
 QUEUED, RUNNING, DONE, FAILED, TAKEN, CANCELLED = "queued", "running", "done", "failed", "taken", "cancelled"
 
@@ -57,8 +63,8 @@ class Job:
 
 
 class AheadEmbedder:
-    def __init__(self, options: EmbedderOptions, every_s: float = LAST_EVERY_S):
-        self.embedder = FaceEmbedder.create(options)     # the worker's own interpreter
+    def __init__(self, embedder: FaceEmbedder, every_s: float = LAST_EVERY_S):
+        self.embedder = embedder       # the suite's: one call at a time under its lock (see the module doc)
         self.every_s = float(every_s)
         self._cv = threading.Condition()
         self._queue: list[Job] = []
@@ -71,10 +77,6 @@ class AheadEmbedder:
         # numbers only, cumulative over the suite's life: what the worker cost (the bench's CPU figure)
         self.calls = 0
         self.cpu_ms = 0.0
-
-    @property
-    def runtimes(self) -> tuple:
-        return self.embedder.runtimes
 
     # -- capture side (the session's thread)
     def top(self, crops) -> None:
@@ -130,12 +132,16 @@ class AheadEmbedder:
     def wait(self, running: dict) -> dict:
         """{key: vector, or None if the job failed} for the jobs collect() found running (waits for them:
         the worker runs one at a time, so at most one embedder call)."""
+        deadline = time.monotonic() + WAIT_MAX_S
         with self._cv:
             out = {}
             for k, j in running.items():
-                while j.state == RUNNING:
-                    self._cv.wait()
-                out[k] = self._take(j)
+                while j.state == RUNNING and time.monotonic() < deadline:
+                    self._cv.wait(max(deadline - time.monotonic(), 0.001))
+                if j.state == RUNNING:  # a worker that hangs: the caller embeds it; the worker clears it
+                    j.state, out[k] = CANCELLED, None
+                else:
+                    out[k] = self._take(j)
             return out
 
     def _take(self, job: Job) -> np.ndarray | None:
@@ -168,7 +174,6 @@ class AheadEmbedder:
                     j.clear()
             self.top_jobs, self.first_job, self.last_job, self._last_t = [], None, None, None
             self._stopping = False
-        self.embedder.wipe()
 
     # -- internals (under self._cv)
     def _submit(self, src, crop: np.ndarray, t: float | None = None) -> Job:
@@ -194,28 +199,36 @@ class AheadEmbedder:
                     self._cv.wait()
                 if not self._queue:
                     return
-                job = self._queue.pop(0)
-                job.state = RUNNING
-                crop = job.crop
+                jobs = self._queue[:2]  # two per call when two wait: the model's batch is 2
+                del self._queue[:2]
+                for j in jobs:
+                    j.state = RUNNING
+                crops = [j.crop for j in jobs]
             c0 = time.thread_time()
-            vec = None
+            vecs = [None] * len(jobs)
             try:
-                vec = self.embedder.embed_one(crop).vector
-            except Exception:  # noqa: BLE001 - the decision embeds this crop itself
-                vec = None
+                if len(crops) == 2:
+                    r = self.embedder.embed(crops[0], crops[1])
+                    vecs = [r.vectors[0], r.vectors[1]]
+                else:
+                    vecs = [self.embedder.embed_one(crops[0]).vector]
+            except Exception:  # noqa: BLE001 - the decision embeds these crops itself
+                vecs = [None] * len(jobs)
             finally:
-                crop.fill(0)
+                for c in crops:
+                    c.fill(0)
             with self._cv:
                 self.calls += 1
                 self.cpu_ms += (time.thread_time() - c0) * 1000.0
-                if job.state == RUNNING and vec is not None:
-                    job.vec, job.state = vec, DONE
-                    job.crop = None
-                else:                   # cancelled while running, or failed
-                    if vec is not None:
-                        vec.fill(0)
-                    job.state = FAILED if job.state == RUNNING else job.state
-                    job.clear()
+                for job, vec in zip(jobs, vecs):
+                    if job.state == RUNNING and vec is not None:
+                        job.vec, job.state = vec, DONE
+                        job.crop = None
+                    else:               # cancelled while running, or failed
+                        if vec is not None:
+                            vec.fill(0)
+                        job.state = FAILED if job.state == RUNNING else job.state
+                        job.clear()
                 self._cv.notify_all()
 
     def __repr__(self) -> str:

@@ -8,6 +8,7 @@ Privacy: EmbedResult never shows its vectors in repr(); `wipe()` zero-fills them
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,6 +76,9 @@ class FaceEmbedder:
         self.batch = shape[0]
         self.dim = self._rt.output_shape("embeddings")[-1]
         self._buf = np.zeros(shape, np.float32)
+        # one call at a time: the ahead worker (device/vision/ahead.py) and the session's thread share
+        # this interpreter, never at once (an interpreter is not safe for concurrent use)
+        self._lock = threading.Lock()
 
     @classmethod
     def create(cls, options: EmbedderOptions) -> "FaceEmbedder":
@@ -85,19 +89,21 @@ class FaceEmbedder:
         return (self._rt,)
 
     def wipe(self) -> None:
-        self._rt.wipe()
-        self._buf.fill(0)
+        with self._lock:
+            self._rt.wipe()
+            self._buf.fill(0)
 
     def _run(self, imgs) -> np.ndarray:
         """Raw embeddings of len(imgs) <= batch images (empty slots are filled with the first)."""
-        buf = self._buf
-        for i in range(self.batch):
-            buf[i] = _prep(imgs[min(i, len(imgs) - 1)])
-        self._rt.set("faces", buf)
-        self._rt.invoke()
-        out = np.array(self._rt.get("embeddings")[: len(imgs)], np.float32)
-        buf.fill(0)
-        return out
+        with self._lock:
+            buf = self._buf
+            for i in range(self.batch):
+                buf[i] = _prep(imgs[min(i, len(imgs) - 1)])
+            self._rt.set("faces", buf)
+            self._rt.invoke()
+            out = np.array(self._rt.get("embeddings")[: len(imgs)], np.float32)
+            buf.fill(0)
+            return out
 
     def embed(self, a: np.ndarray, b: np.ndarray) -> EmbedResult:
         """Embed two aligned 112x112 RGB faces (live, card) -> (2, D) L2-normalised vectors."""

@@ -56,10 +56,9 @@ class VisionSuite:
         self._card_vec: np.ndarray | None = None
         self._first_vec: np.ndarray | None = None
         self.last_failed: tuple[str, ...] = ()   # quality gates the last tracked face failed (hints)
-        # match.embed_ahead: the top-k, first and last crops embedded during capture on a second thread
-        # with its own interpreter (device/vision/ahead.py); the decision is then a comparison
-        self.ahead = AheadEmbedder(EmbedderOptions(str(paths["embedder"]), threads=th)) \
-            if cfg.match.embed_ahead else None
+        # match.embed_ahead: the top-k, first and last crops embedded during capture on a second thread,
+        # on this embedder, one call at a time (device/vision/ahead.py); the decision is then a comparison
+        self.ahead = AheadEmbedder(self.embedder) if cfg.match.embed_ahead else None
 
     @classmethod
     def create(cls, cfg: Config, model_dir: Path) -> "VisionSuite":
@@ -160,10 +159,10 @@ class VisionSuite:
     @property
     def runtimes(self) -> tuple:
         """Every model interpreter this suite holds (device.vision.runtime.ModelRuntime)."""
-        return self.tracker.runtimes + self.embedder.runtimes + (self.ahead.runtimes if self.ahead else ())
+        return self.tracker.runtimes + self.embedder.runtimes
 
     def reset(self) -> None:
-        if self.ahead is not None:     # drains and ends the worker, zero-fills its copies, wipes its interpreter
+        if self.ahead is not None:     # drains and ends the worker, zero-fills its copies and vectors
             self.ahead.stop()
         self.tracker.reset()
         self.tracker.wipe()

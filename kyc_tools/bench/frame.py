@@ -212,7 +212,10 @@ def build_suite(models_dir: Path, model_set: str, threads: int):
     from device import wiring
     from device.config import from_dict
     cfg = from_dict({})
-    cfg = replace(cfg, models=replace(cfg.models, dir=str(models_dir), set=model_set, threads=threads))
+    cfg = replace(cfg, models=replace(cfg.models, dir=str(models_dir), set=model_set, threads=threads),
+                  # the frame pass times the frame path alone, in process CPU time: no ahead worker thread
+                  # in it (its cost is the session block's `embed_ahead`)
+                  match=replace(cfg.match, embed_ahead=False))
     return cfg, wiring.vision(cfg, models_dir)
 
 
