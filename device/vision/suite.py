@@ -87,7 +87,7 @@ class VisionSuite:
         kept = best.offer(q.score, aligned)
         if self.ahead is not None:     # the worker embeds the top k and the first/last crops (ahead.py)
             if kept:
-                self.ahead.top(best.crops())
+                self.ahead.top(best.crops(), obs.t)
             self.ahead.newest(aligned, obs.t)
         elif self._first_vec is None:  # the session keeps its first passing crop as the start identity
             self._first_vec = self.embedder.embed_one(aligned).vector
