@@ -98,12 +98,12 @@ def test_conversion_reproduces_the_pin_and_agrees_with_the_numpy_reference(bde, 
 
 def test_face_chip_maps_points_onto_the_template():
     t5 = embed2.chip_template(5)
-    ang, s, sh = 0.2, 1.7, np.array([60.0, 90.0])
+    ang, s, sh = 0.2, 1.3, np.array([60.0, 10.0])
     r = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
     pts = (t5 @ r.T) * s + sh
     img = np.zeros((300, 300, 3), np.uint8)
     for p in pts:
-        cv2.circle(img, tuple(int(round(v)) for v in p), 3, (255, 255, 255), -1)
+        cv2.circle(img, tuple(int(round(v)) for v in p), 7, (255, 255, 255), -1)
     chip = embed2.face_chip(img, pts)
     assert chip.shape == (150, 150, 3)
     for q in t5:                          # each point lands on its template position

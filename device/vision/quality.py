@@ -133,6 +133,10 @@ class BestFrames:
         self._wipe_item(item)
         return False
 
+    def would_keep(self, score: float) -> bool:
+        """Whether offer(score, ...) would keep the crop (so a caller makes its chip only then)."""
+        return len(self._heap) < self.k or float(score) > self._heap[0][0]
+
     @staticmethod
     def _wipe_item(item) -> None:
         for a in item[2:]:

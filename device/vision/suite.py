@@ -106,7 +106,7 @@ class VisionSuite:
         if aligned is None:
             return None
         chip = None
-        if self.embedder2 is not None:       # the second embedder's chip, from the frame on the same points
+        if self.embedder2 is not None and best.would_keep(q.score):   # its chip, from the frame, same points
             from device.vision.align import mesh_points
             pts = mesh_points(obs.landmarks) if obs.landmarks is not None else obs.keypoints[:4]
             chip = embed2.face_chip(rgb, pts)
