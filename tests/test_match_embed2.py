@@ -153,3 +153,24 @@ def test_session_with_the_second_embedder_fuses_and_wipes(shared_data, model_dir
     assert v["result"] == "fail" and "face_mismatch" in v["reasons"]
     assert v["scores"]["similarity"] < cfg.match.threshold
     assert all(rt.inputs_are_zero() for rt in suite.runtimes)
+
+
+def test_eval_match_second_embedder_json(shared_data, model_dir, model2, capsys):
+    """`kyc-edge eval match --second-embedder` prints the fused figures, each embedder's own, and its cost."""
+    import argparse
+    import json
+    from kyc_tools.eval.commands_match import register_eval
+    p = argparse.ArgumentParser()
+    register_eval(p.add_subparsers(dest="cmd"))
+    lfw = shared_data / "lfw-dev"
+    args = p.parse_args(["match", "--pairs", str(lfw / "pairs.csv"), "--images", str(lfw / "images"),
+                         "--limit", "20", "--models-dir", str(model_dir), "--threshold", "0.43",
+                         "--second-embedder", "--card-style"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["second_embedder"]["model"] == model2.name
+    assert out["second_embedder"]["fusion_weight"] == MatchConfig().fusion_weight
+    assert 0 < out["second_embedder"]["cpu_ms_per_pair"] < 1000
+    assert set(out["components"]) == {"primary", "second"}
+    assert out["accuracy"] >= 0.9 and out["components"]["second"]["accuracy"] >= 0.85
+    assert out["at_threshold"]["far"] <= 0.1 and out["at_threshold"]["tar"] >= 0.8

@@ -126,6 +126,7 @@ class PairScorer:
         self.det, self.emb, self.card, self.lmk = detector, embedder, card_style_first, landmarker
         self.second, self.weight = second, float(fusion_weight)
         self.components = None       # (MobileFaceNet cosine, second embedder cosine) of the last score()
+        self.second_cpu_s = 0.0      # thread CPU time spent on the second embedder (chips + calls)
 
     def live_face(self, rgb, on_points=None):
         """As the session aligns a tracked frame: FaceMesh's 5 points, else BlazeFace's keypoints."""
@@ -155,10 +156,14 @@ class PairScorer:
         on_card = on_live = None
         if self.second is not None:     # the second embedder's chips, on the same points (VisionSuite)
             def on_card(img, pts):
+                t = time.thread_time()
                 chips["card"].append(embed2.face_chip(img, pts))
+                self.second_cpu_s += time.thread_time() - t
 
             def on_live(img, pts):
+                t = time.thread_time()
                 chips["live"].append(embed2.face_chip(img, pts))
+                self.second_cpu_s += time.thread_time() - t
         self.components = None
         card = prepare_card_face(self.det, img1 if card_ready else self.make_card(img1), landmarker=self.lmk,
                                  on_points=on_card)
@@ -177,7 +182,9 @@ class PairScorer:
         c.wipe()
         v.wipe()
         if self.second is not None:     # card chip with its mirror (one call), live chip (one call)
+            t = time.thread_time()
             c2, v2 = self.second.embed_card(chips["card"][-1]), self.second.embed(chips["live"][-1:])
+            self.second_cpu_s += time.thread_time() - t
             s2 = cosine(v2.vector, c2.vector)
             c2.wipe()
             v2.wipe()
@@ -270,6 +277,9 @@ def run_match_eval(args) -> dict:
                                "far": float((s[y == 0] >= thr).mean())}
     if second is not None:
         out["second_embedder"] = {"model": Path(second.options.model_path).name, "fusion_weight": weight,
+                                  # thread CPU per pair: chips of both sides, the card call (chip + mirror)
+                                  # and one live call: what a session adds with match.second_top_k = 2
+                                  "cpu_ms_per_pair": round(1000.0 * scorer.second_cpu_s / len(rows), 2),
                                   "calibration": {"a": embed2.CAL_A, "b": embed2.CAL_B},
                                   "chip": {"scale": embed2.CHIP_SCALE, "centre": list(embed2.CHIP_CENTRE)}}
         cs = np.array(comps)
