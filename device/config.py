@@ -117,7 +117,7 @@ class ModelsConfig:
 class MatchConfig:
     threshold: float = opt(0.43, "Cosine similarity at or above which live face and card photo match. Default: FAR <= 1e-3 on LFW folds 1-5 card-style pairs with the FaceMesh-aligned path (FAR=1e-3 points: card-style 0.422, plain 0.423); recalibrate on own chip photos (docs/match.md).", lo=-1, hi=1)
     top_k: int = opt(3, "Best-quality live frames whose embeddings are averaged.", lo=1, hi=16)
-    second_embedder: bool = opt(False, "Also embed with the second model (dlib ResNet, CC0; role embedder2, built by scripts/build-dlib-embedder) and fuse its calibrated cosine with MobileFaceNet's at score level; `threshold` then applies to the fused score (docs/match.md has the measured gain and cost).")
+    second_embedder: bool = opt(False, "Also embed with the second model (dlib ResNet, CC0; role embedder2, built by scripts/build-dlib-embedder) and fuse its calibrated cosine with MobileFaceNet's at score level; `threshold` then applies to the fused score (docs/match.md has the measured gain and cost). Read when the models are loaded (daemon start): a reload does not load or drop the model.")
     fusion_weight: float = opt(0.3, "Weight of the second embedder's calibrated score in the fused similarity (1 - weight for MobileFaceNet's); 0.3: chosen on LFW folds 1-3 (docs/match.md).", lo=0, hi=1)
     second_top_k: int = opt(2, "Best live frames the second embedder sees (its model's batch is 2: one call for 2).", lo=1, hi=16)
 

@@ -133,7 +133,7 @@ def test_fused_score_matched_above_and_mismatched_below_threshold(scorer, lfw):
 
 def test_session_with_the_second_embedder_fuses_and_wipes(shared_data, model_dir, model2):
     """A whole offline session with match.second_embedder on: the genuine card passes, an impostor's
-    card fails face_mismatch, and afterwards every interpreter input (the second embedder's too) is zero."""
+    card fails face_mismatch, and afterwards no interpreter (the second embedder too) holds a face."""
     from device import config as C
     from device.offline import fabricated_card, run_offline
     from device.vision.suite import VisionSuite
@@ -148,11 +148,11 @@ def test_session_with_the_second_embedder_fuses_and_wipes(shared_data, model_dir
     assert v["result"] == "pass", v
     assert v["scores"]["similarity"] >= cfg.match.threshold
     assert v["models"]["embedder2"].startswith("dlib_resnet_v1@")
-    assert all(rt.inputs_are_zero() for rt in suite.runtimes)
+    assert all(rt.holds_no_face() for rt in suite.runtimes)
     v = run_offline(cfg, fabricated_card(impostor_photo(shared_data)), ["blink"], vision=suite)
     assert v["result"] == "fail" and "face_mismatch" in v["reasons"]
     assert v["scores"]["similarity"] < cfg.match.threshold
-    assert all(rt.inputs_are_zero() for rt in suite.runtimes)
+    assert all(rt.holds_no_face() for rt in suite.runtimes)
 
 
 def test_eval_match_second_embedder_json(shared_data, model_dir, model2, capsys):
