@@ -176,3 +176,37 @@ def test_eval_match_second_embedder_json(shared_data, model_dir, model2, capsys)
     assert set(out["components"]) == {"primary", "second"}
     assert out["accuracy"] >= 0.9 and out["components"]["second"]["accuracy"] >= 0.85
     assert out["at_threshold"]["far"] <= 0.1 and out["at_threshold"]["tar"] >= 0.8
+
+
+@pytest.mark.parametrize("second", [False, True], ids=["mobilefacenet", "fused"])
+def test_calibrate_match_prints_counts_and_thresholds_only(shared_data, model_dir, model2, tmp_path, second):
+    """`kyc-edge calibrate-match` on 12 real LFW pairs through the session's match path: the genuine and
+    impostor scores fall on both sides of the printed thresholds, and nothing but counts and thresholds
+    is printed (no file name, no per-pair score)."""
+    import json
+    import subprocess
+    import sys
+    lfw = shared_data / "lfw-dev"
+    rows = list(csv.DictReader(open(lfw / "pairs.csv")))
+    pick = [r for r in rows if r["same"] == "1"][:6] + [r for r in rows if r["same"] == "0"][:6]
+    pairs = tmp_path / "pairs.csv"
+    with open(pairs, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["img1", "img2", "same"])
+        w.writeheader()
+        for r in pick:
+            w.writerow({"img1": r["img1"], "img2": r["img2"], "same": r["same"]})
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'[models]\ndir = "{model_dir}"\n[match]\nsecond_embedder = {"true" if second else "false"}\n')
+    r = subprocess.run([sys.executable, "-m", "device.cli", "calibrate-match", "--config", str(conf),
+                        "--pairs", str(pairs), "--images", str(lfw / "images")],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["pairs"] == 12 and out["genuine"] == 6 and out["impostor"] == 6 and out["failure_to_enrol"] == 0
+    assert out["second_embedder"] is second and ("embedder2" in out["models"]) is second
+    assert sum(out["histogram"]["genuine"]) == 6 and sum(out["histogram"]["impostor"]) == 6
+    assert out["at_configured"]["far"] == 0 and out["at_configured"]["tar"] == 1.0
+    assert out["tar_at_far_1e-3"] == 1.0 and out["threshold_at_far_1e-3"] < MatchConfig().threshold
+    for row in pick:                                           # no file name or person in the output
+        for name in (row["img1"], row["img2"]):
+            assert name not in r.stdout and name.rsplit("_", 1)[0] not in r.stdout
