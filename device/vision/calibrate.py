@@ -16,15 +16,15 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
-
+# numpy, cv2 and the models are imported inside the functions: the CLI imports this module (register)
+# for every verb
 FARS = (1e-2, 1e-3)
-BINS = np.round(np.arange(-0.2, 1.0001, 0.05), 2)
+BINS = tuple(round(-0.2 + 0.05 * i, 2) + 0.0 for i in range(25))      # lower bin edges, -0.2 .. 1.0
 
 
-def threshold_at_far(impostor: np.ndarray, far: float) -> float | None:
+def threshold_at_far(impostor, far: float) -> float | None:
     """The lowest threshold at which at most far * N impostor scores are >= it (None without impostors)."""
+    import numpy as np
     if impostor.size == 0:
         return None
     desc = np.sort(impostor)[::-1]
@@ -34,6 +34,7 @@ def threshold_at_far(impostor: np.ndarray, far: float) -> float | None:
 
 def summarise(scores: list[float | None], same: list[int], threshold: float) -> dict:
     """Counts and thresholds only. A pair without a face on either side scores as a rejection."""
+    import numpy as np
     y = np.array(same, bool)
     ok = np.array([s is not None for s in scores])
     s = np.array([-1.0 if v is None else float(v) for v in scores])
@@ -50,7 +51,7 @@ def summarise(scores: list[float | None], same: list[int], threshold: float) -> 
         out[f"threshold_at_far_{tag}"] = t
         out[f"tar_at_far_{tag}"] = float((gen >= t).mean()) if t is not None and gen.size else None
     edges = np.concatenate([[-np.inf], BINS[1:], [np.inf]])
-    out["histogram"] = {"bin_lower_edges": [float(b) + 0.0 for b in BINS],
+    out["histogram"] = {"bin_lower_edges": list(BINS),
                         "genuine": np.histogram(gen, edges)[0].tolist(),
                         "impostor": np.histogram(imp, edges)[0].tolist()}
     if imp.size < 1000:
@@ -58,7 +59,7 @@ def summarise(scores: list[float | None], same: list[int], threshold: float) -> 
     return out
 
 
-def pair_score(suite, card_rgb: np.ndarray, live_rgb: np.ndarray) -> float | None:
+def pair_score(suite, card_rgb, live_rgb) -> float | None:
     """The session's match on one pair: the card path, the live face as one best frame, match()."""
     from device.vision import embed2
     from device.vision.embed import prepare_card_face
@@ -88,6 +89,8 @@ def pair_score(suite, card_rgb: np.ndarray, live_rgb: np.ndarray) -> float | Non
 
 
 def run(cfg, model_dir: Path, pairs: Path, images: Path) -> dict:
+    import cv2
+    import numpy as np
     from device.vision.suite import VisionSuite
     suite = VisionSuite.create(cfg, model_dir)
     scores, same = [], []
