@@ -137,6 +137,7 @@ class LivenessConfig:
     count: int = opt(2, "Challenges per session.", lo=0, hi=6)
     challenge_timeout_s: float = opt(8.0, "Time allowed for each challenge.", lo=0.5, hi=120)
     face_lost_s: float = opt(1.5, "Face may be out of view this long before `face_lost`.", lo=0.05, hi=60)
+    multiple_faces_grace_s: float = opt(1.5, "A second face in view: the customer gets the `one_face_only` hint at once and has this long to clear the view before `multiple_faces`; meanwhile nothing counts (challenges paused, no match frame) and a match frame taken after it must confirm the identity. 0 = fail at the first second face.", lo=0, hi=10)
     turn_yaw_deg: float = opt(18.0, "Yaw a head turn must reach.", lo=5, hi=80)
     blink_min_s: float = opt(0.04, "Shortest eye closure that counts as a blink.", lo=0, hi=2)
     blink_max_s: float = opt(1.5, "Longest eye closure that counts as a blink.", lo=0.05, hi=10)
