@@ -82,3 +82,21 @@ def test_covered_fraction_separates_a_drawn_mask(shared_data, suite):
     covered = covered_fraction(align_face(masked, f2.keypoints))
     assert plain is not None and covered is not None
     assert plain < 0.3 and covered > 0.9, (plain, covered)
+
+
+def test_a_skin_coloured_mask_is_caught_by_structure_not_colour(shared_data, suite):
+    """skin_beige is close to the skin's chroma (the colour cue misses it); the mouth-and-chin structure
+    cue (occlusion.lower_texture) sees that there is no mouth; the unmasked face has one."""
+    from tests.faces import impostor_photo
+    from device.vision.align import align_face
+    from device.vision.occlusion import MIN_TEXTURE, lower_face_covered, lower_texture
+    rgb = impostor_photo(shared_data)
+    f = max(suite.detector.detect(rgb).faces, key=lambda f: f.score)
+    plain = align_face(rgb, f.keypoints)
+    masked_rgb = draw_mask(rgb, f.keypoints, MASK_COLOURS["skin_beige"])
+    g = max(suite.detector.detect(masked_rgb).faces, key=lambda f: f.score)
+    masked = align_face(masked_rgb, g.keypoints)
+    assert covered_fraction(masked) < 0.9                  # colour alone: not covered
+    assert lower_texture(masked) < MIN_TEXTURE < lower_texture(plain)
+    assert lower_face_covered(masked, 0.9) and not lower_face_covered(plain, 0.9)
+    assert not lower_face_covered(masked, 0.9, min_texture=0.0)    # the texture cue off: missed again
