@@ -223,7 +223,7 @@ class DisplayConfig:
 
 @dataclass(frozen=True)
 class ConsentConfig:
-    required: bool = opt(False, "After the card is read, wait for the customer's separate consent (display button or operator `cmd/consent`) before any frame is analysed.")
+    required: bool = opt(True, "After the card is read, wait for the customer's separate consent (display button or operator `cmd/consent`) before any frame is analysed; `false` only where consent is taken outside the box (and for tests, benches and evaluations that drive sessions with nobody at the counter).")
     timeout_s: float = opt(60.0, "No answer within this time ends the session (`consent_timeout`).", lo=1, hi=3600)
     notice_version: str = opt("notice-2025-06", "Version token of the notice shown; a consent must name it.")
     notice_zh: str = opt("本柜台将采集您的人脸图像，仅用于与您身份证芯片照片进行比对，以核验您的身份。比对在本机完成，图像不会保存或传出，比对结束后立即删除。您可以拒绝，并选择不使用人脸识别的其他核验方式。", "Notice text in Chinese.")
