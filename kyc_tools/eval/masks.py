@@ -4,8 +4,13 @@ Masks are synthetic: a face-mask shape drawn over the lower face of real faces (
 of the blink video), in the ArcFace template's coordinates mapped back into the image through the
 inverse alignment, with shading and pleat lines, in several colours. Each masked image then goes the
 device's way: BlazeFace on the whole image -> alignment -> the covered check. Reported per colour:
-detection rate (the face is still found), covered rate (the check fires, of the faces found); and on
-the same faces unmasked: the false-alarm rate. Nothing is written to disk.
+detection rate (the face is still found), covered rate (the check fires, of the faces found), and
+each cue's share (colour: covered_fraction; structure: lower_texture); and on the same faces
+unmasked: the false-alarm rate. `*_fabric` masks add folds, weave and grain (a flat synthetic surface
+is trivially textureless). `--offset` picks the LFW images (the texture threshold was tuned on the
+first 200, `--offset 200 --limit 200` is the confirmation half). With `--pairs N`, masks the check
+misses go through the match against the same person's card-style photo (missed_masks_match).
+Nothing is written to disk.
 """
 from __future__ import annotations
 
