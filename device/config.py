@@ -128,7 +128,7 @@ class QualityConfig:
     min_brightness: float = opt(40.0, "Minimum mean grey level of the aligned face.", lo=0, hi=255)
     max_brightness: float = opt(220.0, "Maximum mean grey level of the aligned face.", lo=0, hi=255)
     min_ear: float = opt(0.18, "Eyes count as open above this eye aspect ratio.", lo=0, hi=1)
-    max_covered: float = opt(0.9, "Share of the lower face (mouth, chin) unlike the upper face's skin at or above which the face counts as covered (`face_covered`: a mask); 1 turns the check off. Measured by `kyc-edge eval mask`.", lo=0, hi=1)
+    max_covered: float = opt(0.9, "Share of the lower face (mouth, chin) unlike the upper face's skin at or above which the face counts as covered (`face_covered`: a mask); a lower face without a mouth's structure counts as covered too (device/vision/occlusion.py). 1 turns the whole check off. Measured by `kyc-edge eval mask`.", lo=0, hi=1)
 
 
 @dataclass(frozen=True)

@@ -110,13 +110,14 @@ def _masks():
 
 
 def evaluate(shared_data: Path, model_dir: Path, limit: int = 400, threshold: float | None = None,
-             offset: int = 0, pairs: int = 0) -> dict:
+             offset: int = 0, pairs: int = 0, min_texture: float | None = None) -> dict:
     from device import models as models_mod
     from device.vision.detect import DetectorOptions, FaceDetector
     from device.vision.occlusion import MIN_TEXTURE, covered_fraction, lower_texture
 
     cfg = config_mod.from_dict({})
     thr = cfg.quality.max_covered if threshold is None else threshold
+    min_tx = MIN_TEXTURE if min_texture is None else min_texture      # 0: the colour cue alone
     paths = models_mod.resolve(Path(model_dir), cfg.models.set, cfg.models.detector)
     det = FaceDetector.create(DetectorOptions(str(paths["detector"])))
 
@@ -128,7 +129,7 @@ def evaluate(shared_data: Path, model_dir: Path, limit: int = 400, threshold: fl
         aligned = align_face(rgb, max(faces, key=lambda f: f.score).keypoints)
         fr, tx = covered_fraction(aligned), lower_texture(aligned)
         colour = fr is not None and fr >= thr
-        texture = tx is not None and tx < MIN_TEXTURE
+        texture = tx is not None and tx < min_tx
         return True, colour, texture, fr is None and tx is None
 
     def row():
@@ -162,7 +163,7 @@ def evaluate(shared_data: Path, model_dir: Path, limit: int = 400, threshold: fl
                 s["masked"] += 1
                 s["masked_flagged"] += int(flagged)
     u = rows["unmasked"]
-    out = {"threshold": thr, "min_texture": MIN_TEXTURE, "faces": u["n"], "limit": limit, "offset": offset,
+    out = {"threshold": thr, "min_texture": min_tx, "faces": u["n"], "limit": limit, "offset": offset,
            "false_alarm_rate_unmasked": _rate(u["flagged"], u["found"]),
            "false_alarm_rate_unmasked_colour_cue": _rate(u["colour"], u["found"]),
            "false_alarm_rate_unmasked_texture_cue": _rate(u["texture"], u["found"]),
@@ -179,12 +180,13 @@ def evaluate(shared_data: Path, model_dir: Path, limit: int = 400, threshold: fl
                                                sum(rows[n]["found"] for n in strong))
     out["undecidable_unmasked"] = u["undecidable"]
     if pairs:
-        out.update(missed_masks_match(shared_data, model_dir, cfg, thr, pairs))
+        out.update(missed_masks_match(shared_data, model_dir, cfg, thr, pairs, min_tx))
     out["seconds"] = round(time.monotonic() - t0, 1)
     return out
 
 
-def missed_masks_match(shared_data: Path, model_dir: Path, cfg, thr: float, limit: int) -> dict:
+def missed_masks_match(shared_data: Path, model_dir: Path, cfg, thr: float, limit: int,
+                       min_texture: float) -> dict:
     """Masks the check misses, through the device's match path: LFW matched pairs (pairs.csv, same=1,
     spread over the file), img1 made a chip-like card photo (kyc_tools.eval.match.card_style), img2 the
     live face with a mask drawn on. As the session: BlazeFace, then FaceMesh on its box; no landmarks
@@ -242,7 +244,7 @@ def missed_masks_match(shared_data: Path, model_dir: Path, cfg, thr: float, limi
                 c["no_mesh"] += 1
                 continue
             aligned = align_on_mesh(live, lm.landmarks)
-            if lower_face_covered(aligned, thr):
+            if lower_face_covered(aligned, thr, min_texture):
                 c["flagged"] += 1
                 continue
             c["missed"] += 1
@@ -269,7 +271,8 @@ def cmd_mask(args) -> int:
     shared = Path(args.shared)
     print(json.dumps(evaluate(shared / "data" if (shared / "data").exists() else shared,
                               Path(args.models_dir or config_mod.models_dir(config_mod.from_dict({}))),
-                              args.limit, args.threshold, offset=args.offset, pairs=args.pairs), indent=2))
+                              args.limit, args.threshold, offset=args.offset, pairs=args.pairs,
+                              min_texture=args.min_texture), indent=2))
     return 0
 
 
@@ -284,4 +287,6 @@ def register_eval(sub) -> None:
     p.add_argument("--pairs", type=int, default=200,
                    help="LFW matched pairs for the missed-mask match figure (0 = skip)")
     p.add_argument("--threshold", type=float, help="covered fraction (default: config quality.max_covered)")
+    p.add_argument("--min-texture", type=float,
+                   help="structure cue threshold (default: occlusion.MIN_TEXTURE; 0 = the colour cue alone)")
     p.set_defaults(func=cmd_mask)
