@@ -196,6 +196,16 @@ def test_second_face_grace_is_configurable():
         C.from_dict({"liveness": {"multiple_faces_grace_s": -1}})
 
 
+def test_a_lost_frame_does_not_restart_the_grace():
+    """Two faces, a frame where the tracker sees none, two faces again: one spell, its grace counted from
+    the first crowded frame (hiding for a frame does not buy a new 1.5 s)."""
+    script = frames(3) + frames(10, t0=0.3, faces=2) + [empty(1.3)] + frames(7, t0=1.4, faces=2) + \
+        blink_at(frames(15, t0=2.1), 7)
+    v, events = run(script)
+    assert v["reasons"] == ["multiple_faces"], v
+    assert [e.get("state") for e in events if e["event"] == "hint"] == [None]
+
+
 def test_after_a_second_face_a_new_match_frame_must_confirm_the_identity():
     """Frames after the crowded spell never pass the quality gate: the match frames all predate it, so
     nobody confirmed who completed the challenge -> multiple_faces (not a pass)."""

@@ -102,7 +102,7 @@ class LivenessCheck:
             self.crowded_since = t
             self.crowded_spells += 1
             step.events.append({"event": "hint", "prompt": "one_face_only"})
-        elif not crowded and self.crowded_since is not None:
+        elif obs.faces == 1 and self.crowded_since is not None:     # one face seen again (a lost frame, 0, is not)
             self.crowded_since, self.crowd_end_t = None, t
             step.events.append({"event": "hint", "prompt": "one_face_only", "state": "cleared"})
         in_view = obs.faces == 1 and obs.landmarks is not None
