@@ -201,8 +201,10 @@ def test_blink_detector_rejects_too_long_and_tilted_closures():
     for _ in range(40):
         t += 0.05
         assert bd.update(t, 0.15, 0.15, 1.0) is None
-    t += 0.05
-    assert bd.update(t, 0.25, 0.36, 1.0) is None
+    for _ in range(3):       # too long for a blink: given up, the open baseline learnt again
+        t += 0.05
+        assert bd.update(t, 0.25, 0.36, 1.0) is None
+    assert bd.relearned == 1
     # a photo tilted about its horizontal axis: eyes AND face shorten together -> rejected
     for g in (0.8, 0.78):
         t += 0.05
@@ -216,6 +218,35 @@ def test_blink_detector_rejects_too_long_and_tilted_closures():
     t += 0.05
     b = bd.update(t, 0.25, 0.36, 1.0)
     assert b is not None and b.duration == pytest.approx(0.15)
+
+
+def test_blink_detector_relearns_a_baseline_that_no_longer_fits():
+    """A baseline learnt with the head turned (eyes look wider) left the detector 'closed' for the
+    rest of the session once the face turned frontal: every later blink was missed."""
+    bd = BlinkDetector(0.04, 1.5)
+    t = 0.0
+    for _ in range(30):                      # turned: open eyes at 0.34 / 0.42
+        t += 0.05
+        bd.update(t, 0.34, 0.42, 1.0)
+    for _ in range(40):                      # frontal: open eyes at 0.25 / 0.30 (ratio ~0.72)
+        t += 0.05
+        assert bd.update(t, 0.25, 0.30, 1.0) is None
+    assert not bd.closed and bd.relearned == 1
+    for _ in range(3):                       # a real blink at the new level
+        t += 0.05
+        bd.update(t, 0.15, 0.17, 1.0)
+    t += 0.05
+    b = bd.update(t, 0.25, 0.30, 1.0)
+    assert b is not None and b.duration == pytest.approx(0.15)
+
+
+def test_blink_detector_never_learns_closed_eyes_as_open():
+    bd = BlinkDetector(0.04, 1.5)
+    t = 0.0
+    for i in range(200):                     # a closed-eye photo with landmark noise
+        t += 0.05
+        assert bd.update(t, 0.10 + 0.03 * (i % 3), 0.12 + 0.04 * (i % 2), 1.0) is None
+    assert bd._baseline(0) is None and bd._baseline(1) is None
 
 
 class _R:

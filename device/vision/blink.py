@@ -20,6 +20,13 @@ Anti-print check: tilting a flat photo about its horizontal axis also shortens t
 blink does not change the face's vertical proportions, so a closure during which the ratio
 (eyes-to-mouth distance / inter-ocular distance) falls below `geom_min_ratio` x its open baseline is
 discarded (`rejected` counter).
+
+Re-learning: the baseline is learnt only from open frames, so a baseline learnt at another pose or
+distance (a head held turned, eyes then look narrower frontally) once left the detector "closed"
+for the rest of a session, blind to every later blink (sessions-dev webcam clips). A closure longer
+than `max_s` is no blink: the detector gives it up, forgets the baseline and learns it again from
+the next open frames. Only values above the open-eye floors are learnt, so a long true closure (or
+a closed-eye photo) never becomes the baseline.
 """
 from __future__ import annotations
 
@@ -66,6 +73,7 @@ class BlinkDetector:
         self._max_gap = 0.0
         self.rejected = 0
         self.rejected_sparse = 0
+        self.relearned = 0
         self.ratio: float | None = None
 
     def _baseline(self, k: int) -> float | None:
@@ -84,6 +92,11 @@ class BlinkDetector:
             return None
         gap = 0.0 if self._last_t is None else t - self._last_t
         self._last_t = t
+        if self.closed and t - self._t_close > self.max_s:
+            self.closed = False            # too long for a blink: the baseline no longer fits
+            self.relearned += 1
+            for h in self._hist:
+                h.clear()
         ratios = []
         for k, v in ((0, ear_mesh), (1, ear_iris)):
             if v is None:
@@ -121,7 +134,7 @@ class BlinkDetector:
         if not self.closed and (ratio is None or ratio > self.open_ratio):
             # open-eye frame: learn the baseline
             for k, v in ((0, ear_mesh), (1, ear_iris), (2, geom)):
-                if v is None:
+                if v is None or (k < 2 and v < self.min_open[k]):
                     continue
                 h = self._hist[k]
                 h.append((t, float(v)))
