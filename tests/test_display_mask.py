@@ -109,10 +109,11 @@ def test_eval_mask_reports_each_cue_and_how_missed_masks_match(shared_data, mode
     out = evaluate(shared_data, model_dir, limit=8, pairs=4)
     assert set(MASK_COLOURS) | set(FABRIC_MASKS) == set(out["per_mask"])
     beige = out["per_mask"]["skin_beige"]
-    assert beige["covered_rate_texture_cue"] > beige["covered_rate_colour_cue"], beige
+    assert beige["covered_rate_structure_cue"] > beige["covered_rate_colour_cue"], beige
     assert out["match_pairs"] == 4 and "missed_masks_match_rate" in out
     for name, c in out["match_per_mask"].items():
         assert c["found"] == c["no_mesh"] + c["flagged"] + c["missed"] and c["missed_match"] <= c["missed"], (name, c)
     assert out["match_per_mask"]["unmasked"]["missed_match"] >= 3      # genuine pairs, no mask: they match
     colour_only = evaluate(shared_data, model_dir, limit=8, pairs=0, min_texture=0.0)
-    assert colour_only["per_mask"]["skin_beige"]["covered_rate_texture_cue"] == 0.0
+    assert colour_only["per_mask"]["skin_beige"]["covered_rate_structure_cue"] == 0.0
+    assert colour_only["per_mask"]["skin_beige"]["covered_rate_flat_cue"] == 0.0

@@ -15,7 +15,12 @@ the mouth-and-chin region over that of the eyes-and-brows band, which a mask lea
 takes out the camera's sharpness and contrast). Below MIN_TEXTURE the lower face counts as covered
 whatever its colour: this is what catches a skin-coloured mask. Tuned on the first 200 LFW dev faces of
 `kyc-edge eval mask` (false alarms 0.5 %), confirmed on the next 200 (docs/liveness.md). Unmasked
-blink-video frames (a real camera): lowest ratio 0.50.
+real camera frames (blink video, head-pose clips, sessions-dev genuine: 2,104 tracked): none flagged.
+
+A third cue joins the two: weak structure (lower_texture < WEAK_TEXTURE, 0.40) together with one flat
+colour (lower_chroma_spread < MAX_CHROMA_SPREAD: the chroma barely varies over mouth and chin, where
+lips would redden it) - a folded cloth mask, whose folds give it some structure but no lips. Neither
+alone is safe (chroma spread alone: 2 % false alarms), together they keep the tuning half's 0.5 %.
 
 Known limits: the masks of the eval are synthetic; a smooth one is trivially flat, so the eval also
 draws `*_fabric` masks (folds, weave, grain), which this cue catches less often. A grey-scale camera
@@ -36,6 +41,10 @@ CR_BELOW, CR_ABOVE, CB_TOL = 10.0, 26.0, 16.0  # the skin-like box around the re
 MIN_CHROMA = 6.0         # reference skin this close to grey (a grey-scale / IR camera): cannot tell
 MIN_TEXTURE = 0.30       # lower_texture below this: covered (LFW dev faces: 1st percentile 0.35)
 MIN_REF_TEXTURE = 4.0    # eyes band flatter than this (a blurred, dark or blank crop): cannot tell
+# the third cue, both at once: weak structure (lower_texture < WEAK_TEXTURE) and one flat colour
+# (lower_chroma_spread < MAX_CHROMA_SPREAD: no lips' red against the skin); a cloth mask with folds
+WEAK_TEXTURE = 0.40
+MAX_CHROMA_SPREAD = 5.0
 
 
 def covered_fraction(aligned: np.ndarray) -> float | None:
@@ -67,11 +76,30 @@ def lower_texture(aligned: np.ndarray) -> float | None:
     return float(gx[_LOWER].mean()) / ref
 
 
-def lower_face_covered(aligned: np.ndarray, threshold: float, min_texture: float = MIN_TEXTURE) -> bool:
-    """Covered when the lower face's colour is unlike the skin (covered_fraction >= threshold) or it
-    lacks a mouth's structure (lower_texture < min_texture; 0 turns that cue off)."""
+def lower_chroma_spread(aligned: np.ndarray) -> float:
+    """Std of Cr plus std of Cb over mouth and chin after a 2-px Gaussian (grain out): lips make it
+    large; one dyed cloth, however folded, keeps it small. Meaningless on a grey-scale camera (the
+    caller checks covered_fraction is not None first)."""
+    ycc = cv2.cvtColor(cv2.GaussianBlur(np.ascontiguousarray(aligned), (0, 0), 2.0),
+                       cv2.COLOR_RGB2YCrCb).astype(np.float32)[_LOWER]
+    return float(ycc[..., 1].std() + ycc[..., 2].std())
+
+
+def cues(aligned: np.ndarray, threshold: float, min_texture: float = MIN_TEXTURE) -> dict:
+    """Which cue says covered: `colour` (covered_fraction >= threshold), `structure` (lower_texture <
+    min_texture), `flat` (lower_texture < WEAK_TEXTURE and lower_chroma_spread < MAX_CHROMA_SPREAD);
+    `undecidable` when neither colour nor structure can be measured. min_texture 0: colour alone."""
     f = covered_fraction(aligned)
-    if f is not None and f >= threshold:
-        return True
     t = lower_texture(aligned) if min_texture > 0 else None
-    return t is not None and t < min_texture
+    return {"colour": f is not None and f >= threshold,
+            "structure": t is not None and t < min_texture,
+            "flat": f is not None and t is not None and t < WEAK_TEXTURE
+            and lower_chroma_spread(aligned) < MAX_CHROMA_SPREAD,
+            "undecidable": f is None and t is None}
+
+
+def lower_face_covered(aligned: np.ndarray, threshold: float, min_texture: float = MIN_TEXTURE) -> bool:
+    """Covered when the lower face's colour is unlike the skin, or it lacks a mouth's structure, or it
+    is one flat colour with weak structure (`cues`); min_texture 0 leaves the colour cue alone."""
+    c = cues(aligned, threshold, min_texture)
+    return c["colour"] or c["structure"] or c["flat"]

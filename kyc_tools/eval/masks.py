@@ -113,7 +113,7 @@ def evaluate(shared_data: Path, model_dir: Path, limit: int = 400, threshold: fl
              offset: int = 0, pairs: int = 0, min_texture: float | None = None) -> dict:
     from device import models as models_mod
     from device.vision.detect import DetectorOptions, FaceDetector
-    from device.vision.occlusion import MIN_TEXTURE, covered_fraction, lower_texture
+    from device.vision.occlusion import MIN_TEXTURE, cues
 
     cfg = config_mod.from_dict({})
     thr = cfg.quality.max_covered if threshold is None else threshold
@@ -122,18 +122,14 @@ def evaluate(shared_data: Path, model_dir: Path, limit: int = 400, threshold: fl
     det = FaceDetector.create(DetectorOptions(str(paths["detector"])))
 
     def verdicts(rgb):
-        """(found, colour cue fired, texture cue fired, undecidable) on the detector's alignment."""
+        """(found, {cue: fired}) on the detector's alignment (occlusion.cues)."""
         faces = det.detect(rgb).faces
         if not faces:
-            return False, False, False, False
-        aligned = align_face(rgb, max(faces, key=lambda f: f.score).keypoints)
-        fr, tx = covered_fraction(aligned), lower_texture(aligned)
-        colour = fr is not None and fr >= thr
-        texture = tx is not None and tx < min_tx
-        return True, colour, texture, fr is None and tx is None
+            return False, {}
+        return True, cues(align_face(rgb, max(faces, key=lambda f: f.score).keypoints), thr, min_tx)
 
     def row():
-        return {"n": 0, "found": 0, "flagged": 0, "colour": 0, "texture": 0, "undecidable": 0}
+        return {"n": 0, "found": 0, "flagged": 0, "colour": 0, "structure": 0, "flat": 0, "undecidable": 0}
 
     t0 = time.monotonic()
     masks = _masks()
@@ -148,14 +144,13 @@ def evaluate(shared_data: Path, model_dir: Path, limit: int = 400, threshold: fl
         s["faces"] += 1
         for j, (name, colour, fabric) in enumerate([("unmasked", None, False)] + masks):
             img = rgb if colour is None else draw_mask(rgb, kp, colour, seed=(i + offset) * 31 + j - 1, fabric=fabric)
-            found, by_colour, by_texture, undecidable = verdicts(img)
+            found, c = verdicts(img)
             r = rows[name]
             r["n"] += 1
             r["found"] += int(found)
-            r["colour"] += int(by_colour)
-            r["texture"] += int(by_texture)
-            r["undecidable"] += int(undecidable)
-            flagged = by_colour or by_texture
+            for k in ("colour", "structure", "flat", "undecidable"):
+                r[k] += int(bool(c.get(k)))
+            flagged = bool(c.get("colour") or c.get("structure") or c.get("flat"))
             r["flagged"] += int(flagged)
             if colour is None:
                 s["false_alarms"] += int(flagged)
@@ -166,14 +161,16 @@ def evaluate(shared_data: Path, model_dir: Path, limit: int = 400, threshold: fl
     out = {"threshold": thr, "min_texture": min_tx, "faces": u["n"], "limit": limit, "offset": offset,
            "false_alarm_rate_unmasked": _rate(u["flagged"], u["found"]),
            "false_alarm_rate_unmasked_colour_cue": _rate(u["colour"], u["found"]),
-           "false_alarm_rate_unmasked_texture_cue": _rate(u["texture"], u["found"]),
+           "false_alarm_rate_unmasked_structure_cue": _rate(u["structure"], u["found"]),
+           "false_alarm_rate_unmasked_flat_cue": _rate(u["flat"], u["found"]),
            "per_mask": {}, "by_source": by_source}
     for name, _, _ in masks:
         r = rows[name]
         out["per_mask"][name] = {"detection_rate": _rate(r["found"], r["n"]),
                                  "covered_rate": _rate(r["flagged"], r["found"]),
                                  "covered_rate_colour_cue": _rate(r["colour"], r["found"]),
-                                 "covered_rate_texture_cue": _rate(r["texture"], r["found"]),
+                                 "covered_rate_structure_cue": _rate(r["structure"], r["found"]),
+                                 "covered_rate_flat_cue": _rate(r["flat"], r["found"]),
                                  "undecidable": r["undecidable"]}
     strong = [n for n in MASK_COLOURS if n != "skin_beige"]
     out["covered_rate_non_skin_masks"] = _rate(sum(rows[n]["flagged"] for n in strong),
