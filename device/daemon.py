@@ -82,7 +82,6 @@ class Daemon:
             "verdicts": self.verdicts,
             "bundle_version": self.agent.bundle_version if self.agent else 0,
             "software_version": _software_version(),
-            "cpu_temp_c": _cpu_temp(),
             "storage": self.storage_state or "ok",
         }
 
@@ -181,9 +180,8 @@ class Daemon:
 
     # ------------------------------------------------------------------ start-up
     def _start(self) -> int:
-        from device.link.mqtt import Link
-
         from device import store as store_mod
+        from device import wiring
 
         cfg = self.cfg
         state = Path(cfg.device.state_dir)
@@ -208,13 +206,13 @@ class Daemon:
         self.model_dir = slots.model_dir(bundle, self.factory_models)
         outbox_file = config_mod.outbox_path(cfg)       # [outbox] path, else <state_dir>/outbox.sqlite
         try:
-            self.outbox, recovery = store_mod.open_outbox(outbox_file, cfg.outbox.max_rows)
+            self.outbox, recovery = wiring.outbox(cfg)
         except (OSError, sqlite3.Error) as e:
             raise StartupRefused(f"state: cannot open {outbox_file} for writing ({_why(e)})") from None
-        self.link = Link(cfg, self.outbox, health=self.health, on_command=self.on_command, signer=self.signer)
+        self.link = wiring.link(cfg, self.outbox, health=self.health, on_command=self.on_command, signer=self.signer)
         if recovery is not None:
             self._alarm("outbox_recovered", True)
-        self.store = store_mod.VerdictStore(self.signer, self.outbox, state, alarm=self._alarm, kick=self.link.kick)
+        self.store = wiring.verdict_store(self.signer, self.outbox, state, alarm=self._alarm, kick=self.link.kick)
         store_mod.ensure_ballast(state, cfg.storage.ballast_bytes, cfg.storage.reserve_bytes)
         self._check_storage(force=True)
         _check_password_file(cfg)
@@ -225,16 +223,13 @@ class Daemon:
             self.display = DisplayClient(cfg.display.socket, on_answer=self.consent_box.offer).start()
 
         self.status("loading models")
-        from device.vision.suite import VisionSuite
-        self.vision = VisionSuite.create(cfg, self.model_dir)
+        self.vision = wiring.vision(cfg, self.model_dir)
 
         self.status("opening camera")
-        from device.camera import open_source
-        self.camera = open_source(cfg.camera)
+        self.camera = wiring.camera(cfg)
 
         self.status("opening card reader")
-        from device.cardreader.reader import CardReader
-        self.reader = CardReader(cfg.reader)
+        self.reader = wiring.reader(cfg)
         if cfg.reader.photo_decoder == "auto" and not cfg.reader.wlt_library:
             # auto without a WLT library: BMP/JPEG photos decode, a real card's WLT photo cannot
             log.warning("reader.photo_decoder = 'auto' but reader.wlt_library is not set: cards whose chip "
@@ -282,11 +277,11 @@ class Daemon:
 
     def _apply_bundle(self, bundle_dir: Path | None) -> None:
         """Hot swap between sessions (the agent calls this from poll(), on the main loop)."""
+        from device import wiring
         from device.fleet import slots
-        from device.vision.suite import VisionSuite
         new_cfg = slots.merged_config(self.base_cfg, bundle_dir)
         model_dir = slots.model_dir(bundle_dir, self.factory_models)
-        vision = VisionSuite.create(new_cfg, model_dir)     # raises: the agent rolls back
+        vision = wiring.vision(new_cfg, model_dir)          # raises: the agent rolls back
         self.vision, self.cfg, self.model_dir = vision, new_cfg, model_dir
         log.info("fleet: pipeline swapped to bundle %s", getattr(self.agent, "bundle_version", "?"))
 
@@ -520,9 +515,10 @@ def _prepare_state_dir(state: Path) -> None:
 
 
 def _load_signer(state: Path):
-    from device.verdict import KEY_FILE, Signer, VerdictError
+    from device import wiring
+    from device.verdict import KEY_FILE, VerdictError
     try:
-        return Signer.load_or_create(state)
+        return wiring.signer(state)
     except (ValueError, TypeError, VerdictError) as e:
         raise StartupRefused(f"state: the signing key {state / KEY_FILE} is corrupt or truncated "
                              f"({type(e).__name__}); move it aside to make a new key at the next start "
@@ -543,9 +539,3 @@ def _software_version() -> str:
     from device import __version__
     return __version__
 
-
-def _cpu_temp() -> float | None:
-    try:
-        return round(int(Path("/sys/class/thermal/thermal_zone0/temp").read_text().strip()) / 1000.0, 1)
-    except (OSError, ValueError):
-        return None

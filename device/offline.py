@@ -41,9 +41,7 @@ def offline_config(args) -> config_mod.Config:
         cfg = config_mod.load(args.config)
     else:
         cfg = config_mod.from_dict({})
-    changes = {"camera.backend": "replay", "camera.replay.path": args.video,
-               "camera.replay.pace": "fast", "camera.replay.loop": False,
-               "camera.stall_s": 30.0, "camera.lost_s": 60.0}
+    changes = {}
     if getattr(args, "models_dir", None):
         changes["models.dir"] = args.models_dir
     else:
@@ -51,18 +49,18 @@ def offline_config(args) -> config_mod.Config:
         changes["models.dir"] = str(find_model_dir(configured=cfg.models.dir))
     if getattr(args, "model_set", None):
         changes["models.set"] = args.model_set
-    return config_mod.replace(cfg, **changes)
+    from device import wiring
+    return wiring.offline_replay(cfg, args.video, **changes)
 
 
 def run_offline(cfg: config_mod.Config, card, challenges=None, vision=None, events=None) -> dict:
     """One Session over a replay camera; returns the verdict (nothing is signed or stored)."""
-    from device.camera import open_source
+    from device import wiring
     from device.session import Session
-    from device.vision.suite import VisionSuite
 
-    vision = vision or VisionSuite.create(cfg, config_mod.models_dir(cfg))
+    vision = vision or wiring.vision(cfg)
     out: list[dict] = []
-    with open_source(cfg.camera) as cam:
+    with wiring.camera(cfg) as cam:
         Session(cfg, reader=None, camera=cam, vision=vision, sink=out.append,
                 events=events or (lambda e: None), challenges=challenges).run(card=card)
     return out[0]

@@ -211,22 +211,26 @@ class Session:
                     obj.wipe()
             if card_face is not None:
                 card_face.fill(0)
-            self.vision.reset()         # tracker state, ahead-made embeddings, every model's input tensors
 
         # PUBLISH: only the verdict
         self._enter(State.PUBLISH)
-        t_pub = self.clock()
-        self.timings["total"] = (t_pub - t_start) * 1000.0
-        v = verdict_mod.build(
-            device=self.cfg.device.id, site=self.cfg.device.site,
-            result="fail" if reasons else "pass", reasons=reasons, scores=scores, card=card_info,
-            models=self.vision.versions, timings_ms=self.timings,
-            started_at=started_wall, decided_at=max(self.wall(), started_wall), verdict_id=self.session_id,
-            consent=self.consent_record, binding=self.binding)
-        self.sink(v)
-        if ev.last_challenge_t is not None:
-            # last challenge frame -> verdict stored: the issue-9 latency figure
-            self.last_challenge_to_stored_ms = (self.clock() - ev.last_challenge_t) * 1000.0
+        try:
+            t_pub = self.clock()
+            self.timings["total"] = (t_pub - t_start) * 1000.0
+            v = verdict_mod.build(
+                device=self.cfg.device.id, site=self.cfg.device.site,
+                result="fail" if reasons else "pass", reasons=reasons, scores=scores, card=card_info,
+                models=self.vision.versions, timings_ms=self.timings,
+                started_at=started_wall, decided_at=max(self.wall(), started_wall), verdict_id=self.session_id,
+                consent=self.consent_record, binding=self.binding)
+            self.sink(v)
+            if ev.last_challenge_t is not None:
+                # last challenge frame -> verdict stored: the issue-9 latency figure
+                self.last_challenge_to_stored_ms = (self.clock() - ev.last_challenge_t) * 1000.0
+        finally:
+            # tracker state, ahead-made embeddings, every model's tensors (one zero-input run per model,
+            # ~25 ms here): once the verdict is stored, so it is off the last-challenge -> outbox path
+            self.vision.reset()
         self._emit({"event": "verdict", "result": v["result"], "verdict_id": v["verdict_id"],
                     **({"reason": reasons[0]} if reasons else {})})
         self._enter(State.IDLE)

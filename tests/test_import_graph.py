@@ -173,7 +173,7 @@ def test_the_box_package_never_imports_the_tools_package():
 
 
 # ---------------------------------------------------------------- one direction in the pipeline
-ABOVE_THE_PIPELINE = ("device.session", "device.daemon", "device.offline", "device.demo", "device.cli",
+ABOVE_THE_PIPELINE = ("device.session", "device.daemon", "device.offline", "device.demo", "device.cli", "device.wiring",
                       "device.selftest", "device.camera", "device.cardreader", "device.link", "device.fleet")
 PIPELINE_RULES = {
     # package: modules it must never import (the package's own modules are always fine)

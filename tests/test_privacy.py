@@ -179,10 +179,11 @@ def test_session_objects_hold_nothing_biometric_after_the_wipe(shared_data, mode
         return False
     held = [(a.dtype.name, a.shape) for a in arrays(suite, set()) if biometric(a)]
     assert held == [], f"buffers with content survive the session: {held}"
-    # the interpreters' own input tensors (the last crop each model saw) are zero-filled too
+    # the interpreters' own tensors: inputs (the last crop each model saw) zero-filled, outputs (the last
+    # embedding, landmarks) and intermediates overwritten by one run on the zero input
     rts = suite.runtimes
     assert len(rts) >= 6, rts          # detector, FaceMesh, iris, 2 x PAD, embedder
-    assert all(rt.inputs_are_zero() for rt in rts), [rt for rt in rts if not rt.inputs_are_zero()]
+    assert all(rt.holds_no_face() for rt in rts), [rt for rt in rts if not rt.holds_no_face()]
 
 
 def test_the_interpreter_input_check_can_fail(model_dir):
@@ -195,3 +196,26 @@ def test_the_interpreter_input_check_can_fail(model_dir):
     assert not rt.inputs_are_zero()
     rt.wipe()
     assert rt.inputs_are_zero()
+
+
+def test_the_last_embedding_does_not_survive_in_the_interpreter(model_dir, shared_data):
+    """The embedder's output tensor held the last face's embedding after a session (only inputs were
+    wiped); wipe() now runs the zero input once, and holds_no_face() sees an output left behind."""
+    from device.vision.align import align_face
+    from device.vision.detect import DetectorOptions, FaceDetector
+    from device.vision.embed import EmbedderOptions, FaceEmbedder
+    from tests.faces import genuine_photo
+    rgb = genuine_photo(shared_data)
+    det = FaceDetector.create(DetectorOptions(str(model_dir / "face_detection_short_range.tflite")))
+    crop = align_face(rgb, det.detect(rgb).faces[0].keypoints)
+    emb = FaceEmbedder.create(EmbedderOptions(str(model_dir / "mobilefacenet.tflite")))
+    emb.embed_one(crop)
+    emb.wipe()
+    rt = emb.runtimes[0]
+    assert rt.holds_no_face()
+    vec = emb.embed_one(crop).vector            # a face goes through again: the check sees it
+    assert not rt.holds_no_face()
+    out = np.concatenate([np.ravel(rt.get(n)) for n in rt._out])
+    assert np.abs(out).max() > 0 and np.linalg.norm(vec) > 0
+    emb.wipe()
+    assert rt.holds_no_face()

@@ -10,13 +10,14 @@ Status on <prefix>/<site>/<device>/update/status (retained), AWS-IoT-Jobs-like s
 case on the wire (the link's closed schema takes tokens): queued, downloading, verifying, staged,
 applied, failed (+reason), rolled_back (+reason). Every status carries `bundle_version` (the
 running bundle, 0 = factory) and `target_version` (the update concerned).
+
+Parts: fetch.py (inline spool, downloads, hash checks), admission.py (the pure `admit()`),
+journal.py (the typed A/B journal), slots.py (the slot files and the boot guard).
 """
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import http.client
 import json
 import logging
 import os
@@ -24,17 +25,17 @@ import queue
 import shutil
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from device import __version__ as DAEMON_VERSION
 from device import config as config_mod
-from device.models import sha256_file
+from device.fleet import fetch
 from device.fleet import manifest as mf
 from device.fleet import slots
+from device.fleet.admission import Current, Policy, admit
+from device.fleet.journal import Staged
 from device.fleet.manifest import FleetError
 from device.fleet.nonces import NonceStore
 
@@ -52,101 +53,8 @@ def is_update_topic(name: str) -> bool:
     return n in ("update", "cmd/update") or n.endswith("/cmd/update")
 
 
-class _Stopping(Exception):
-    """The agent is closing: abandon the job silently (it is re-sent or re-signed later)."""
-
-
-class _Spool:
-    """Inline artifacts arriving as pages and chunks on the update topic:
-    {"page": {"nonce", "name", "index", "sha256": [hex, ...]}} announces the sha256 of up to
-    PAGE_CHUNKS chunks and must match the signed manifest's `pages[index]`;
-    {"chunk": {"nonce", "name", "offset", "data"}} is written only if its sha256 is the one its
-    page announced. Anything else (unknown name, early chunk, bad offset/length/hash, bad
-    base64) is dropped and counted in `dropped`, never fatal: the genuine message still lands."""
-
-    def __init__(self, d: Path, artifacts: list[dict], stop: threading.Event | None = None):
-        self.stop = stop or threading.Event()
-        self.dir = d
-        self.cond = threading.Condition()
-        self.error: FleetError | None = None
-        self.files: dict[str, dict] = {}
-        self.dropped = 0
-        d.mkdir(parents=True, exist_ok=True)
-        for a in artifacts:
-            if a.get("inline"):
-                p = d / a["name"]
-                p.touch()
-                self.files[a["name"]] = {"path": p, "size": int(a["size"]), "cb": int(a["chunk_bytes"]),
-                                         "pages": list(a["pages"]), "pages_ok": set(), "known": {}, "got": set(),
-                                         "bytes": 0}
-
-    def drop(self, why: str) -> None:
-        self.dropped += 1
-        if self.dropped == 1 or self.dropped % 100 == 0:
-            log.warning("fleet: inline message dropped (%s); %d dropped so far", why, self.dropped)
-
-    def add_page(self, name: str, index: Any, digests: Any) -> None:
-        with self.cond:
-            f = self.files.get(name)
-            if f is None or not isinstance(index, int) or isinstance(index, bool) \
-                    or not 0 <= index < len(f["pages"]) or not isinstance(digests, list):
-                return self.drop("page for no announced page")
-            if index in f["pages_ok"]:
-                return
-            try:
-                ok = mf.page_digest(digests) == f["pages"][index]
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                return self.drop("page digest differs from the signed manifest")
-            f["pages_ok"].add(index)
-            for k, dg in enumerate(digests):
-                f["known"][index * mf.PAGE_CHUNKS + k] = dg
-
-    def add(self, name: str, offset: Any, data: bytes) -> None:
-        with self.cond:
-            f = self.files.get(name)
-            if f is None or self.error is not None:
-                return
-            cb = f["cb"]
-            if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or offset % cb:
-                return self.drop("chunk offset not on a chunk boundary")
-            k = offset // cb
-            if k in f["got"]:
-                return
-            want = f["known"].get(k)
-            if want is None:
-                return self.drop("chunk before its page / beyond the declared size")
-            if len(data) != min(cb, f["size"] - offset) or hashlib.sha256(data).hexdigest() != want:
-                return self.drop("chunk sha256 differs from its page")
-            try:
-                fd = os.open(f["path"], os.O_WRONLY)
-                try:
-                    os.pwrite(fd, data, offset)
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                self.error = FleetError("disk_full" if slots.disk_error(e) else "download_failed",
-                                        f"{name}: writing chunk: {e.strerror}")
-                self.cond.notify_all()
-                return
-            f["got"].add(k)
-            f["bytes"] += len(data)
-            self.cond.notify_all()
-
-    def wait(self, name: str, deadline: float) -> Path:
-        with self.cond:
-            f = self.files[name]
-            while self.error is None and f["bytes"] < f["size"]:
-                if self.stop.is_set():
-                    raise _Stopping()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise FleetError("truncated", f"{name}: {f['bytes']} of {f['size']} bytes arrived in time")
-                self.cond.wait(min(left, 0.5))
-            if self.error is not None:
-                raise self.error
-            return f["path"]
+_Stopping = fetch.Stopping     # the agent is closing (kept under the old names for callers)
+_Spool = fetch.Spool
 
 
 @dataclass
@@ -189,7 +97,7 @@ class UpdateAgent:
         self._lock = threading.RLock()
         self._jobs: "queue.Queue[_Job | None]" = queue.Queue()
         self._active: dict[str, _Job] = {}        # nonce -> job not yet finished (dedup, chunks)
-        self._staged: dict | None = None
+        self._staged: Staged | None = None
         self._probe_pending = False
         self._reported_start = False
         self._stop = threading.Event()
@@ -199,16 +107,15 @@ class UpdateAgent:
         self._rejected_pub = 0.0
         self._rejected_dirty = False
 
-        st = slots.read_state(state_dir)
-        trial = st.get("trial")
-        if trial and not trial.get("committed") and trial.get("slot") == slots.current_slot(state_dir):
+        j = slots.load_journal(state_dir)
+        cur = slots.current_slot(state_dir)
+        if j.probation_in(cur):
             self._probe_pending = True      # restarted after a switch, before its health probe passed
-        staged = st.get("staged")
-        if staged and staged.get("slot") in slots.SLOTS and staged["slot"] != slots.current_slot(state_dir) \
-                and slots.is_complete(self.bdir / staged["slot"]) \
-                and slots.slot_version(self.bdir / staged["slot"]) == staged.get("version") \
-                and staged.get("version", 0) > slots.current_version(state_dir):
-            self._staged = staged           # self-tested before a power cut; switch it in
+        s = j.staged
+        if s and s.slot in slots.SLOTS and s.slot != cur and slots.is_complete(self.bdir / s.slot) \
+                and slots.slot_version(self.bdir / s.slot) == s.version \
+                and (s.version or 0) > slots.current_version(state_dir):
+            self._staged = s                # self-tested before a power cut; switch it in
         self._worker = threading.Thread(target=self._work, name="kyc-fleet", daemon=True)
         self._worker.start()
         self.software = software            # device.fleet.software.SoftwareUpdater (kind=software)
@@ -269,8 +176,8 @@ class UpdateAgent:
                 log.exception("fleet: switch failed")
                 reason = "disk_full" if slots.disk_error(e) else "internal_error"
                 try:
-                    if (slots.read_state(self.state_dir).get("trial") or {}).get("slot") == \
-                            slots.current_slot(self.state_dir):
+                    trial = slots.load_journal(self.state_dir).trial
+                    if trial is not None and trial.slot == slots.current_slot(self.state_dir):
                         self._rollback(reason, type(e).__name__)
                         return
                 except Exception:  # noqa: BLE001
@@ -294,9 +201,9 @@ class UpdateAgent:
         self.last_status = st
         if persist:
             with self._lock:
-                s = slots.read_state(self.state_dir)
-                s["last"] = st
-                slots.write_state(self.state_dir, s)
+                j = slots.load_journal(self.state_dir)
+                j.last = st
+                slots.save_journal(self.state_dir, j)
         try:
             self.publish_status(st)
         except Exception as e:  # noqa: BLE001
@@ -328,13 +235,13 @@ class UpdateAgent:
             log.warning("fleet: publishing update status failed: %s", e)
 
     def _report_start(self) -> None:
-        s = slots.read_state(self.state_dir)
-        rep = s.pop("report", None)
+        j = slots.load_journal(self.state_dir)
+        rep = j.take_report()
         if rep:
-            slots.write_state(self.state_dir, s)
+            slots.save_journal(self.state_dir, j)
             self._report(rep["state"], rep.get("target_version"), reason=rep.get("reason"))
             return
-        last = s.get("last") or {"state": "idle"}
+        last = j.last or {"state": "idle"}
         if self._probe_pending:
             return          # reported after the probe
         self._report(last["state"], last.get("target_version"), reason=last.get("reason"))
@@ -371,25 +278,12 @@ class UpdateAgent:
             dup = self._active.get(m["nonce"])
             if dup is not None and dup.envelope == env:
                 return          # the same manifest via a second topic / QoS 1 redelivery
-            if tv in (self.bundle_version, (self._staged or {}).get("version")) and self.nonces.seen(m["nonce"]):
+            staged_v = self._staged.version if self._staged else None
+            if tv in (self.bundle_version, staged_v) and self.nonces.seen(m["nonce"]):
                 log.info("fleet: %s is already staged/running; ignored", mf.short_id(m))
                 return          # e.g. a canary device that is also in the widened group
             try:
-                mf.check_window(m, self.clock(), self.fcfg.clock_skew_s)
-                if not self.nonces.add(m["nonce"], m["expires"], self.clock()):
-                    raise FleetError("replayed_nonce", f"nonce {m['nonce'][:8]} seen before")
-                running = max(self.bundle_version, (self._staged or {}).get("version", 0))
-                if tv <= running and not m.get("allow_downgrade"):
-                    raise FleetError("downgrade_refused", f"v{tv} <= v{running}")
-                if m.get("min_daemon_version") and \
-                        mf.version_tuple(self.daemon_version) < mf.version_tuple(m["min_daemon_version"]):
-                    raise FleetError("daemon_too_old", f"{self.daemon_version} < {m['min_daemon_version']}")
-                total = mf.total_size(m)
-                if total > self.fcfg.max_bundle_bytes:
-                    raise FleetError("too_large", f"{total} > {self.fcfg.max_bundle_bytes} bytes")
-                free = shutil.disk_usage(self.bdir).free
-                if free < total + self.fcfg.min_free_bytes:
-                    raise FleetError("disk_full", f"{free} bytes free, {total} + reserve needed")
+                self.admit(m)
                 d = self.bdir / ".incoming" / m["nonce"]
                 try:
                     spool = _Spool(d, m["artifacts"], self._stop)
@@ -403,6 +297,19 @@ class UpdateAgent:
             self._active[m["nonce"]] = job
         self._report("queued", tv)
         self._jobs.put(job)
+
+    def admit(self, m: dict, *, free_paths: tuple = (), **current) -> None:
+        """Gather what the box has now, ask the pure `admission.admit()`, record the nonce when
+        it says so; raises FleetError with the refusal's reason."""
+        now = self.clock()
+        free = min(shutil.disk_usage(p).free for p in (self.bdir, *free_paths))
+        cur = Current(now=now, nonce_seen=self.nonces.seen(m["nonce"]), free_bytes=free,
+                      bundle_version=self.bundle_version,
+                      staged_version=self._staged.version if self._staged else None, **current)
+        adm = admit(m, Policy.of(self.fcfg, self.daemon_version), cur)
+        if adm.consumes_nonce and not self.nonces.add(m["nonce"], m["expires"], now):
+            raise FleetError("replayed_nonce", f"nonce {m['nonce'][:8]} seen before")
+        adm.raise_if_refused()
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
@@ -444,8 +351,8 @@ class UpdateAgent:
         inc = self.bdir / ".incoming"
         if not inc.is_dir():
             return
-        st = slots.read_state(self.state_dir)
-        keep = {(st.get("staged") or {}).get("nonce")}
+        staged = slots.load_journal(self.state_dir).staged
+        keep = {staged.nonce if staged else None}
         for slot in slots.SLOTS:
             try:
                 keep.add(json.loads((self.bdir / slot / "manifest.json").read_text())["manifest"]["nonce"])
@@ -465,8 +372,7 @@ class UpdateAgent:
         return slots.deep_merge(slots.config_patch(slots.active_bundle(self.state_dir)), patch)
 
     def _trial_open(self) -> bool:
-        t = slots.read_state(self.state_dir).get("trial")
-        return bool(t and not t.get("committed")) or self._probe_pending
+        return slots.load_journal(self.state_dir).on_probation or self._probe_pending
 
     def _process(self, job: _Job) -> None:
         m, tv = job.m, job.m["bundle_version"]
@@ -479,20 +385,9 @@ class UpdateAgent:
             if nxt is not None and nxt.m["bundle_version"] > tv:
                 raise FleetError("superseded", f"v{nxt.m['bundle_version']} is queued")
         self._report("downloading", tv)
-        files: dict[str, Path] = {}
-        for a in m["artifacts"]:
-            if a.get("inline"):
-                files[a["name"]] = job.spool.wait(a["name"], deadline)
-            else:
-                files[a["name"]] = self._download(a, job.dir, deadline)
+        files = fetch.fetch(m, job.spool, job.dir, deadline, self._stop)
         self._report("verifying", tv)
-        for a in m["artifacts"]:
-            p = files[a["name"]]
-            size = p.stat().st_size
-            if size < a["size"]:
-                raise FleetError("truncated", f"{a['name']}: {size} of {a['size']} bytes")
-            if size > a["size"] or sha256_file(p) != a["sha256"]:
-                raise FleetError("hash_mismatch", f"{a['name']}: sha256 differs from the manifest")
+        fetch.verify(m, files)
         patch = self._stacked_patch(m)
         try:
             slots.merge_config(self.cfg, patch)
@@ -500,13 +395,11 @@ class UpdateAgent:
             raise FleetError("config_invalid", "; ".join(e.problems)[:300]) from None
         with self._lock:
             if self._staged is not None:
-                log.info("fleet: staged v%s superseded by v%s", self._staged["version"], tv)
+                log.info("fleet: staged v%s superseded by v%s", self._staged.version, tv)
                 self._staged = None
-            st = slots.read_state(self.state_dir)
-            if st.get("trial"):          # committed; its rollback window ends with a new stage
-                st["trial"] = None
-            st["staged"] = None
-            slots.write_state(self.state_dir, st)
+            j = slots.load_journal(self.state_dir)
+            j.unstage()                  # a committed switch's rollback window ends with a new stage
+            slots.save_journal(self.state_dir, j)
             slot = slots.other_slot(self.state_dir)
             base = slots.model_dir(slots.active_bundle(self.state_dir), self.factory_models)
             slot_dir = slots.stage_slot(self.state_dir, slot, files, base, job.envelope, patch, tv)
@@ -521,65 +414,24 @@ class UpdateAgent:
         except Exception as e:  # noqa: BLE001 - whatever the self-test raises is a failed self-test
             shutil.rmtree(slot_dir, ignore_errors=True)
             raise FleetError("self_test_failed", f"{type(e).__name__}: {str(e)[:200]}") from None
-        staged = {"slot": slot, "version": tv, "nonce": m["nonce"]}
+        staged = Staged(slot, tv, m["nonce"])
         with self._lock:
-            st = slots.read_state(self.state_dir)
-            st["staged"] = staged
-            slots.write_state(self.state_dir, st)
+            j = slots.load_journal(self.state_dir)
+            j.stage(staged)
+            slots.save_journal(self.state_dir, j)
             self._staged = staged
         self._report("staged", tv)
 
-    def _download(self, a: dict, d: Path, deadline: float) -> Path:
-        url, size = a["url"], int(a["size"])
-        d.mkdir(parents=True, exist_ok=True)
-        p = d / a["name"]
-        got = 0
-        try:
-            timeout = max(1.0, min(30.0, deadline - time.monotonic()))
-            with urllib.request.urlopen(url, timeout=timeout) as r, open(p, "wb") as out:
-                n = r.headers.get("Content-Length")
-                if n is not None and n.isdigit() and int(n) > size:
-                    raise FleetError("hash_mismatch", f"{a['name']}: server offers {n} bytes, manifest {size}")
-                while True:
-                    if self._stop.is_set():
-                        raise _Stopping()
-                    if time.monotonic() > deadline:
-                        raise FleetError("truncated", f"{a['name']}: download timed out at {got} of {size} bytes")
-                    buf = r.read(65536)
-                    if not buf:
-                        break
-                    got += len(buf)
-                    if got > size:
-                        raise FleetError("hash_mismatch", f"{a['name']}: more bytes than declared")
-                    out.write(buf)
-                out.flush()
-                os.fsync(out.fileno())
-        except http.client.IncompleteRead:
-            raise FleetError("truncated", f"{a['name']}: connection closed early") from None
-        except urllib.error.HTTPError as e:
-            raise FleetError("download_failed", f"{a['name']}: HTTP {e.code}") from None
-        except urllib.error.URLError as e:
-            raise FleetError("download_failed", f"{a['name']}: {e.reason}") from None
-        except OSError as e:
-            if slots.disk_error(e):
-                raise FleetError("disk_full", f"{a['name']}: {e.strerror}") from None
-            if isinstance(e, (TimeoutError, ConnectionError)):
-                raise FleetError("truncated", f"{a['name']}: {type(e).__name__} at {got} of {size} bytes") from None
-            raise FleetError("download_failed", f"{a['name']}: {type(e).__name__}") from None
-        return p
-
     # ------------------------------------------------------------------ switch / probe / rollback (main loop)
-    def _switch(self, staged: dict) -> None:
-        slot, tv = staged["slot"], staged["version"]
+    def _switch(self, staged: Staged) -> None:
+        slot, tv = staged.slot, staged.version
         sdir = self.bdir / slot
-        if slot == slots.current_slot(self.state_dir) or not slots.is_complete(sdir):
+        cur = slots.current_slot(self.state_dir)
+        if slot == cur or not slots.is_complete(sdir):
             return
-        st = slots.read_state(self.state_dir)
-        st["trial"] = {"slot": slot, "version": tv, "from_slot": slots.current_slot(self.state_dir),
-                       "from_version": self.bundle_version, "switched_at": time.time(), "boots": [],
-                       "committed": False}
-        st["staged"] = None
-        slots.write_state(self.state_dir, st)
+        j = slots.load_journal(self.state_dir)
+        j.begin_trial(slot, tv, from_slot=cur, from_version=self.bundle_version, now=time.time())
+        slots.save_journal(self.state_dir, j)
         slots.killpoint("journaled")
         slots.switch(self.state_dir, slot)
         slots.killpoint("switched")
@@ -592,34 +444,31 @@ class UpdateAgent:
         self._probe_and_commit()
 
     def _probe_and_commit(self) -> None:
-        st = slots.read_state(self.state_dir)
-        trial = st.get("trial") or {}
-        tv = trial.get("version", self.bundle_version)
+        j = slots.load_journal(self.state_dir)
+        tv = j.trial.version if j.trial else self.bundle_version
         try:
             self.health_probe()
         except Exception as e:  # noqa: BLE001
             self._rollback("health_probe_failed", f"{type(e).__name__}: {str(e)[:200]}")
             return
-        if trial:
-            trial["committed"] = True
-            trial["committed_at"] = time.time()
-            st["trial"] = trial
-        st["last"] = {"state": "applied", "target_version": tv}
-        slots.write_state(self.state_dir, st)     # one write: committed + what to report after a restart
+        if j.on_probation:
+            j.commit(time.time())
+        j.last = {"state": "applied", "target_version": tv}
+        slots.save_journal(self.state_dir, j)     # one write: committed + what to report after a restart
         slots.killpoint("committed")
         self._report("applied", tv)
 
     def _rollback(self, reason: str, detail: str) -> None:
-        st = slots.read_state(self.state_dir)
-        trial = st.get("trial") or {}
-        to = trial.get("from_slot")
+        j = slots.load_journal(self.state_dir)
+        trial = j.trial
+        to = trial.from_slot if trial else None
         if to is not None and not slots.is_complete(self.bdir / to):
             to = None
         slots.switch(self.state_dir, to)
-        st["trial"] = None
-        slots.write_state(self.state_dir, st)
+        j.roll_back(repair=trial is None)
+        slots.save_journal(self.state_dir, j)
         try:
             self.apply(self.bdir / to if to else None)
         except Exception as e:  # noqa: BLE001 - the boot guard catches a crash loop from here
             log.error("fleet: re-applying the previous bundle failed: %s", type(e).__name__)
-        self._report("rolled_back", trial.get("version"), reason=reason, detail=detail, persist=True)
+        self._report("rolled_back", trial.version if trial else None, reason=reason, detail=detail, persist=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from device import config as config_mod
+from device.fleet.journal import Journal, Staged
 
 SLOTS = ("A", "B")
 KILL_ENV = "KYC_EDGE_FLEET_KILL_AT"   # fault injection for tests: SIGKILL self at a named step
@@ -155,27 +156,40 @@ def write_state(state_dir: str | os.PathLike, st: dict) -> None:
     write_atomic(d / "state.json", json.dumps(st, sort_keys=True).encode())
 
 
-def switch(state_dir: str | os.PathLike, slot: str | None) -> None:
-    """Atomically point `current` at slot (None: remove it, factory) and fsync the directory."""
-    d = bundles_dir(state_dir)
-    cur = d / "current"
-    if slot is None:
-        try:
-            os.unlink(cur)
-        except FileNotFoundError:
-            pass
-        fsync_dir(d)
-        return
-    if slot not in SLOTS or not is_complete(d / slot):
-        raise ValueError(f"slot {slot!r} is not complete")
+def load_journal(state_dir: str | os.PathLike) -> Journal:
+    return Journal.from_dict(read_state(state_dir))
+
+
+def save_journal(state_dir: str | os.PathLike, j: Journal) -> None:
+    write_state(state_dir, j.to_dict())
+
+
+def point_current(d: Path, slot: str) -> None:
+    """Atomically point `d/current` at `slot` (relative symlink, rename(2)) and fsync `d`:
+    the one switch of both the bundle and the software slots."""
     tmp = d / ".current.tmp"
     try:
         os.unlink(tmp)
     except FileNotFoundError:
         pass
     os.symlink(slot, tmp)
-    os.replace(tmp, cur)
+    os.replace(tmp, d / "current")
     fsync_dir(d)
+
+
+def switch(state_dir: str | os.PathLike, slot: str | None) -> None:
+    """Atomically point `current` at slot (None: remove it, factory) and fsync the directory."""
+    d = bundles_dir(state_dir)
+    if slot is None:
+        try:
+            os.unlink(d / "current")
+        except FileNotFoundError:
+            pass
+        fsync_dir(d)
+        return
+    if slot not in SLOTS or not is_complete(d / slot):
+        raise ValueError(f"slot {slot!r} is not complete")
+    point_current(d, slot)
 
 
 def cleanup(state_dir: str | os.PathLike) -> None:
@@ -273,54 +287,41 @@ def boot_guard(state_dir: str | os.PathLike, fcfg: Any, now: float | None = None
     d = bundles_dir(state_dir)
     if not d.is_dir():
         return None
-    st = read_state(state_dir)
-    trial = st.get("trial")
+    j = load_journal(state_dir)
+    trial = j.trial
     cur = current_slot(state_dir)
-    cur_link = d / "current"
 
     def rollback(reason: str) -> dict:
-        to = trial.get("from_slot") if trial else None
+        to = trial.from_slot if trial else None
         if to is not None and not is_complete(d / to):
             to = None
         switch(state_dir, to)
-        from_v = trial.get("version") if trial else slot_version(d / cur) if cur else 0
+        from_v = trial.version if trial else slot_version(d / cur) if cur else 0
         rep = {"state": "rolled_back", "reason": reason, "bundle_version": slot_version(d / to) if to else 0,
                "target_version": from_v or 0}
-        st["trial"] = None
-        st["staged"] = None
-        st["report"] = rep
-        st["last"] = rep
-        write_state(state_dir, st)
+        j.roll_back(rep, drop_staged=True, repair=trial is None)
+        save_journal(state_dir, j)
         return {"action": "rolled_back", **rep}
 
-    if os.path.islink(cur_link) and (cur is None or not is_complete(d / cur)):
+    if os.path.islink(d / "current") and (cur is None or not is_complete(d / cur)):
         return rollback("slot_invalid")
-    if not trial:
+    step = j.boot(cur, now, float(fcfg.crash_loop_window_s), int(fcfg.crash_loop_restarts))
+    if step is None:
         return None
-    if trial.get("slot") != cur:
+    if step == "crash_loop":
+        return rollback("crash_loop")
+    if step == "not_switched":
         # journal written but the switch never happened (power cut): the slot passed its
         # self-test, so hand it back to the agent as staged; it switches when no session runs
-        slot = trial.get("slot")
-        if cur != trial.get("from_slot") or slot not in SLOTS or not is_complete(d / slot):
-            pass
-        elif slot_version(d / slot) == trial.get("version"):
-            st["staged"] = {"slot": slot, "version": trial["version"]}
-        st["trial"] = None
-        write_state(state_dir, st)
-        return {"action": "cleared"}
-    window = float(fcfg.crash_loop_window_s)
-    switched = float(trial.get("switched_at", now))
-    if trial.get("committed") and now - switched > window:
-        st["trial"] = None
-        write_state(state_dir, st)
-        return {"action": "cleared"}
-    boots = [float(b) for b in trial.get("boots", []) if now - float(b) <= window] + [now]
-    if len(boots) >= int(fcfg.crash_loop_restarts):
-        return rollback("crash_loop")
-    trial["boots"] = boots
-    st["trial"] = trial
-    write_state(state_dir, st)
-    return {"action": "counted", "restarts": len(boots)}
+        slot = trial.slot
+        ok = cur == trial.from_slot and slot in SLOTS and is_complete(d / slot) \
+            and slot_version(d / slot) == trial.version
+        j.abandon(Staged(slot, trial.version) if ok else None)
+        step = "cleared"
+    save_journal(state_dir, j)
+    if step == "counted":
+        return {"action": "counted", "restarts": len(j.trial.boots)}
+    return {"action": step}
 
 
 def disk_error(e: BaseException) -> bool:

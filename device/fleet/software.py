@@ -52,10 +52,12 @@ from typing import Any, Callable
 
 from device import __version__ as RUNNING_VERSION
 from device import config as config_mod
-from device.models import sha256_file
+from device.fleet import fetch
 from device.fleet import manifest as mf
+from device.fleet.admission import WHEEL as _WHEEL
+from device.fleet.journal import Journal, Staged
 from device.fleet.manifest import FleetError
-from device.fleet.slots import disk_error, fsync_dir, write_atomic
+from device.fleet.slots import disk_error, fsync_dir, point_current, write_atomic
 
 log = logging.getLogger("kyc_edge.fleet.software")
 
@@ -63,7 +65,6 @@ SLOTS = ("a", "b")
 EXIT_RESTART = 75           # the daemon exits with this to be restarted into the new slot (EX_TEMPFAIL)
 JOURNAL = "software.json"
 BASE_PTH = "_kyc_edge_base.pth"
-_WHEEL = re.compile(r"^([A-Za-z0-9_.]+)-([0-9][A-Za-z0-9_.+]*)-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+\.whl$")
 
 
 # ------------------------------------------------------------------ layout
@@ -119,20 +120,20 @@ def write_journal(root: str | os.PathLike, st: dict) -> None:
     write_atomic(Path(root) / "slots" / JOURNAL, json.dumps(st, sort_keys=True).encode())
 
 
+def load_journal(root: str | os.PathLike) -> Journal:
+    return Journal.from_dict(read_journal(root))
+
+
+def save_journal(root: str | os.PathLike, j: Journal) -> None:
+    write_journal(root, j.to_dict())
+
+
 def switch(root: str | os.PathLike, slot: str) -> None:
     """Atomically point <root>/slots/current at <slot> (a complete slot only)."""
     root = Path(root)
     if slot not in SLOTS or not is_complete(root, slot):
         raise ValueError(f"software slot {slot!r} is not complete")
-    d = root / "slots"
-    tmp = d / ".current.tmp"
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    os.symlink(slot, tmp)
-    os.replace(tmp, d / "current")
-    fsync_dir(d)
+    point_current(root / "slots", slot)
 
 
 def _base_python(root: Path) -> Path:
@@ -216,45 +217,38 @@ def guard(root: str | os.PathLike, fcfg: Any, now: float | None = None) -> dict 
     root = Path(root)
     if not root.is_dir():
         return None
-    st = read_journal(root)
-    trial = st.get("trial")
+    j = load_journal(root)
+    trial = j.trial
     cur = current_slot(root)
 
     def rollback(reason: str, to: str | None) -> dict:
         rep = {"state": "rolled_back", "reason": reason,
-               "target_version": (trial or {}).get("bundle_version"),
-               "target_software_version": (trial or {}).get("version")}
+               "target_version": trial.bundle_version if trial else None,
+               "target_software_version": trial.version if trial else None}
         if to is not None and is_complete(root, to):
             switch(root, to)
-        st.update(trial=None, staged=None, report=rep, last=rep)
-        write_journal(root, st)
+        j.roll_back(rep, drop_staged=True, repair=trial is None)
+        save_journal(root, j)
         log.error("software: rolled back to slot %s (%s)", to, reason)
         return {"action": "rolled_back", "to": to, **rep}
 
     if os.path.lexists(root / "slots" / "current") and not is_complete(root, cur):
-        alt = (trial or {}).get("from_slot") or other(cur)
+        alt = (trial.from_slot if trial else None) or other(cur)
         if is_complete(root, alt):
             return rollback("slot_invalid", alt)
         return None
-    if not trial:
+    step = j.boot(cur, now, float(fcfg.crash_loop_window_s), int(fcfg.crash_loop_restarts))
+    if step is None:
         return None
-    if trial.get("slot") != cur:            # journaled, switch never happened (power cut)
-        st["trial"] = None
-        write_journal(root, st)
-        return {"action": "cleared"}
-    window = float(fcfg.crash_loop_window_s)
-    switched = float(trial.get("switched_at", now))
-    if trial.get("committed") and now - switched > window:
-        st["trial"] = None
-        write_journal(root, st)
-        return {"action": "cleared"}
-    boots = [float(b) for b in trial.get("boots", []) if now - float(b) <= window] + [now]
-    if len(boots) >= int(fcfg.crash_loop_restarts):
-        return rollback("crash_loop", trial.get("from_slot"))
-    trial["boots"] = boots
-    st["trial"] = trial
-    write_journal(root, st)
-    return {"action": "counted", "restarts": len(boots)}
+    if step == "crash_loop":
+        return rollback("crash_loop", trial.from_slot)
+    if step == "not_switched":              # journaled, switch never happened (power cut)
+        j.abandon()
+        step = "cleared"
+    save_journal(root, j)
+    if step == "counted":
+        return {"action": "counted", "restarts": len(j.trial.boots)}
+    return {"action": step}
 
 
 # ------------------------------------------------------------------ the updater
@@ -278,16 +272,15 @@ class SoftwareUpdater:
             self.root, slot, self.config_path, version))
         self.agent: Any = None
         self._jobs: "queue.Queue[_SwJob | None]" = queue.Queue()
-        self._staged: dict | None = None
+        self._staged: Staged | None = None
         self._reported = False
         self._restarting = False
         self._worker: threading.Thread | None = None
         for p in (self.root / "slots").glob(".stage-*"):
             shutil.rmtree(p, ignore_errors=True)
-        st = read_journal(self.root)
-        s = st.get("staged")
-        if s and s.get("slot") != current_slot(self.root) and is_complete(self.root, s.get("slot")) \
-                and slot_info(self.root, s["slot"]).get("version") == s.get("version"):
+        s = load_journal(self.root).staged
+        if s and s.slot != current_slot(self.root) and is_complete(self.root, s.slot) \
+                and slot_info(self.root, s.slot).get("version") == s.version:
             self._staged = s            # self-tested before a restart / power cut: switch it in
 
     def attach(self, agent: Any) -> None:
@@ -313,45 +306,26 @@ class SoftwareUpdater:
         if ts:
             st["target_software_version"] = ts
         if state in ("failed", "rolled_back", "applied"):
-            j = read_journal(self.root)
-            j["last"] = {"state": state, "reason": reason, "target_version": tv, "target_software_version": ts}
-            write_journal(self.root, j)
+            j = load_journal(self.root)
+            j.last = {"state": state, "reason": reason, "target_version": tv, "target_software_version": ts}
+            save_journal(self.root, j)
         self.agent._report(state, tv, reason=reason, detail=detail,
                            **{k: v for k, v in st.items() if k not in ("state", "reason")})
 
     # -------------------------------------------------------------- command thread
     def submit(self, m: dict, env: dict) -> None:
-        from device.fleet.agent import _Spool   # the agent's inline-chunk spool (lazy: no import cycle)
         a = self.agent
         with a._lock:
             dup = a._active.get(m["nonce"])
             if dup is not None and dup.envelope == env:
                 return
             try:
-                if not self.root.is_dir() or not (self.root / "base").exists():
-                    raise FleetError("software_unsupported", "fleet.software_root is not set up")
-                tsv = m.get("software_version")
-                wheels = [x["name"] for x in m["artifacts"]]
-                if not tsv or not wheels or not all(_WHEEL.match(n) for n in wheels) or not any(
-                        _WHEEL.match(n).group(1).lower() == "kyc_edge" and _WHEEL.match(n).group(2) == tsv
-                        for n in wheels):
-                    raise FleetError("malformed", "software bundle: wheels only, incl. kyc_edge-<software_version>")
-                mf.check_window(m, a.clock(), self.fcfg.clock_skew_s)
-                if not a.nonces.add(m["nonce"], m["expires"], a.clock()):
-                    raise FleetError("replayed_nonce", f"nonce {m['nonce'][:8]} seen before")
-                running = max(mf.version_tuple(self.running_version),
-                              mf.version_tuple((self._staged or {}).get("version", "0")))
-                if mf.version_tuple(tsv) <= running and not m.get("allow_downgrade"):
-                    raise FleetError("downgrade_refused", f"software {tsv} <= {self.running_version}")
-                total = mf.total_size(m)
-                if total > self.fcfg.max_bundle_bytes:
-                    raise FleetError("too_large", f"{total} > {self.fcfg.max_bundle_bytes} bytes")
-                need = 4 * total + self.fcfg.min_free_bytes       # the wheels, unpacked, + reserve
-                for where in (self.root, a.bdir):
-                    if shutil.disk_usage(where).free < need:
-                        raise FleetError("disk_full", f"{where}: less than {need} bytes free")
+                supported = self.root.is_dir() and (self.root / "base").exists()
+                a.admit(m, free_paths=(self.root,) if supported else (), software_supported=supported,
+                        software_version=self.running_version,
+                        staged_software=self._staged.version if self._staged else None)
                 d = a.bdir / ".incoming" / m["nonce"]
-                spool = _Spool(d, m["artifacts"], a._stop)
+                spool = fetch.Spool(d, m["artifacts"], a._stop)
             except FleetError as e:
                 self._report("failed", m, reason=e.reason, detail=e.detail)
                 return
@@ -378,7 +352,7 @@ class SoftwareUpdater:
                 self._report("failed", job.m, reason="disk_full" if disk_error(e) else "internal_error",
                              detail=f"{type(e).__name__}: {e.strerror}")
             except Exception as e:  # noqa: BLE001
-                if type(e).__name__ == "_Stopping":
+                if isinstance(e, fetch.Stopping):
                     log.info("software: %s abandoned: agent closing", mf.short_id(job.m))
                 else:
                     log.exception("software: update failed")
@@ -389,8 +363,7 @@ class SoftwareUpdater:
                     self.agent._active.pop(job.m["nonce"], None)
 
     def _trial_open(self) -> bool:
-        t = read_journal(self.root).get("trial")
-        return bool(t and not t.get("committed"))
+        return load_journal(self.root).on_probation
 
     def _process(self, job: _SwJob) -> None:
         m, a = job.m, self.agent
@@ -399,25 +372,14 @@ class SoftwareUpdater:
             if a._stop.wait(0.1):
                 return
         self._report("downloading", m)
-        files: dict[str, Path] = {}
-        for art in m["artifacts"]:
-            files[art["name"]] = job.spool.wait(art["name"], deadline) if art.get("inline") \
-                else a._download(art, job.dir, deadline)
+        files = fetch.fetch(m, job.spool, job.dir, deadline, a._stop)
         self._report("verifying", m)
-        for art in m["artifacts"]:
-            p = files[art["name"]]
-            size = p.stat().st_size
-            if size < art["size"]:
-                raise FleetError("truncated", f"{art['name']}: {size} of {art['size']} bytes")
-            if size > art["size"] or sha256_file(p) != art["sha256"]:
-                raise FleetError("hash_mismatch", f"{art['name']}: sha256 differs from the manifest")
+        fetch.verify(m, files)
         slot = other(current_slot(self.root))
         self._staged = None
-        j = read_journal(self.root)
-        j["staged"] = None
-        if j.get("trial"):
-            j["trial"] = None                          # committed: a new stage ends its window
-        write_journal(self.root, j)
+        j = load_journal(self.root)
+        j.unstage()                                    # committed: a new stage ends its window
+        save_journal(self.root, j)
         info = {"version": m["software_version"], "bundle_version": m["bundle_version"], "nonce": m["nonce"]}
         try:
             build_slot(self.root, slot, [files[x["name"]] for x in m["artifacts"]], info)
@@ -432,10 +394,10 @@ class SoftwareUpdater:
         except Exception as e:  # noqa: BLE001
             shutil.rmtree(slot_dir(self.root, slot), ignore_errors=True)
             raise FleetError("self_test_failed", f"{type(e).__name__}: {str(e)[:200]}") from None
-        staged = {"slot": slot, "version": m["software_version"], "bundle_version": m["bundle_version"]}
-        j = read_journal(self.root)
-        j["staged"] = staged
-        write_journal(self.root, j)
+        staged = Staged(slot, m["software_version"], bundle_version=m["bundle_version"])
+        j = load_journal(self.root)
+        j.stage(staged)
+        save_journal(self.root, j)
         self._staged = staged
         self._report("staged", m)
 
@@ -446,10 +408,9 @@ class SoftwareUpdater:
             self._report_start()
         if session_active or self._restarting:
             return
-        j = read_journal(self.root)
-        trial = j.get("trial")
-        if trial and not trial.get("committed") and trial.get("slot") == current_slot(self.root):
-            self._probe_and_commit(j, trial)
+        j = load_journal(self.root)
+        if j.probation_in(current_slot(self.root)):
+            self._probe_and_commit(j)
             return
         s = self._staged
         if s is not None:
@@ -457,51 +418,48 @@ class SoftwareUpdater:
             self._switch(s)
 
     def _report_start(self) -> None:
-        j = read_journal(self.root)
-        rep = j.pop("report", None)
+        j = load_journal(self.root)
+        rep = j.take_report()
         if rep:
-            write_journal(self.root, j)
+            save_journal(self.root, j)
             self._report(rep["state"], None, reason=rep.get("reason"),
                          target_software=rep.get("target_software_version"), target_version=rep.get("target_version"))
 
-    def _switch(self, s: dict) -> None:
-        slot = s["slot"]
+    def _switch(self, s: Staged) -> None:
+        slot = s.slot
         cur = current_slot(self.root)
         if slot == cur or not is_complete(self.root, slot):
             return
-        j = read_journal(self.root)
-        j["trial"] = {"slot": slot, "version": s["version"], "bundle_version": s.get("bundle_version"),
-                      "from_slot": cur, "from_version": self.running_version, "switched_at": time.time(),
-                      "boots": [], "committed": False}
-        j["staged"] = None
-        write_journal(self.root, j)
+        j = load_journal(self.root)
+        j.begin_trial(slot, s.version, from_slot=cur, from_version=self.running_version, now=time.time(),
+                      bundle_version=s.bundle_version)
+        save_journal(self.root, j)
         switch(self.root, slot)
-        log.warning("software: switched to slot %s (%s); restarting (exit %d)", slot, s["version"], EXIT_RESTART)
+        log.warning("software: switched to slot %s (%s); restarting (exit %d)", slot, s.version, EXIT_RESTART)
         self._restarting = True
         self.request_restart()
 
-    def _probe_and_commit(self, j: dict, trial: dict) -> None:
-        m = {"bundle_version": trial.get("bundle_version"), "software_version": trial.get("version")}
+    def _probe_and_commit(self, j: Journal) -> None:
+        trial = j.trial
+        m = {"bundle_version": trial.bundle_version, "software_version": trial.version}
         try:
-            if trial.get("version") != self.running_version:
-                raise RuntimeError(f"running {self.running_version}, slot says {trial.get('version')}")
+            if trial.version != self.running_version:
+                raise RuntimeError(f"running {self.running_version}, slot says {trial.version}")
             self.agent.health_probe()
         except Exception as e:  # noqa: BLE001
-            to = trial.get("from_slot")
+            to = trial.from_slot
             rep = {"state": "rolled_back", "reason": "health_probe_failed", "target_version": m["bundle_version"],
                    "target_software_version": m["software_version"]}
             if to and is_complete(self.root, to):
                 switch(self.root, to)
-            j.update(trial=None, report=rep, last=rep)
-            write_journal(self.root, j)
+            j.roll_back(rep)
+            save_journal(self.root, j)
             log.error("software: health probe failed (%s: %s); back to slot %s", type(e).__name__, str(e)[:200], to)
             self._restarting = True
             self.request_restart()
             return
-        trial["committed"] = True
-        trial["committed_at"] = time.time()
-        j["trial"] = trial
-        write_journal(self.root, j)
+        j.commit(time.time())
+        save_journal(self.root, j)
         self._report("applied", m)
 
 

@@ -209,11 +209,11 @@ def resolve_models(models_dir: Path, model_set: str) -> tuple[Path, dict, list[s
 
 
 def build_suite(models_dir: Path, model_set: str, threads: int):
+    from device import wiring
     from device.config import from_dict
-    from device.vision.suite import VisionSuite
     cfg = from_dict({})
     cfg = replace(cfg, models=replace(cfg.models, dir=str(models_dir), set=model_set, threads=threads))
-    return cfg, VisionSuite.create(cfg, models_dir)
+    return cfg, wiring.vision(cfg, models_dir)
 
 
 # ------------------------------------------------------------------ our per-frame pass
@@ -519,20 +519,16 @@ def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 
     synchronous=FULL) in a temporary state dir. One blink challenge; `runs` sessions on one suite."""
     import tempfile
     from device import config as C
-    from device.camera import open_source
+    from device import wiring
     from device.link.outbox import Outbox
     from device.offline import fabricated_card
     from device.session import Session
-    from device.verdict import Signer
     if not BLINK_VIDEO.is_file():
         return {"last_challenge_to_outbox_ms": None, "last_challenge_to_outbox_why": f"{BLINK_VIDEO} missing"}
     load_dir, _, _ = resolve_models(models_dir, model_set)
-    cfg = C.replace(C.from_dict({}), **{
-        "camera.backend": "replay", "camera.replay.path": str(BLINK_VIDEO), "camera.replay.pace": "fast",
-        "camera.replay.loop": False, "camera.stall_s": 30.0, "camera.lost_s": 60.0, "models.dir": str(load_dir),
-        "models.set": model_set, "models.threads": threads})
-    from device.vision.suite import VisionSuite
-    suite = VisionSuite.create(cfg, load_dir)
+    cfg = wiring.offline_replay(C.from_dict({}), BLINK_VIDEO, **{
+        "models.dir": str(load_dir), "models.set": model_set, "models.threads": threads})
+    suite = wiring.vision(cfg, load_dir)
     photo = _blink_card_photo(BLINK_VIDEO)
     lat, sink_ms, timings, results = [], [], [], []
     match_ms, decide_ms, embed_calls = [], [], []
@@ -563,7 +559,7 @@ def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 
     suite.match, suite.embedder.embed = timed_match, counted_embed
     LivenessCheck.decide = timed_decide       # restored below
     with tempfile.TemporaryDirectory(prefix="kyc-bench-state-") as state:
-        signer = Signer.load_or_create(state)
+        signer = wiring.signer(state)
         outbox = Outbox(Path(state) / "outbox.sqlite", 1000)
         try:
             for _ in range(runs):
@@ -571,7 +567,7 @@ def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 
                     s0 = time.perf_counter()
                     outbox.put(signer.sign(v))
                     sink_ms.append((time.perf_counter() - s0) * 1000.0)
-                with open_source(cfg.camera) as cam:
+                with wiring.camera(cfg) as cam:
                     sess = Session(cfg, reader=None, camera=cam, vision=suite, sink=sink, challenges=["blink"])
                     v = sess.run(card=fabricated_card(photo.copy()))
                 results.append(v["result"] + (":" + ",".join(v["reasons"]) if v["reasons"] else ""))

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from device import config as _config
 from device import verdict as _verdict
+from device import wiring
 from device.localbroker import LocalBroker
 
 
@@ -121,18 +122,17 @@ def _order_kept(first_seen: list[str], ids: list[str]) -> bool:
 
 # ---------------------------------------------------------------- 1. broker kills
 def bench_broker_kills(work: Path, n: int, kills: int, rate: float, sig: int, seed: int) -> dict:
-    from device.link.mqtt import Link
     from device.link.outbox import Outbox
     rnd = random.Random(seed)
     bdir, state = work / "broker1", work / "state1"
     bdir.mkdir()
     broker = _Broker(bdir)
     broker.start()
-    signer = _verdict.Signer.load_or_create(state)
+    signer = wiring.signer(state)
     coll = _Collector()
     lst = _subscriber(broker.url, signer, coll, "bench-sub-1")
     outbox = Outbox(state / "outbox.db", max_rows=n + 100)
-    link = Link(_cfg(state, broker.url), outbox, signer=signer).start()
+    link = wiring.link(_cfg(state, broker.url), outbox, signer=signer).start()
     if not link.wait_connected(10):
         raise RuntimeError("link did not connect")
     # kill points are verdict indices (random, spread over the run), so every kill lands while
@@ -194,16 +194,15 @@ def bench_broker_kills(work: Path, n: int, kills: int, rate: float, sig: int, se
 # ---------------------------------------------------------------- 2. publisher kill -9
 def _child(argv: list[str]) -> int:
     """Publisher process: store verdicts start..n-1 (print each id once stored), drain, exit."""
-    from device.link.mqtt import Link
     from device.link.outbox import Outbox
     p = argparse.ArgumentParser()
     p.add_argument("--state"), p.add_argument("--url"), p.add_argument("--n", type=int)
     p.add_argument("--start", type=int), p.add_argument("--rate", type=float)
     a = p.parse_args(argv)
     state = Path(a.state)
-    signer = _verdict.Signer.load_or_create(state)
+    signer = wiring.signer(state)
     outbox = Outbox(state / "outbox.db", max_rows=a.n + 100)
-    link = Link(_cfg(state, a.url), outbox, signer=signer).start()
+    link = wiring.link(_cfg(state, a.url), outbox, signer=signer).start()
     t0 = time.monotonic()
     for i in range(a.start, a.n):
         v = _verdict_for(i)
@@ -227,7 +226,7 @@ def bench_publisher_kill(work: Path, n: int, rate: float, seed: int) -> dict:
     bdir.mkdir()
     broker = _Broker(bdir)
     broker.start()
-    signer = _verdict.Signer.load_or_create(state)
+    signer = wiring.signer(state)
     coll = _Collector()
     lst = _subscriber(broker.url, signer, coll, "bench-sub-2")
     reported: list[tuple[int, str]] = []
@@ -295,7 +294,7 @@ def bench_publisher_kill(work: Path, n: int, rate: float, seed: int) -> dict:
 def bench_latency(work: Path, n: int) -> dict:
     from device.link.outbox import Outbox
     state = work / "state3"
-    signer = _verdict.Signer.load_or_create(state)
+    signer = wiring.signer(state)
     ob = Outbox(state / "outbox.db", max_rows=n + 10)
     b, s, p, sp = [], [], [], []
     for i in range(n):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from device import config as config_mod
 from device import verdict as _verdict
-from device.link.mqtt import Link
+from device import wiring
 from device.link.outbox import Outbox
 
 
@@ -43,11 +43,11 @@ class SimBox:
                  health: dict | None = None, on_command=None, health_fn=None, **cfg_over):
         self.site, self.device = site, device
         self.state = Path(state_dir)
-        self.signer = _verdict.Signer.load_or_create(self.state)
+        self.signer = wiring.signer(self.state)
         self.outbox = Outbox(self.state / "outbox.sqlite", max_rows)
         self.cfg = box_config(url, self.state, site, device, **cfg_over)
         extra = dict(health or {})
-        self.link = Link(self.cfg, self.outbox, signer=self.signer,
+        self.link = wiring.link(self.cfg, self.outbox, signer=self.signer,
                          on_command=on_command or (lambda name, payload, props: None),
                          health=lambda: {"outbox_depth": self.outbox.depth(), **extra,
                                          **(health_fn() if health_fn else {})})
