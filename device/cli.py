@@ -20,6 +20,7 @@ _REGISTRARS = [
     ("device.link.commands", "register"),
     ("device.camera.commands", "register"),
     ("device.display.commands", "register"),
+    ("device.vision.calibrate", "register"),
 ]
 # Workstation verbs (eval, bench, fleet manager, verdicts, fuzz) live in other packages, found by
 # entry point, so the box's package never imports them; `pip install kyc-edge[tools]` adds them.

@@ -118,6 +118,9 @@ class MatchConfig:
     threshold: float = opt(0.43, "Cosine similarity at or above which live face and card photo match. Default: FAR <= 1e-3 on LFW folds 1-5 card-style pairs with the FaceMesh-aligned path (FAR=1e-3 points: card-style 0.422, plain 0.423); recalibrate on own chip photos (docs/match.md).", lo=-1, hi=1)
     top_k: int = opt(3, "Best-quality live frames whose embeddings are averaged.", lo=1, hi=16)
     embed_ahead: bool = opt(True, "Embed the top-k, first and last crops during capture on a second thread, so the decision after the last challenge is a comparison (docs/performance.md, P3). Off: all embedding at the decision, on the frame thread (a one-core board).")
+    second_embedder: bool = opt(False, "Also embed with the second model (dlib ResNet, CC0; role embedder2, built by scripts/build-dlib-embedder) and fuse its calibrated cosine with MobileFaceNet's at score level; `threshold` then applies to the fused score (docs/match.md has the measured gain and cost). Read when the models are loaded (daemon start): a reload does not load or drop the model.")
+    fusion_weight: float = opt(0.3, "Weight of the second embedder's calibrated score in the fused similarity (1 - weight for MobileFaceNet's); 0.3: chosen on LFW folds 1-3 (docs/match.md).", lo=0, hi=1)
+    second_top_k: int = opt(2, "Best live frames the second embedder sees (its model's batch is 2: one call for 2).", lo=1, hi=16)
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ class QualityConfig:
     min_brightness: float = opt(40.0, "Minimum mean grey level of the aligned face.", lo=0, hi=255)
     max_brightness: float = opt(220.0, "Maximum mean grey level of the aligned face.", lo=0, hi=255)
     min_ear: float = opt(0.18, "Eyes count as open above this eye aspect ratio.", lo=0, hi=1)
-    max_covered: float = opt(0.9, "Share of the lower face (mouth, chin) unlike the upper face's skin at or above which the face counts as covered (`face_covered`: a mask); 1 turns the check off. Measured by `kyc-edge eval mask`.", lo=0, hi=1)
+    max_covered: float = opt(0.9, "Share of the lower face (mouth, chin) unlike the upper face's skin at or above which the face counts as covered (`face_covered`: a mask); a lower face without a mouth's structure counts as covered too (device/vision/occlusion.py). 1 turns the whole check off. Measured by `kyc-edge eval mask`.", lo=0, hi=1)
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class LivenessConfig:
     count: int = opt(2, "Challenges per session.", lo=0, hi=6)
     challenge_timeout_s: float = opt(8.0, "Time allowed for each challenge.", lo=0.5, hi=120)
     face_lost_s: float = opt(1.5, "Face may be out of view this long before `face_lost`.", lo=0.05, hi=60)
+    multiple_faces_grace_s: float = opt(1.5, "A second face in view: the customer gets the `one_face_only` hint at once and has this long to clear the view before `multiple_faces`; meanwhile nothing counts (challenges paused, no match frame) and a match frame taken after it must confirm the identity. 0 = fail at the first second face.", lo=0, hi=10)
     turn_yaw_deg: float = opt(18.0, "Yaw a head turn must reach.", lo=5, hi=80)
     blink_min_s: float = opt(0.04, "Shortest eye closure that counts as a blink.", lo=0, hi=2)
     blink_max_s: float = opt(1.5, "Longest eye closure that counts as a blink.", lo=0.05, hi=10)
@@ -223,7 +227,7 @@ class DisplayConfig:
 
 @dataclass(frozen=True)
 class ConsentConfig:
-    required: bool = opt(False, "After the card is read, wait for the customer's separate consent (display button or operator `cmd/consent`) before any frame is analysed.")
+    required: bool = opt(True, "After the card is read, wait for the customer's separate consent (display button or operator `cmd/consent`) before any frame is analysed; `false` only where consent is taken outside the box (and for tests, benches and evaluations that drive sessions with nobody at the counter).")
     timeout_s: float = opt(60.0, "No answer within this time ends the session (`consent_timeout`).", lo=1, hi=3600)
     notice_version: str = opt("notice-2025-06", "Version token of the notice shown; a consent must name it.")
     notice_zh: str = opt("本柜台将采集您的人脸图像，仅用于与您身份证芯片照片进行比对，以核验您的身份。比对在本机完成，图像不会保存或传出，比对结束后立即删除。您可以拒绝，并选择不使用人脸识别的其他核验方式。", "Notice text in Chinese.")

@@ -45,21 +45,42 @@ def write_config(path: Path, sections: dict) -> Path:
 
 
 class VerdictSubscriber:
-    """Subscribes to every device's verdict topic under the prefix; keeps the signed payloads."""
+    """Subscribes to every device's verdict topic under the prefix; keeps the signed payloads.
 
-    def __init__(self, broker_url: str, topic: str):
+    `consent_for` (a device's topic base, <prefix>/<site>/<device>): the demo's stand-in operator. On
+    that device's `consent` session event it answers `agree` with cmd/consent (channel `operator`, the
+    notice version the event names), as a clerk would for a customer who said yes at the counter.
+    """
+
+    def __init__(self, broker_url: str, topic: str, consent_for: str | None = None):
         import paho.mqtt.client as mqtt
         host, port = broker_url.split("://", 1)[1].rsplit(":", 1)
         self.payloads: list[dict] = []
+        self.consents = 0
         self._ok = threading.Event()
+        self._consent_for = consent_for
+        topics = [(topic, 1)] + ([(f"{consent_for}/session", 1)] if consent_for else [])
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
+        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topics)
         self.client.on_subscribe = lambda *a: self._ok.set()
-        self.client.on_message = lambda c, u, m: self.payloads.append(json.loads(m.payload))
+        self.client.on_message = self._message
         self.client.connect(host, int(port))
         self.client.loop_start()
         if not self._ok.wait(10):
             raise RuntimeError("could not subscribe to the broker")
+
+    def _message(self, client, userdata, m) -> None:
+        payload = json.loads(m.payload)
+        if self._consent_for and m.topic == f"{self._consent_for}/session":
+            if payload.get("event") == "consent" and payload.get("notice_version"):
+                client.publish(f"{self._consent_for}/cmd/consent", json.dumps(
+                    {"answer": "agree", "notice_version": payload["notice_version"],
+                     "session_id": payload.get("session_id")}), qos=1)
+                self.consents += 1
+                print("demo: consent asked; the demo operator agrees for the customer (cmd/consent; "
+                      "with --display the customer presses agree)", file=sys.stderr, flush=True)
+            return
+        self.payloads.append(payload)
 
     def wait(self, n: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -170,13 +191,16 @@ def run_demo(args) -> int:
             "liveness": {"challenges": ["blink"], "count": 1},
             "mqtt": {"url": url, "prefix": prefix},
             "log": {"level": "warning", "target": "stderr"},
+            # consent is asked as on a real counter: on the display (--display), else answered by the
+            # demo's stand-in operator over cmd/consent (VerdictSubscriber consent_for)
+            "consent": {"required": True, "timeout_s": max(60.0, args.timeout)},
             **({"display": {"enabled": True, "socket": str(work / "display.sock"), "port": args.display_port,
-                            "voice_dir": str(work / "voice")},
-                "consent": {"required": True, "timeout_s": max(60.0, args.timeout)}} if display else {}),
+                            "voice_dir": str(work / "voice")}} if display else {}),
         })
         if display:
             screen = _start_display(cfg_path, work)
-        sub = VerdictSubscriber(url, f"{prefix}/+/+/verdict")
+        sub = VerdictSubscriber(url, f"{prefix}/+/+/verdict",
+                                consent_for=None if display else f"{prefix}/{site}/{device_id}")
         proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(cfg_path)])
         photo = card_photo_jpeg(img[:, :, ::-1].copy())
         if screen is not None:

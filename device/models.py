@@ -123,6 +123,15 @@ def resolve(model_dir: Path, model_set: str = "float", detector: str = "short_ra
     return out
 
 
+def derived(model_dir: Path, role: str, manifest: dict | None = None) -> Path | None:
+    """The file of a model our scripts build from a registry package (the manifest's `built` list, not
+    int8: e.g. `embedder2`, scripts/build-dlib-embedder), or None when the manifest has no such role."""
+    for e in entries(manifest):
+        if e.role == role and e.precision != "int8" and any(s.get("kind") == "build" for s in e.sources):
+            return Path(model_dir) / e.file
+    return None
+
+
 def versions(paths: dict[str, Path]) -> dict[str, str]:
     """role -> 'file@sha8' for the verdict's `models` field (cheap: hashes are cached by mtime)."""
     return {role: f"{p.stem}@{_cached_sha(p)[:8]}" for role, p in paths.items()}
@@ -267,11 +276,12 @@ def verify(model_dir: Path, manifest: dict | None = None) -> list[tuple[str, str
     rows = []
     for e in entries(manifest):
         p = model_dir / e.file
+        built = any(s.get("kind") == "build" for s in e.sources)
         if not p.exists():
-            state = "missing (optional)" if e.optional or e.precision == "int8" else "missing"
+            state = "missing (optional)" if e.optional or e.precision == "int8" or built else "missing"
         elif sha256_file(p) != e.sha256:
             state = "sha256 mismatch"
         else:
             state = "ok"
-        rows.append((e.role + ("" if e.precision == "float" else f" [{e.precision}]"), e.file, state))
+        rows.append((e.role + (f" [{e.precision}]" if built or e.precision != "float" else ""), e.file, state))
     return rows

@@ -334,6 +334,9 @@ class Session:
                 self._emit_challenge(e)
             elif e.get("event") == "capturing":
                 self._emit(e)
+            elif e.get("event") == "hint":       # one_face_only (and its `cleared`), from the check
+                ev.hint, ev.hint_t = (None, -1e9) if e.get("state") == "cleared" else (e["prompt"], frame.t)
+                self._emit(e)
         if step.challenges_completed:
             ev.last_challenge_t = self.clock()
         if step.failed:

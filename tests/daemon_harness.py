@@ -31,6 +31,8 @@ def daemon_config(tmp: Path, *, broker_url: str, reader_port: str, video: str, m
         "session": {"capture_timeout_s": 30.0},
         "mqtt": {"url": broker_url, "connect_timeout_s": 5.0},
         "log": {"level": "info", "target": "stderr"},
+        # nobody at the counter to agree: consent (on by default) is off unless a test asks for it
+        "consent": {"required": False},
     }
     for k, v in (extra or {}).items():
         cfg.setdefault(k, {}).update(v)

@@ -31,6 +31,7 @@ from tests.conftest import IN_CI, SHARED, missing
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = "/lib/systemd/system/kyc-edge.service"
+DISPLAY_UNIT = "/lib/systemd/system/kyc-edge-display.service"
 
 
 def _need_tools() -> None:
@@ -90,7 +91,7 @@ def test_control_conffiles_and_contents(deb, extracted):
     assert (extracted / "DEBIAN" / "conffiles").read_text().split() == ["/etc/kyc-edge/config.toml"]
     listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout
     paths = {line.split()[5].lstrip(".") for line in listing.splitlines()}
-    for p in (UNIT, "/etc/kyc-edge/config.toml", "/usr/lib/sysusers.d/kyc-edge.conf", "/usr/sbin/kyc-edge-provision-models",
+    for p in (UNIT, DISPLAY_UNIT, "/etc/kyc-edge/config.toml", "/usr/lib/sysusers.d/kyc-edge.conf", "/usr/sbin/kyc-edge-provision-models",
               "/opt/kyc-edge/constraints.txt", "/usr/share/doc/kyc-edge/copyright", "/usr/bin/kyc-edge"):
         assert p in paths, p
     assert not any(p.endswith((".tflite", ".onnx")) for p in paths), "model binaries must not ship in the package"
@@ -99,6 +100,9 @@ def test_control_conffiles_and_contents(deb, extracted):
     # the sysusers entry: system user kyc-edge, groups video and dialout
     su = (extracted / "usr/lib/sysusers.d/kyc-edge.conf").read_text()
     assert re.search(r"^u kyc-edge ", su, re.M) and "m kyc-edge video" in su and "m kyc-edge dialout" in su
+    # ... and the display unit's user, in no device group
+    assert re.search(r"^u kyc-edge-display - .* /var/lib/kyc-edge-display -$", su, re.M), su
+    assert not re.search(r"^m kyc-edge-display ", su, re.M)
     # the conffile is a valid config that turns the software slots on
     cfg = extracted / "etc/kyc-edge/config.toml"
     assert 'software_root = "/opt/kyc-edge"' in cfg.read_text()
@@ -130,6 +134,13 @@ def test_unit_and_maintainer_scripts(extracted):
                  "ReadWritePaths=/opt/kyc-edge/slots", "Restart=on-failure", "User=kyc-edge",
                  "SupplementaryGroups=video dialout", "StateDirectory=kyc-edge", "Type=notify"):
         assert line in unit, line
+    # the display unit: the repo's, running the packaged software instead of a checkout's venv
+    disp = (extracted / DISPLAY_UNIT.lstrip("/")).read_text()
+    assert disp == (REPO / "systemd" / "kyc-edge-display.service").read_text().replace(
+        "ExecStart=/opt/kyc-edge/.venv/bin/kyc-edge ", "ExecStart=/opt/kyc-edge/current/bin/kyc-edge ")
+    for line in ("ExecStart=/opt/kyc-edge/current/bin/kyc-edge display serve", "User=kyc-edge-display",
+                 "Group=kyc-edge"):
+        assert line in disp, line
     for s in ("postinst", "prerm", "postrm"):
         p = extracted / "DEBIAN" / s
         assert os.access(p, os.X_OK), s
@@ -178,6 +189,13 @@ def test_install_into_a_throwaway_root_then_remove_keeps_state_and_purge_removes
     uid = int(m.group(1))
     grp = (root / "etc/group").read_text()
     assert re.search(r"^video:x:44:kyc-edge$", grp, re.M) and re.search(r"^dialout:x:20:kyc-edge$", grp, re.M)
+    # the display unit's user (User=kyc-edge-display): a system user of its own, no login, no device group
+    md = re.search(r"^kyc-edge-display:x:(\d+):(\d+):[^:]*:/var/lib/kyc-edge-display:/usr/sbin/nologin$", pw, re.M)
+    assert md, pw
+    assert int(md.group(1)) < 1000 and int(md.group(1)) != uid
+    assert "kyc-edge-display" not in "".join(line for line in grp.splitlines() if line.startswith(("video:", "dialout:")))
+    assert (root / "lib/systemd/system/kyc-edge-display.service").is_file()
+    assert not (root / "etc/systemd/system/multi-user.target.wants/kyc-edge-display.service").exists()  # not enabled
     # the venv (base) and the first software slot, which `current` names
     assert os.readlink(opt / "current") == "slots/current" and os.readlink(opt / "slots/current") == "a"
     info = json.loads((opt / "slots/a/SOFTWARE.json").read_text())

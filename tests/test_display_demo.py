@@ -22,6 +22,9 @@ def test_demo_with_no_arguments_prints_a_passing_verdict(shared_data):
     v = json.loads(r.stdout)["verdict"]
     assert v["result"] == "pass" and v["device"] == "demo-counter", v
     assert "card photo made from the blink video" in r.stderr
+    # consent is on by default: without --display the demo's stand-in operator agreed over cmd/consent
+    assert v["consent"]["given"] is True and v["consent"]["channel"] == "operator", v["consent"]
+    assert "the demo operator agrees" in r.stderr
     assert not list(REPO.glob("*.jpg")) and not list(REPO.glob("*.png")), "the demo must not save a photo"
 
 

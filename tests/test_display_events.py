@@ -109,6 +109,7 @@ def test_only_schema_events_pass_through_the_display(display):
         {"event": "challenge", "prompt": "blink", "challenge": "blink", "step": 1, "of": 1, "deadline_s": 8.0,
          "session_id": SID},
         {"event": "hint", "prompt": "take_off_mask", "session_id": SID},
+        {"event": "hint", "prompt": "one_face_only", "state": "cleared", "session_id": SID},   # the other face left
         {"event": "verdict", "result": "fail", "reason": "face_covered", "verdict_id": SID, "session_id": SID},
     ]
     lines = [json.dumps(x, ensure_ascii=False).encode() for x in bad] + [b"{not json", b"x" * 5000]

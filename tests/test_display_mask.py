@@ -82,3 +82,38 @@ def test_covered_fraction_separates_a_drawn_mask(shared_data, suite):
     covered = covered_fraction(align_face(masked, f2.keypoints))
     assert plain is not None and covered is not None
     assert plain < 0.3 and covered > 0.9, (plain, covered)
+
+
+def test_a_skin_coloured_mask_is_caught_by_structure_not_colour(shared_data, suite):
+    """skin_beige is close to the skin's chroma (the colour cue misses it); the mouth-and-chin structure
+    cue (occlusion.lower_texture) sees that there is no mouth; the unmasked face has one."""
+    from tests.faces import impostor_photo
+    from device.vision.align import align_face
+    from device.vision.occlusion import MIN_TEXTURE, lower_face_covered, lower_texture
+    rgb = impostor_photo(shared_data)
+    f = max(suite.detector.detect(rgb).faces, key=lambda f: f.score)
+    plain = align_face(rgb, f.keypoints)
+    masked_rgb = draw_mask(rgb, f.keypoints, MASK_COLOURS["skin_beige"])
+    g = max(suite.detector.detect(masked_rgb).faces, key=lambda f: f.score)
+    masked = align_face(masked_rgb, g.keypoints)
+    assert covered_fraction(masked) < 0.9                  # colour alone: not covered
+    assert lower_texture(masked) < MIN_TEXTURE < lower_texture(plain)
+    assert lower_face_covered(masked, 0.9) and not lower_face_covered(plain, 0.9)
+    assert not lower_face_covered(masked, 0.9, min_texture=0.0)    # the texture cue off: missed again
+
+
+def test_eval_mask_reports_each_cue_and_how_missed_masks_match(shared_data, model_dir):
+    """`kyc-edge eval mask` on a few faces: both cues reported per mask, the fabric variants drawn, and
+    the matched-pair part accounts for every masked attempt (no mesh, flagged, or missed -> scored)."""
+    from kyc_tools.eval.masks import FABRIC_MASKS, evaluate
+    out = evaluate(shared_data, model_dir, limit=8, pairs=4)
+    assert set(MASK_COLOURS) | set(FABRIC_MASKS) == set(out["per_mask"])
+    beige = out["per_mask"]["skin_beige"]
+    assert beige["covered_rate_structure_cue"] > beige["covered_rate_colour_cue"], beige
+    assert out["match_pairs"] == 4 and "missed_masks_match_rate" in out
+    for name, c in out["match_per_mask"].items():
+        assert c["found"] == c["no_mesh"] + c["flagged"] + c["missed"] and c["missed_match"] <= c["missed"], (name, c)
+    assert out["match_per_mask"]["unmasked"]["missed_match"] >= 3      # genuine pairs, no mask: they match
+    colour_only = evaluate(shared_data, model_dir, limit=8, pairs=0, min_texture=0.0)
+    assert colour_only["per_mask"]["skin_beige"]["covered_rate_structure_cue"] == 0.0
+    assert colour_only["per_mask"]["skin_beige"]["covered_rate_flat_cue"] == 0.0

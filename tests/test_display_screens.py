@@ -170,3 +170,21 @@ def test_voice_switch_off_plays_nothing(tmp_path, voices):
     finally:
         d.quit()
         srv.stop()
+
+
+def test_one_face_only_hint_shows_during_a_challenge_and_clears(page):
+    """A second face (device/liveness/rules.py OneFace): the hint appears over the challenge, is spoken,
+    and goes when the session says the other face left (state `cleared`); the challenge stays."""
+    d, s, srv, tmp = page
+    _send(s, [{"event": "card_detected"},
+              {"event": "challenge", "prompt": "blink", "challenge": "blink", "step": 1, "of": 2, "deadline_s": 8},
+              {"event": "hint", "prompt": "one_face_only"}])
+    wait_js(d, "!document.getElementById('hint').hidden", 10, "hint shown")
+    assert d.execute_script("return document.body.dataset.screen") == "challenge"
+    lang = d.execute_script("return document.documentElement.lang").split("-")[0]
+    assert d.find_element("id", "hint-text").text == TEXTS[lang]["one_face_only"]
+    screenshot(d, tmp / "one-face-only-800x480.png", SIZES[0])
+    wait_js(d, "window.__kyc.spoken.some(x => x.key === 'one_face_only')", 10, "spoken")
+    _send(s, [{"event": "hint", "prompt": "one_face_only", "state": "cleared"}])
+    wait_js(d, "document.getElementById('hint').hidden", 10, "hint cleared")
+    assert d.execute_script("return document.body.dataset.screen") == "challenge"

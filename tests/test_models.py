@@ -27,7 +27,7 @@ def test_install_from_mirror_verifies_and_is_idempotent(tmp_path, shared):
     dest = tmp_path / "models"
     got = M.install(dest, mirror=mirror, kinds=("mirror",), log=lambda *_: None)
     assert set(got) >= {"detector", "landmarks", "antispoof_v2", "antispoof_v1se", "embedder"}
-    assert all(state == "ok" for role, _, state in M.verify(dest) if "int8" not in role)
+    assert all(state == "ok" for role, _, state in M.verify(dest) if "[" not in role)   # built ones: scripts
     again = M.install(dest, mirror=mirror, kinds=("mirror",), log=lambda *_: None)
     assert set(again.values()) == {"already installed"}
 

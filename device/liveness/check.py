@@ -14,6 +14,9 @@ Session (daemon, `kyc-edge verify`), `kyc-edge eval sessions` and `eval liveness
 object; none of them re-implements a rule. What it owns, frame by frame:
 - continuity rules (device/liveness/rules.py): one face, face lost, no face within face_wait_s;
   a broken rule ends the capture at once with its reason (`step.failed`);
+- a second face: a `hint` event (`one_face_only`) when it appears and one with state `cleared` when
+  it is gone; while it is there nothing counts (the challenge pauses; its deadline does not), and
+  it ends the capture only when it stays past liveness.multiple_faces_grace_s (rules.OneFace);
 - start on the first face: the challenges start on the first frame with one tracked face, so the
   prompt is fair;
 - the challenges (device/liveness/challenges/, one file each), in order, each with its timeout;
@@ -66,6 +69,10 @@ class LivenessCheck:
         self.last_face_t: float | None = None
         self.pad_scores: list[float] = []
         self.good_frames = 0
+        self.last_good_t: float | None = None
+        self.crowded_since: float | None = None    # a second face has been in view since then
+        self.crowd_end_t: float | None = None      # the last crowded spell ended then
+        self.crowded_spells = 0
         self.hold_until: float | None = None
         self.done = False
         self.failed_reason: str | None = None
@@ -90,6 +97,14 @@ class LivenessCheck:
         if self.t0 is None:
             self.t0 = t
         self.faces_max = max(self.faces_max, obs.faces)
+        crowded = obs.faces > 1
+        if crowded and self.crowded_since is None:
+            self.crowded_since = t
+            self.crowded_spells += 1
+            step.events.append({"event": "hint", "prompt": "one_face_only"})
+        elif obs.faces == 1 and self.crowded_since is not None:     # one face seen again (a lost frame, 0, is not)
+            self.crowded_since, self.crowd_end_t = None, t
+            step.events.append({"event": "hint", "prompt": "one_face_only", "state": "cleared"})
         in_view = obs.faces == 1 and obs.landmarks is not None
         if in_view:
             self.face_seen, self.last_face_t = True, t
@@ -97,10 +112,15 @@ class LivenessCheck:
                 self.pad_scores.append(float(obs.pad_real))
             if good_frame:
                 self.good_frames += 1
+                self.last_good_t = t
+        elif crowded and obs.landmarks is not None and self.face_seen:
+            self.last_face_t = t        # the face is still there (with another): not `face_lost`
         for rule in self.rules:
             reason = rule.on_frame(self, obs, in_view)
             if reason:
                 return self._fail(step, reason)
+        if crowded:                     # nothing counts while another face is in view
+            return step
         if in_view and not self.runner.started:     # challenges start once a face is in view
             step.events += self.runner.start(t)
         if not self.runner.started:
@@ -109,7 +129,7 @@ class LivenessCheck:
             step.events.append(e)
             if e.get("event") == "challenge" and e.get("state") == "passed" and self.runner.done:
                 step.challenges_completed = True
-        if self.runner.failed_reason or (self.runner.done and self.good_frames > 0):
+        if self.runner.failed_reason or (self.runner.done and self.has_match_frame):
             self.done = step.done = True
             return step
         if not self.runner.done:
@@ -124,6 +144,17 @@ class LivenessCheck:
             self.done = step.done = True
         return step
 
+    @property
+    def has_match_frame(self) -> bool:
+        """A frame passed the quality gate, after the last crowded spell if there was one."""
+        return self.good_frames > 0 and (self.crowd_end_t is None or
+                                         (self.last_good_t is not None and self.last_good_t >= self.crowd_end_t))
+
+    @property
+    def crowd_unresolved(self) -> bool:
+        """Crowded at the end, or no match frame after the last crowded spell (identity unconfirmed)."""
+        return self.crowded_since is not None or (self.crowd_end_t is not None and not self.has_match_frame)
+
     def finish(self) -> str | None:
         """No more frames (capture ended: replay at its end, or done). Returns a reason that ends
         the session now ("no_face" when no face was ever in view), else None."""
@@ -135,7 +166,9 @@ class LivenessCheck:
         return self.failed_reason
 
     def decide(self, identity_similarity: float | None = None) -> LivenessDecision:
-        d = decide(self.runner, self.pad_scores, self.faces_max, self.face_lost, identity_similarity, self.cfg)
+        # a second face that left within the grace, followed by a match frame, is no failure (rules.OneFace)
+        d = decide(self.runner, self.pad_scores, 2 if self.crowd_unresolved else 1, self.face_lost,
+                   identity_similarity, self.cfg)
         for rule in self.rules:
             reason = rule.at_decision(self)
             if reason and reason not in d.reasons:
@@ -158,6 +191,7 @@ class LivenessCheck:
         """Numbers for evaluation reports (no pixels)."""
         return {"frames": self.frames, "faces_max": self.faces_max, "face_seen": self.face_seen,
                 "pad_frames": len(self.pad_scores), "good_frames": self.good_frames,
+                "crowded_spells": self.crowded_spells,
                 "failed": self.failed_reason, "challenges": list(self.runner.sequence),
                 "challenges_passed": self.runner.passed_count,
                 "flat_face": next(({"score": r.last.score, "flat": r.last.flat, "turned_frames": r.last.pairs}

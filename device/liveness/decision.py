@@ -7,7 +7,8 @@ Rules (all must hold for ok=True; every failing rule adds its reason code, in th
   response_too_early instead when the runner failed on the timing rule (a turn begun before its prompt);
 - spoof_suspected:   PAD enabled and the fused passive score < cfg.pad_threshold, or no frame was
                      scored at all (no near-frontal frame: no passive evidence is not a pass);
-- multiple_faces:    more than one face was in view at some point;
+- multiple_faces:    faces_seen_max > 1 (LivenessCheck passes 2 when a second face was in view at the
+                     end, or no match frame followed it: device/liveness/rules.py OneFace);
 - face_lost:         the face was out of view longer than cfg.face_lost_s (the caller decides; the
                      tracker's `max_gap_s` is what the session code compares);
 - identity_changed:  start/end embedding similarity < cfg.identity_threshold (None = not checked).

@@ -29,11 +29,20 @@ class ContinuityRule:
 
 
 class OneFace(ContinuityRule):
-    """More than one face in view (faces counted by the tracker) ends the session."""
+    """More than one face in view (faces counted by the tracker). The check tells the customer at once
+    (a `hint` event, prompt `one_face_only`) and pauses: no challenge progress, no PAD, no match frame
+    while the extra face is there (LivenessCheck.feed). If it is still there after
+    liveness.multiple_faces_grace_s, the session ends `multiple_faces` (grace 0: at the first such
+    frame). After a crowded spell the capture needs a match frame taken after it (so the session's
+    start/end identity check compares the person before with the person after); without one the
+    decision fails `multiple_faces` (LivenessCheck.decide), as it does when the capture ends crowded."""
     reason = "multiple_faces"
 
     def on_frame(self, check, obs, in_view):
-        return self.reason if obs.faces > 1 else None
+        since = check.crowded_since
+        if since is not None and obs.t - since >= float(getattr(check.cfg, "multiple_faces_grace_s", 0.0)):
+            return self.reason
+        return None
 
 
 class FaceLost(ContinuityRule):

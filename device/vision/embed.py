@@ -130,28 +130,36 @@ def _largest(faces):
     return max(faces, key=lambda f: f.width * f.height) if faces else None
 
 
-def _align_card(img: np.ndarray, face, landmarker, min_presence: float) -> np.ndarray:
-    """FaceMesh 5-point alignment when a landmarker is given and finds the face, else BlazeFace's."""
+def _align_card(img: np.ndarray, face, landmarker, min_presence: float, on_points=None) -> np.ndarray:
+    """FaceMesh 5-point alignment when a landmarker is given and finds the face, else BlazeFace's.
+    on_points(img, points): called with the points the face was aligned on (5 FaceMesh or 4 BlazeFace)."""
     if landmarker is not None:
         from device.vision.landmarks import roi_from_keypoints
         r = landmarker.detect(img, roi_from_keypoints(face.box, face.keypoints))
         if r.presence >= min_presence:
+            if on_points is not None:
+                from device.vision.align import mesh_points
+                on_points(img, mesh_points(r.landmarks))
             return align_on_mesh(img, r.landmarks)
+    if on_points is not None:
+        on_points(img, np.asarray(face.keypoints, np.float64)[:4])
     return align_face(img, face.keypoints)
 
 
 def prepare_card_face(detector, rgb: np.ndarray, pad_scales=(2.0, 3.0), landmarker=None,
-                      min_presence: float = 0.5) -> np.ndarray | None:
+                      min_presence: float = 0.5, on_points=None) -> np.ndarray | None:
     """Detect + align the face of a (small) card photo; once per session. None if no face is found.
 
     BlazeFace short range is trained on faces filling a fair part of the frame; a 102x126 chip photo
     whose face fills almost all of it is sometimes missed, so on a miss the photo is pasted in the
     middle of a larger grey canvas and detection is retried. With `landmarker` (FaceMesh) the face is
-    aligned on its 5 landmark points, as the live frames are (docs/match.md).
+    aligned on its 5 landmark points, as the live frames are (docs/match.md). `on_points(img, points)`
+    sees the image (the photo or its padded canvas, wiped afterwards) and the alignment points, for the
+    second embedder's face chip (device/vision/embed2.py).
     """
     face = _largest(detector.detect(rgb).faces)
     if face is not None:
-        return _align_card(rgb, face, landmarker, min_presence)
+        return _align_card(rgb, face, landmarker, min_presence, on_points)
     h, w = rgb.shape[:2]
     for s in pad_scales:
         H, W = int(round(h * s)), int(round(w * s))
@@ -160,7 +168,7 @@ def prepare_card_face(detector, rgb: np.ndarray, pad_scales=(2.0, 3.0), landmark
         canvas[top:top + h, left:left + w] = rgb
         face = _largest(detector.detect(canvas).faces)
         if face is not None:
-            out = _align_card(canvas, face, landmarker, min_presence)
+            out = _align_card(canvas, face, landmarker, min_presence, on_points)
             canvas.fill(0)
             return out
         canvas.fill(0)

@@ -120,28 +120,46 @@ class BestFrames:
         self._heap: list = []
         self._n = itertools.count()
 
-    def offer(self, score: float, aligned: np.ndarray) -> bool:
-        item = (float(score), next(self._n), aligned.copy())
+    def offer(self, score: float, aligned: np.ndarray, chip: np.ndarray | None = None) -> bool:
+        """`chip`: the same face for the second embedder (150x150, embed2.face_chip), kept alongside."""
+        item = (float(score), next(self._n), aligned.copy(), None if chip is None else chip.copy())
         if len(self._heap) < self.k:
             heapq.heappush(self._heap, item)
             return True
         if score > self._heap[0][0]:
             old = heapq.heapreplace(self._heap, item)
-            old[2].fill(0)
+            self._wipe_item(old)
             return True
-        item[2].fill(0)
+        self._wipe_item(item)
         return False
+
+    def would_keep(self, score: float) -> bool:
+        """Whether offer(score, ...) would keep the crop (so a caller makes its chip only then)."""
+        return len(self._heap) < self.k or float(score) > self._heap[0][0]
+
+    @staticmethod
+    def _wipe_item(item) -> None:
+        for a in item[2:]:
+            if a is not None:
+                a.fill(0)
+
+    def _sorted(self):
+        return sorted(self._heap, key=lambda t: (-t[0], t[1]))
 
     def crops(self) -> list[np.ndarray]:
         """Best first."""
-        return [c for _, _, c in sorted(self._heap, key=lambda t: (-t[0], t[1]))]
+        return [t[2] for t in self._sorted()]
+
+    def chips(self) -> list[np.ndarray]:
+        """The second embedder's chips of the crops that have one, best first."""
+        return [t[3] for t in self._sorted() if t[3] is not None]
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def wipe(self) -> None:
-        for _, _, c in self._heap:
-            c.fill(0)
+        for item in self._heap:
+            self._wipe_item(item)
         self._heap.clear()
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ from device.config import Config
 from device.vision import quality as quality_mod
 from device.vision.ahead import AheadEmbedder
 from device.vision.embed import EmbedderOptions, FaceEmbedder, cosine, l2n, prepare_card_face
+from device.vision import embed2
 from device.vision.quality import BestFrames
 from device.vision.tracking import build_tracker
 
@@ -28,9 +29,10 @@ from device.vision.tracking import build_tracker
 @dataclass(repr=False)
 class MatchResult:
     """The matching stage's output. `vectors` (live embeddings, card, mean) are biometric: wipe()."""
-    similarity: float                      # mean top-k live embedding vs the card
+    similarity: float                      # mean top-k live embedding vs the card (fused, with match.second_embedder)
     identity: float | None                 # session's first vs last passing crop (None: not checked)
     vectors: np.ndarray
+    components: tuple | None = None        # (MobileFaceNet cosine, second embedder cosine) when fused
 
     def wipe(self) -> None:
         self.vectors.fill(0)
@@ -51,6 +53,19 @@ class VisionSuite:
                                      blink_max_s=cfg.liveness.blink_max_s, pad_fusion=cfg.liveness.pad_fusion)
         self.detector = self.tracker.detector   # one BlazeFace for the card photo and the frames (stateless per call)
         self.embedder = FaceEmbedder.create(EmbedderOptions(str(paths["embedder"]), threads=th))
+        # the optional second embedder (dlib ResNet, match.second_embedder): score-level fusion in match()
+        self.embedder2 = None
+        if cfg.match.second_embedder:
+            p2 = models_mod.derived(Path(model_dir), "embedder2")
+            if p2 is None:
+                from device.errors import ModelError
+                raise ModelError("model_unavailable", "match.second_embedder: the manifest pins no embedder2")
+            self.embedder2 = embed2.SecondEmbedder.create(embed2.SecondEmbedderOptions(str(p2), threads=th))
+            paths = {**paths, "embedder2": p2}
+            self.paths = paths
+            self.versions = models_mod.versions(paths)
+        self._card_vec2: np.ndarray | None = None
+        self._best: BestFrames | None = None
         # embeddings made ahead of the decision (card at card-read time, the session's first crop during
         # capture), so the last-challenge -> verdict path runs fewer embedder calls; wiped in reset()
         self._card_vec: np.ndarray | None = None
@@ -66,9 +81,18 @@ class VisionSuite:
 
     # -- card
     def card_face(self, photo: np.ndarray) -> np.ndarray | None:
-        face = prepare_card_face(self.detector, photo, landmarker=self.tracker.landmarker)
+        chips = []
+        on_points = None
+        if self.embedder2 is not None:
+            def on_points(img, pts):
+                chips.append(embed2.face_chip(img, pts))
+        face = prepare_card_face(self.detector, photo, landmarker=self.tracker.landmarker, on_points=on_points)
         # embedded now (with its mirror, one call), before capture starts: off the last-challenge -> verdict path
         self._card_vec = self.embedder.embed_card(face).vector if face is not None else None
+        if chips:
+            self._card_vec2 = self.embedder2.embed_card(chips[-1]).vector if face is not None else None
+            for c in chips:
+                c.fill(0)
         return face
 
     # -- per frame
@@ -76,7 +100,8 @@ class VisionSuite:
         return self.tracker.observe(rgb, t)
 
     def best_frames(self) -> BestFrames:
-        return BestFrames(self.cfg.match.top_k)
+        self._best = BestFrames(self.cfg.match.top_k)
+        return self._best
 
     def quality_crop(self, rgb: np.ndarray, obs, best: BestFrames) -> np.ndarray | None:
         """Align the tracked face; if it passes the quality gate offer it to `best` and return it."""
@@ -84,7 +109,14 @@ class VisionSuite:
         self.last_failed = q.failed if q is not None else ()   # why no crop: the session's hints
         if aligned is None:
             return None
-        kept = best.offer(q.score, aligned)
+        chip = None
+        if self.embedder2 is not None and best.would_keep(q.score):   # its chip, from the frame, same points
+            from device.vision.align import mesh_points
+            pts = mesh_points(obs.landmarks) if obs.landmarks is not None else obs.keypoints[:4]
+            chip = embed2.face_chip(rgb, pts)
+        kept = best.offer(q.score, aligned, chip)
+        if chip is not None:
+            chip.fill(0)
         if self.ahead is not None:     # the worker embeds the top k and the first/last crops (ahead.py)
             if kept:
                 self.ahead.top(best.crops(), obs.t)
@@ -154,12 +186,22 @@ class VisionSuite:
         vecs = np.stack(live + [card_vec, mean])
         for v in live + list(got.values()):
             v.fill(0)
-        return MatchResult(similarity, identity, vecs)
+        components = None
+        chips = self._best.chips()[: self.cfg.match.second_top_k] if self._best is not None else []
+        if self.embedder2 is not None and self._card_vec2 is not None and chips:
+            r2 = self.embedder2.embed(chips)
+            mean2 = l2n(r2.vectors.mean(0))
+            sim2 = cosine(mean2, self._card_vec2)
+            r2.wipe()
+            mean2.fill(0)
+            components = (similarity, sim2)
+            similarity = embed2.fuse(similarity, sim2, self.cfg.match.fusion_weight)
+        return MatchResult(similarity, identity, vecs, components)
 
     @property
     def runtimes(self) -> tuple:
         """Every model interpreter this suite holds (device.vision.runtime.ModelRuntime)."""
-        return self.tracker.runtimes + self.embedder.runtimes
+        return self.tracker.runtimes + self.embedder.runtimes + (self.embedder2.runtimes if self.embedder2 else ())
 
     def reset(self) -> None:
         if self.ahead is not None:     # drains and ends the worker, zero-fills its copies and vectors
@@ -167,7 +209,10 @@ class VisionSuite:
         self.tracker.reset()
         self.tracker.wipe()
         self.embedder.wipe()
-        for v in (self._card_vec, self._first_vec):
+        if self.embedder2 is not None:
+            self.embedder2.wipe()
+        for v in (self._card_vec, self._first_vec, self._card_vec2):
             if v is not None:
                 v.fill(0)
-        self._card_vec = self._first_vec = None
+        self._card_vec = self._first_vec = self._card_vec2 = None
+        self._best = None

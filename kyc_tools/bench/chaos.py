@@ -76,6 +76,7 @@ class Rig:
                       "crash_loop_window_s": 120},
             "storage": {"reserve_bytes": 8_000_000, "ballast_bytes": 1_000_000, "check_interval_s": 0.5},
             "log": {"level": "info", "target": "stderr"},
+            "consent": {"required": False},          # no customer to agree: the rig drives sessions
         }
         self.cfg_path = work / "config.toml"
         self.write_config()

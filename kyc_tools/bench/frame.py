@@ -645,6 +645,7 @@ def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int =
                 "session": {"capture_timeout_s": 30.0},
                 "mqtt": {"url": url, "connect_timeout_s": 5.0},
                 "log": {"level": "warning", "target": "stderr"},
+                "consent": {"required": False},      # no customer to agree: the bench drives sessions
             }
             cfg_path = write_config(tmp / "config.toml", cfg)
             env = {k: v for k, v in os.environ.items()

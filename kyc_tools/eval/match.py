@@ -24,6 +24,7 @@ from device.vision.align import align_face
 from device.vision.detect import MODEL_FILES, DetectorOptions, FaceDetector
 from device.vision.align import align_on_mesh
 from device.vision.embed import EmbedderOptions, FaceEmbedder, cosine, prepare_card_face
+from device.vision import embed2
 from device.vision.landmarks import FaceLandmarker, LandmarkerOptions, roi_from_keypoints
 
 CARD_W, CARD_H = 102, 126
@@ -121,10 +122,13 @@ class PairScorer:
     """The device's match path for one pair of images: returns (similarity | None, live_ok, card_ok)."""
 
     def __init__(self, detector: FaceDetector, embedder: FaceEmbedder, card_style_first: bool = False,
-                 landmarker=None):
+                 landmarker=None, second=None, fusion_weight: float = 0.5):
         self.det, self.emb, self.card, self.lmk = detector, embedder, card_style_first, landmarker
+        self.second, self.weight = second, float(fusion_weight)
+        self.components = None       # (MobileFaceNet cosine, second embedder cosine) of the last score()
+        self.second_cpu_s = 0.0      # thread CPU time spent on the second embedder (chips + calls)
 
-    def live_face(self, rgb):
+    def live_face(self, rgb, on_points=None):
         """As the session aligns a tracked frame: FaceMesh's 5 points, else BlazeFace's keypoints."""
         f = self.det.detect(rgb).largest()
         if f is None:
@@ -132,7 +136,12 @@ class PairScorer:
         if self.lmk is not None:
             r = self.lmk.detect(rgb, roi_from_keypoints(f.box, f.keypoints))
             if r.presence >= 0.5:
+                if on_points is not None:
+                    from device.vision.align import mesh_points
+                    on_points(rgb, mesh_points(r.landmarks))
                 return align_on_mesh(rgb, r.landmarks)
+        if on_points is not None:
+            on_points(rgb, np.asarray(f.keypoints, np.float64)[:4])
         return align_face(rgb, f.keypoints)
 
     def make_card(self, img1: np.ndarray) -> np.ndarray:
@@ -143,10 +152,24 @@ class PairScorer:
 
     def score(self, img1: np.ndarray, img2: np.ndarray, card_ready: bool = False):
         """img1 is the card side (made chip-like here unless card_ready), img2 the live side."""
-        card = prepare_card_face(self.det, img1 if card_ready else self.make_card(img1), landmarker=self.lmk)
-        live = self.live_face(img2)
+        chips = {"card": [], "live": []}
+        on_card = on_live = None
+        if self.second is not None:     # the second embedder's chips, on the same points (VisionSuite)
+            def on_card(img, pts):
+                t = time.thread_time()
+                chips["card"].append(embed2.face_chip(img, pts))
+                self.second_cpu_s += time.thread_time() - t
+
+            def on_live(img, pts):
+                t = time.thread_time()
+                chips["live"].append(embed2.face_chip(img, pts))
+                self.second_cpu_s += time.thread_time() - t
+        self.components = None
+        card = prepare_card_face(self.det, img1 if card_ready else self.make_card(img1), landmarker=self.lmk,
+                                 on_points=on_card)
+        live = self.live_face(img2, on_points=on_live)
         if live is None:                # LFW images are tight crops: give the live side the same padded retry
-            live = prepare_card_face(self.det, img2, landmarker=self.lmk)
+            live = prepare_card_face(self.det, img2, landmarker=self.lmk, on_points=on_live)
         if card is None or live is None:
             return None, live is not None, card is not None
         if self.lmk is None:            # --align blazeface: the old path, one call for both faces
@@ -158,6 +181,15 @@ class PairScorer:
         s = cosine(v.vector, c.vector)
         c.wipe()
         v.wipe()
+        if self.second is not None:     # card chip with its mirror (one call), live chip (one call)
+            t = time.thread_time()
+            c2, v2 = self.second.embed_card(chips["card"][-1]), self.second.embed(chips["live"][-1:])
+            self.second_cpu_s += time.thread_time() - t
+            s2 = cosine(v2.vector, c2.vector)
+            c2.wipe()
+            v2.wipe()
+            self.components = (s, s2)
+            s = embed2.fuse(s, s2, self.weight)
         return s, True, True
 
 
@@ -181,9 +213,20 @@ def run_match_eval(args) -> dict:
     if (getattr(args, "align", None) or "mesh") == "mesh":
         lmk_path = _find(getattr(args, "landmark_model", None), "face_landmark.tflite", dirs)
         lmk = FaceLandmarker.create(LandmarkerOptions(lmk_path, threads=threads))
-    scorer = PairScorer(det, emb, card_style_first=bool(getattr(args, "card_style", False)), landmarker=lmk)
+    second = None
+    weight = getattr(args, "fusion_weight", None)
+    if weight is None:
+        from device.config import MatchConfig
+        weight = MatchConfig().fusion_weight
+    if getattr(args, "second_embedder", False):
+        if lmk is None:
+            raise ValueError("--second-embedder needs --align mesh")
+        p2 = _find(getattr(args, "second_model", None), "dlib_resnet_v1.tflite", dirs)
+        second = embed2.SecondEmbedder.create(embed2.SecondEmbedderOptions(p2, threads=threads))
+    scorer = PairScorer(det, emb, card_style_first=bool(getattr(args, "card_style", False)), landmarker=lmk,
+                        second=second, fusion_weight=weight)
 
-    scores, labels, fold_of = [], [], []
+    scores, labels, fold_of, comps = [], [], [], []
     fte_pairs = fte_card = fte_live = 0
     t_total = 0.0
     with common.Progress(len(rows), "eval match") as bar:
@@ -198,6 +241,7 @@ def run_match_eval(args) -> dict:
                 fte_card += not card_ok
                 fte_live += not live_ok
                 s = -1.0
+            comps.append(scorer.components or (s, s))
             scores.append(s)
             labels.append(r["same"])
             fold_of.append(r["fold"])
@@ -231,6 +275,19 @@ def run_match_eval(args) -> dict:
     if thr is not None:
         out["at_threshold"] = {"threshold": thr, "tar": float((s[y == 1] >= thr).mean()),
                                "far": float((s[y == 0] >= thr).mean())}
+    if second is not None:
+        out["second_embedder"] = {"model": Path(second.options.model_path).name, "fusion_weight": weight,
+                                  # thread CPU per pair: chips of both sides, the card call (chip + mirror)
+                                  # and one live call: what a session adds with match.second_top_k = 2
+                                  "cpu_ms_per_pair": round(1000.0 * scorer.second_cpu_s / len(rows), 2),
+                                  "calibration": {"a": embed2.CAL_A, "b": embed2.CAL_B},
+                                  "chip": {"scale": embed2.CHIP_SCALE, "centre": list(embed2.CHIP_CENTRE)}}
+        cs = np.array(comps)
+        out["components"] = {}
+        for name, col in (("primary", cs[:, 0]), ("second", cs[:, 1])):
+            cm = common.summary(col, y, folds=np.array(fold_of))
+            out["components"][name] = {k: cm[k] for k in ("accuracy", "tar_at_far_1e-2", "tar_at_far_1e-3", "eer",
+                                                           "auc", "threshold_at_far_1e-3")}
     if getattr(args, "plot", None):
         t = m["threshold_at_far_1e-3"]
         far = float((s[y == 0] >= t).mean())

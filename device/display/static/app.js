@@ -152,6 +152,7 @@
         else if (screen !== "challenge") show("look", "look");
         break;
       case "hint":
+        if (e.state === "cleared") { if (last.hint === e.prompt) hideHint(); break; }   // e.g. the other face left
         if (screen === "look" || screen === "challenge" || screen === "hold") {
           $("hint-pict").innerHTML = svg(HINT_PICT[e.prompt] || "camera");
           $("hint-text").textContent = t(e.prompt);
