@@ -119,7 +119,7 @@ def test_session_latency_reports_the_ahead_worker(blink_video, model_dir):
     r = bench.session_latency(model_dir, "int8", 1, runs=1)
     assert r["results"] == ["pass"], r["results"]
     ah = r["embed_ahead"]
-    assert ah["on"] is True and ah["worker_embed_calls"][0] >= 4     # top 3, first, last at least
+    assert ah["on"] is True and ah["worker_embed_calls"][0] >= 3     # top 3, first, last: 5 crops, 2 per call
     assert ah["worker_cpu_ms"]["n"] == 1 and ah["session_cpu_ms"]["median"] > 0
     assert r["breakdown_ms"]["embed_calls_per_match"][0] < 2
     assert r["last_challenge_to_outbox_ms"]["n"] == 1
