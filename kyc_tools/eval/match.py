@@ -122,8 +122,9 @@ class PairScorer:
     """The device's match path for one pair of images: returns (similarity | None, live_ok, card_ok)."""
 
     def __init__(self, detector: FaceDetector, embedder: FaceEmbedder, card_style_first: bool = False,
-                 landmarker=None, second=None, fusion_weight: float = 0.5):
+                 landmarker=None, second=None, fusion_weight: float = 0.5, card_restore: str = "none"):
         self.det, self.emb, self.card, self.lmk = detector, embedder, card_style_first, landmarker
+        self.card_restore = card_restore
         self.second, self.weight = second, float(fusion_weight)
         self.components = None       # (MobileFaceNet cosine, second embedder cosine) of the last score()
         self.second_cpu_s = 0.0      # thread CPU time spent on the second embedder (chips + calls)
@@ -148,7 +149,13 @@ class PairScorer:
         """The card-side photo: img1 itself, or its chip-like version with --card-style."""
         if not self.card:
             return img1
-        return card_style(img1, self.det.detect(img1).largest())
+        chip = card_style(img1, self.det.detect(img1).largest())
+        if self.card_restore == "none":
+            return chip
+        from device.vision.restore import restore
+        out = restore(chip, self.card_restore)
+        chip.fill(0)
+        return out
 
     def score(self, img1: np.ndarray, img2: np.ndarray, card_ready: bool = False):
         """img1 is the card side (made chip-like here unless card_ready), img2 the live side."""
@@ -224,6 +231,7 @@ def run_match_eval(args) -> dict:
         p2 = _find(getattr(args, "second_model", None), "dlib_resnet_v1.tflite", dirs)
         second = embed2.SecondEmbedder.create(embed2.SecondEmbedderOptions(p2, threads=threads))
     scorer = PairScorer(det, emb, card_style_first=bool(getattr(args, "card_style", False)), landmarker=lmk,
+                        card_restore=getattr(args, "card_restore", None) or "none",
                         second=second, fusion_weight=weight)
 
     scores, labels, fold_of, comps = [], [], [], []
@@ -252,6 +260,7 @@ def run_match_eval(args) -> dict:
         "pairs": len(rows),
         "folds": f"{folds[0]}-{folds[-1]}" if folds == list(range(folds[0], folds[-1] + 1)) else ",".join(map(str, folds)),
         "card_style": bool(getattr(args, "card_style", False)),
+        "card_restore": getattr(args, "card_restore", None) or "none",
         "model": Path(emb_path).name,
         "detector": Path(det_path).name,
         "flip_tta": bool(getattr(args, "flip_tta", False)),
