@@ -45,6 +45,15 @@ def test_bench_frame_video_emits_keys(capsys, blink_video, model_dir, monkeypatc
                                    "per_frame_path_cpu_median_ms", "cpu_share",
                                    "peak_rss_mb", "vs_mediapipe_ratio"}
     assert "error" in out["mediapipe"] and out["summary"]["vs_mediapipe_ratio"] is None
+    # the optional second embedder (issue 18): timed on this run's chips when setup built it
+    from device import models as models_mod
+    se = ours["second_embedder"]
+    p2 = models_mod.derived(model_dir, "embedder2")
+    if p2 is not None and p2.is_file():
+        assert se["card_call_ms"]["n"] == 5 and se["card_call_ms"]["median"] > 0, se
+        assert se["live_call_ms"]["median"] > 0 and se["live_chips"] == 2 and se["per_session_ms"] > 0
+    else:
+        assert se["per_session_ms"] is None and "embedder2" in se["why"]
     # smoke runs never start the daemon; the figures say so instead of inventing numbers
     assert out["daemon"]["start_to_ready_ms"] is None and out["daemon"]["start_to_ready_why"]
 

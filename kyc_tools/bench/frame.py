@@ -183,6 +183,49 @@ def default_models_dir() -> Path:
     return find_model_dir()
 
 
+def _chip2(rgb: np.ndarray, landmarks: np.ndarray, chip_ms: list) -> np.ndarray:
+    from device.vision import embed2
+    from device.vision.align import mesh_points
+    c0 = time.thread_time()
+    chip = embed2.face_chip(rgb, mesh_points(landmarks))
+    chip_ms.append((time.thread_time() - c0) * 1000.0)
+    return chip
+
+
+def second_embedder_stage(models_dir: Path, threads: int, chips: list, chip_ms: list, reps: int = 5) -> dict:
+    """The optional second embedder (match.second_embedder, issue 18), as a session runs it: the card chip
+    with its mirror (one call, at card read) and the live top chips (one call, at the decision), thread CPU
+    ms per call, on chips made from this run's tracked frames. None-valued with a reason when absent."""
+    from device import models as models_mod
+    from device.vision import embed2
+    try:
+        p = models_mod.derived(models_dir, "embedder2")
+        if p is None or not p.is_file() or len(chips) < 2:
+            why = "no embedder2 model (scripts/build-dlib-embedder)" if p is None or not p.is_file() \
+                else "fewer than 2 tracked frames passed the quality gate"
+            return {"card_call_ms": None, "live_call_ms": None, "per_session_ms": None, "why": why}
+        emb = embed2.SecondEmbedder.create(embed2.SecondEmbedderOptions(str(p), threads=threads))
+        emb.embed_card(chips[0]).wipe()                 # warm-up, as the daemon's first session is not timed
+        card, live = [], []
+        for _ in range(reps):
+            c0 = time.thread_time()
+            emb.embed_card(chips[0]).wipe()
+            c1 = time.thread_time()
+            emb.embed(chips[1:3]).wipe()
+            c2 = time.thread_time()
+            card.append((c1 - c0) * 1000.0)
+            live.append((c2 - c1) * 1000.0)
+        emb.wipe()
+        sc, sl, sk = stats(card), stats(live), stats(chip_ms)
+        return {"card_call_ms": sc, "live_call_ms": sl, "chip_ms": sk, "live_chips": len(chips[1:3]),
+                "per_session_ms": round(sc["median"] + sl["median"] + sk["median"] * 3, 3),
+                "what": "thread CPU ms: card chip + mirror (one call, at card read), the live top chips (one "
+                        "call, at the decision), a chip per kept frame (3 assumed: match.top_k)"}
+    finally:
+        for c in chips:
+            c.fill(0)
+
+
 def resolve_models(models_dir: Path, model_set: str) -> tuple[Path, dict, list[str]]:
     """(dir the suite loads from, role -> file, roles that fell back to float).
 
@@ -272,6 +315,8 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
     cpu = {k: [] for k in keys}
     first = None
     crops: list[np.ndarray] = []
+    chips2: list = []           # second-embedder face chips (match.second_embedder), at most 3
+    chip_ms: list[float] = []
     detect_frames = faces = n = 0
     peer_wait = 0.0
     try:
@@ -303,6 +348,8 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
             faces += int(obs.has_face)
             if crop is not None and len(crops) < EMBED_MAX_CROPS:
                 crops.append(crop.copy())
+            if crop is not None and obs.landmarks is not None and len(chips2) < 3:
+                chips2.append(_chip2(rgb, obs.landmarks, chip_ms))
             rgb.fill(0)
             n += 1
             if peer is not None:
@@ -333,6 +380,7 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
         c.fill(0)
     best.wipe()
     wall["embed"], cpu["embed"] = embed_w, embed_c
+    second = second_embedder_stage(load_dir, threads, chips2, chip_ms)
 
     def table(src: dict) -> dict:
         st = {k: stats(src.get(k, [])) for k in STAGES if k != "align_embed"}
@@ -354,7 +402,7 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
     path_mean = st["per_frame_path"]["mean"] if st["per_frame_path"] else None
     return {
         "frames": n, "frames_with_face": faces, "detect_ran_frames": detect_frames,
-        "stage_calls": stage_calls, "embed_calls": len(embed_w),
+        "stage_calls": stage_calls, "embed_calls": len(embed_w), "second_embedder": second,
         "model_set": model_set, "threads": threads, "models_dir": str(models_dir), "models": files,
         "int8_fallback_to_float": fallback, "model_load_ms": round(load_ms, 1),
         "stages_ms": st,
