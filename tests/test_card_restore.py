@@ -33,3 +33,16 @@ def test_each_method_smooths_block_edges_and_keeps_the_face(shared_data, model_d
         assert _block_edges(out) < before, m
     with pytest.raises(ValueError, match="unknown restore method"):
         restore(chip, "sharpen")
+
+
+def test_topk_study_fusion_rules():
+    """kyc_tools.eval.topk_study: the k best by quality; mean, quality-weighted mean, best single."""
+    from kyc_tools.eval.topk_study import _fuse
+    e = np.eye(4, dtype=np.float64)
+    live = [(0.9, e[0]), (0.1, e[1]), (0.5, e[2]), (0.3, e[3])]
+    assert np.allclose(_fuse(live, 1, "mean"), e[0])
+    assert np.allclose(_fuse(live, 3, "best"), e[0])
+    m = _fuse(live, 2, "mean")                        # the two best: e0 (0.9) and e2 (0.5)
+    assert np.allclose(m, (e[0] + e[2]) / np.sqrt(2))
+    w = _fuse(live, 2, "weighted")
+    assert w[0] > w[2] > 0 and w[1] == w[3] == 0 and np.isclose(np.linalg.norm(w), 1)
