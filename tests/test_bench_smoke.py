@@ -52,6 +52,7 @@ def test_bench_frame_video_emits_keys(capsys, blink_video, model_dir, monkeypatc
     if p2 is not None and p2.is_file():
         assert se["card_call_ms"]["n"] == 5 and se["card_call_ms"]["median"] > 0, se
         assert se["live_call_ms"]["median"] > 0 and se["live_chips"] == 2 and se["per_session_ms"] > 0
+        assert se["rss_added_mb"] >= 0       # reported apart: the frame path's peak is the default model set
     else:
         assert se["per_session_ms"] is None and "embedder2" in se["why"]
     # smoke runs never start the daemon; the figures say so instead of inventing numbers

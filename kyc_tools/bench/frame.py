@@ -380,7 +380,9 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
         c.fill(0)
     best.wipe()
     wall["embed"], cpu["embed"] = embed_w, embed_c
+    rss_end, rss_peak = rss_mb(), peak_rss_mb()     # before the optional second embedder is loaded
     second = second_embedder_stage(load_dir, threads, chips2, chip_ms)
+    second["rss_added_mb"] = round(peak_rss_mb() - rss_peak, 1) if second.get("per_session_ms") else None
 
     def table(src: dict) -> dict:
         st = {k: stats(src.get(k, [])) for k in STAGES if k != "align_embed"}
@@ -414,8 +416,8 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
         # CPU time this process got / wall time of our frame loop: ~1.0 = the core was ours; lower = other
         # processes on the same core took turns (the figures above then include their time slices)
         "cpu_share": round(cpu_s / max(wall_s, 1e-9), 3),
-        "rss_mb": {"before_models": rss_before, "models_loaded": rss_loaded, "end": rss_mb(),
-                   "peak": peak_rss_mb()},
+        "rss_mb": {"before_models": rss_before, "models_loaded": rss_loaded, "end": rss_end,
+                   "peak": rss_peak},    # the default model set; the second embedder's share is its own
     }
 
 
