@@ -76,3 +76,18 @@ def pg_dsn(pg_cluster, request):
     import uuid
     name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:6]
     return pg_cluster.create_db(name)
+
+
+@pytest.fixture(scope="module")
+def lfw(shared_data):
+    """LFW pairs (rows of pairs.csv) and a loader of its images as RGB."""
+    import csv
+
+    import cv2
+    root = shared_data / "lfw-dev"
+    with open(root / "pairs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+
+    def load(name):
+        return cv2.cvtColor(cv2.imread(str(root / "images" / name)), cv2.COLOR_BGR2RGB)
+    return rows, load

@@ -1,9 +1,9 @@
-"""device/vision/restore.py on a real chip-like photo (issue 18): each method smooths the JPEG's 8x8
+"""kyc_tools/eval/restore.py on a real chip-like photo (issue 18): each method smooths the JPEG's 8x8
 block edges, keeps the face findable, and an unknown method is a clear error."""
 import numpy as np
 import pytest
 
-from device.vision.restore import METHODS, restore
+from kyc_tools.eval.restore import METHODS, restore
 from kyc_tools.eval.match import card_style
 from tests.faces import genuine_photo
 

@@ -38,16 +38,6 @@ def model2(model_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lfw(shared_data):
-    root = shared_data / "lfw-dev"
-    rows = list(csv.DictReader(open(root / "pairs.csv")))
-
-    def load(name):
-        return cv2.cvtColor(cv2.imread(str(root / "images" / name)), cv2.COLOR_BGR2RGB)
-    return rows, load
-
-
-@pytest.fixture(scope="module")
 def scorer(model_dir, model2):
     from device.vision.detect import DetectorOptions, FaceDetector
     from device.vision.embed import EmbedderOptions, FaceEmbedder

@@ -1,7 +1,6 @@
 """Match path on real LFW faces through the real models: detect -> align -> embed -> cosine."""
 from __future__ import annotations
 
-import csv
 
 import cv2
 import numpy as np
@@ -20,16 +19,6 @@ def detector(model_dir):
 @pytest.fixture(scope="module")
 def embedder(model_dir):
     return FaceEmbedder.create(EmbedderOptions(str(model_dir / "mobilefacenet.tflite")))
-
-
-@pytest.fixture(scope="module")
-def lfw(shared_data):
-    root = shared_data / "lfw-dev"
-    rows = list(csv.DictReader(open(root / "pairs.csv")))
-
-    def load(name):
-        return cv2.cvtColor(cv2.imread(str(root / "images" / name)), cv2.COLOR_BGR2RGB)
-    return rows, load
 
 
 def test_align_maps_keypoints_onto_template():

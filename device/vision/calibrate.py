@@ -61,28 +61,21 @@ def summarise(scores: list[float | None], same: list[int], threshold: float) -> 
 
 def pair_score(suite, card_rgb, live_rgb) -> float | None:
     """The session's match on one pair: the card path, the live face as one best frame, match()."""
-    from device.vision import embed2
-    from device.vision.embed import prepare_card_face
     try:
         card_face = suite.card_face(card_rgb)
-        chips = []
-        on_points = None
-        if suite.embedder2 is not None:
-            def on_points(img, pts):
-                chips.append(embed2.face_chip(img, pts))
-        live = prepare_card_face(suite.detector, live_rgb, landmarker=suite.tracker.landmarker, on_points=on_points)
+        live, chip = suite.align_still(live_rgb)
         if card_face is None or live is None:
             return None
         best = suite.best_frames()
-        best.offer(1.0, live, chips[-1] if chips else None)
+        best.offer(1.0, live, chip)
         r = suite.match(card_face, best.crops(), None, None)
         sim = r.similarity
         r.wipe()
         best.wipe()
         live.fill(0)
         card_face.fill(0)
-        for c in chips:
-            c.fill(0)
+        if chip is not None:
+            chip.fill(0)
         return sim
     finally:
         suite.reset()

@@ -130,7 +130,7 @@ def _largest(faces):
     return max(faces, key=lambda f: f.width * f.height) if faces else None
 
 
-def _align_card(img: np.ndarray, face, landmarker, min_presence: float, on_points=None) -> np.ndarray:
+def align_detected(img: np.ndarray, face, landmarker=None, min_presence: float = 0.5, on_points=None) -> np.ndarray:
     """FaceMesh 5-point alignment when a landmarker is given and finds the face, else BlazeFace's.
     on_points(img, points): called with the points the face was aligned on (5 FaceMesh or 4 BlazeFace)."""
     if landmarker is not None:
@@ -159,7 +159,7 @@ def prepare_card_face(detector, rgb: np.ndarray, pad_scales=(2.0, 3.0), landmark
     """
     face = _largest(detector.detect(rgb).faces)
     if face is not None:
-        return _align_card(rgb, face, landmarker, min_presence, on_points)
+        return align_detected(rgb, face, landmarker, min_presence, on_points)
     h, w = rgb.shape[:2]
     for s in pad_scales:
         H, W = int(round(h * s)), int(round(w * s))
@@ -168,7 +168,7 @@ def prepare_card_face(detector, rgb: np.ndarray, pad_scales=(2.0, 3.0), landmark
         canvas[top:top + h, left:left + w] = rgb
         face = _largest(detector.detect(canvas).faces)
         if face is not None:
-            out = _align_card(canvas, face, landmarker, min_presence, on_points)
+            out = align_detected(canvas, face, landmarker, min_presence, on_points)
             canvas.fill(0)
             return out
         canvas.fill(0)

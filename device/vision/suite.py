@@ -80,19 +80,27 @@ class VisionSuite:
         return cls(cfg, model_dir)
 
     # -- card
-    def card_face(self, photo: np.ndarray) -> np.ndarray | None:
-        chips = []
+    def align_still(self, rgb: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """A still photo's face, aligned as the card is: (112x112 crop, the second embedder's chip on the
+        same points, or None without match.second_embedder). (None, None) when no face is found."""
+        chips: list[np.ndarray] = []
         on_points = None
         if self.embedder2 is not None:
             def on_points(img, pts):
                 chips.append(embed2.face_chip(img, pts))
-        face = prepare_card_face(self.detector, photo, landmarker=self.tracker.landmarker, on_points=on_points)
+        face = prepare_card_face(self.detector, rgb, landmarker=self.tracker.landmarker, on_points=on_points)
+        chip = chips.pop() if chips and face is not None else None
+        for c in chips:
+            c.fill(0)
+        return face, chip
+
+    def card_face(self, photo: np.ndarray) -> np.ndarray | None:
+        face, chip = self.align_still(photo)
         # embedded now (with its mirror, one call), before capture starts: off the last-challenge -> verdict path
         self._card_vec = self.embedder.embed_card(face).vector if face is not None else None
-        if chips:
-            self._card_vec2 = self.embedder2.embed_card(chips[-1]).vector if face is not None else None
-            for c in chips:
-                c.fill(0)
+        if chip is not None:
+            self._card_vec2 = self.embedder2.embed_card(chip).vector
+            chip.fill(0)
         return face
 
     # -- per frame

@@ -19,7 +19,7 @@ def register_eval(subparsers) -> None:
     p.add_argument("--models-dir", help="model directory (default $KYC_EDGE_MODEL_DIR; in a checkout models/store; $KYC_EDGE_MODEL_MIRROR; $KYC_EDGE_SHARED/models)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--card-restore", choices=("none", "bilateral", "nlmeans"), default="none",
-                   help="with --card-style: clean up the decoded chip photo before alignment (device/vision/restore.py)")
+                   help="with --card-style: clean up the decoded chip photo before alignment (kyc_tools/eval/restore.py)")
     p.add_argument("--flip-tta", action="store_true", help="embed each face with its mirror (2 calls per pair)")
     p.add_argument("--align", choices=("mesh", "blazeface"), default="mesh",
                    help="mesh: FaceMesh 5 points on both sides, card with its mirror, as the device (default); blazeface: the old 4-point path")

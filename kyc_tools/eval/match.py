@@ -20,12 +20,10 @@ import numpy as np
 
 from kyc_tools import paths
 from kyc_tools.eval import common
-from device.vision.align import align_face
 from device.vision.detect import MODEL_FILES, DetectorOptions, FaceDetector
-from device.vision.align import align_on_mesh
-from device.vision.embed import EmbedderOptions, FaceEmbedder, cosine, prepare_card_face
+from device.vision.embed import EmbedderOptions, FaceEmbedder, align_detected, cosine, prepare_card_face
 from device.vision import embed2
-from device.vision.landmarks import FaceLandmarker, LandmarkerOptions, roi_from_keypoints
+from device.vision.landmarks import FaceLandmarker, LandmarkerOptions
 
 CARD_W, CARD_H = 102, 126
 CARD_MAX_BYTES = 1024
@@ -132,18 +130,7 @@ class PairScorer:
     def live_face(self, rgb, on_points=None):
         """As the session aligns a tracked frame: FaceMesh's 5 points, else BlazeFace's keypoints."""
         f = self.det.detect(rgb).largest()
-        if f is None:
-            return None
-        if self.lmk is not None:
-            r = self.lmk.detect(rgb, roi_from_keypoints(f.box, f.keypoints))
-            if r.presence >= 0.5:
-                if on_points is not None:
-                    from device.vision.align import mesh_points
-                    on_points(rgb, mesh_points(r.landmarks))
-                return align_on_mesh(rgb, r.landmarks)
-        if on_points is not None:
-            on_points(rgb, np.asarray(f.keypoints, np.float64)[:4])
-        return align_face(rgb, f.keypoints)
+        return None if f is None else align_detected(rgb, f, self.lmk, on_points=on_points)
 
     def make_card(self, img1: np.ndarray) -> np.ndarray:
         """The card-side photo: img1 itself, or its chip-like version with --card-style."""
@@ -152,7 +139,7 @@ class PairScorer:
         chip = card_style(img1, self.det.detect(img1).largest())
         if self.card_restore == "none":
             return chip
-        from device.vision.restore import restore
+        from kyc_tools.eval.restore import restore
         out = restore(chip, self.card_restore)
         chip.fill(0)
         return out

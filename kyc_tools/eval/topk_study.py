@@ -54,9 +54,7 @@ def _embed_people(people, model_dir: Path) -> dict:
             suite.tracker.reset()
             obs = suite.tracker.observe(rgb, 0.0)
             q, aligned = gate(rgb, obs, cfg.quality)
-            if q is None:
-                continue
-            if aligned is None:          # failed a gate: the session would not keep it
+            if aligned is None:          # no single face, or it failed a gate: the session would not keep it
                 continue
             live.append((q.score, l2n(suite.embedder.embed_one(aligned).vector.copy())))
             aligned.fill(0)

@@ -5,7 +5,8 @@ and mouth. `restore(rgb, method)` returns a new array (the input is left to its 
 - "none": a copy;
 - "bilateral": an edge-preserving smoothing of the block edges (cv2.bilateralFilter);
 - "nlmeans": non-local means denoising (cv2.fastNlMeansDenoisingColored), stronger and slower.
-Measured with `kyc-edge eval match --card-style --card-restore METHOD` (docs/match.md).
+Measured with `kyc-edge eval match --card-style --card-restore METHOD` (docs/match.md); not kept, so it
+lives with the eval, not in the device runtime.
 """
 from __future__ import annotations
 
