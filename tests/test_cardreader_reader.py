@@ -214,6 +214,23 @@ def test_unplugged_and_replugged_mid_service(sim, reader):
     assert reader.read_card().record.card_type == "foreign"
 
 
+def test_every_unplug_is_reader_unavailable_never_a_raw_termios_error(sim, reader):
+    """After the pty goes, tcflush/tcsetattr fail with EIO as termios.error (not an OSError);
+    each unplug must still read as 'unavailable', whichever port call meets it first."""
+    for _ in range(5):
+        deadline = time.monotonic() + 5
+        while not reader.card_present() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert reader.health == "ok"
+        sim.unplug()
+        time.sleep(0.12)    # past the simulator's 50 ms select(): the pty master is really closed now
+        assert reason(reader.status) == "reader_unavailable"
+        assert reader.health == "unavailable" and reader.card_present() is False
+        sim.plug()
+        reader._next_attempt = 0.0      # skip the back-off wait; the reopen itself is real
+    assert reader.stats["reconnects"] >= 4
+
+
 def test_reader_absent_at_open_then_appears(tmp_path):
     s = Simulator(FakeCard.permit_hmt())
     s.start_pty()

@@ -16,6 +16,7 @@ Logs carry events and counters only; never frame payloads, card fields or photos
 from __future__ import annotations
 
 import logging
+import termios
 import threading
 import time
 from collections import deque
@@ -28,6 +29,10 @@ from device.cardreader import protocol as P
 from device.cardreader.photo import PhotoDecoder, make_decoder
 from device.cardreader.records import CardRecord, parse_text
 from device.errors import CardError
+
+# What a port that vanished raises: pyserial wraps most calls, but not tcflush/tcsetattr
+# (termios.error, EIO once the pty or USB device is gone), and termios.error is no OSError.
+_PORT_ERRORS = (serial.SerialException, OSError, termios.error)
 
 # `kycsim://CARD` (protocol_kycsim.py): the in-process simulator twin behind the same reader.port
 if "device.cardreader" not in serial.protocol_handler_packages:
@@ -168,7 +173,7 @@ class CardReader:
         try:
             ser = serial.serial_for_url(self.cfg.port, baudrate=self.cfg.baud, bytesize=8, parity="N",
                                         stopbits=1, timeout=0.05, write_timeout=1.0)
-        except (serial.SerialException, OSError, ValueError) as e:
+        except (*_PORT_ERRORS, ValueError) as e:
             raise ReaderGone(f"cannot open port ({type(e).__name__})") from None
         self._ser = ser
         try:
@@ -176,6 +181,9 @@ class CardReader:
         except ReaderGone:
             self._drop_port()
             raise
+        except _PORT_ERRORS as e:     # the port went away while the line speed was being set
+            self._drop_port()
+            raise ReaderGone(f"port lost while negotiating baud ({type(e).__name__})") from None
         self.health = "ok"
         self._backoff = 0.0
         self._samples.clear()
@@ -253,7 +261,7 @@ class CardReader:
                 self._parser.reset()
                 self._ser.write(frame)
                 reply = self._await(cmd, self._mono() + tmo)
-            except (serial.SerialException, OSError) as e:
+            except _PORT_ERRORS as e:
                 raise self._lost(type(e).__name__) from None
             except (ReplyTimeout, CorruptReply) as e:
                 last = e
@@ -344,8 +352,12 @@ class CardReader:
         """60 0x, then follow the module to the new rate."""
         self._call(self.transact, P.BAUD_COMMANDS[baud])
         time.sleep(0.01)
-        self._ser.baudrate = baud
-        self.line_baud = baud
+        with self._lock:
+            try:
+                self._ser.baudrate = baud
+            except _PORT_ERRORS as e:
+                raise CardError("reader_unavailable", str(self._lost(type(e).__name__))) from None
+            self.line_baud = baud
 
     # ------------------------------------------------------------ session API
     def card_present(self) -> bool:
