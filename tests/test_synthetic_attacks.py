@@ -54,17 +54,28 @@ def test_printed_frame_on_a_moving_bending_sheet_fails(tracker, genuine):
         assert d.pad_fused is not None and d.pad_fused < CFG.pad_threshold   # scored, and scored as a spoof
 
 
+# what a screen replay may legitimately fail on: the passive layer, a second face (the screen's
+# re-detections), the recording not following the prompts, or losing the face on the screen
+REPLAY_REASONS = {"spoof_suspected", "multiple_faces", "challenge_timeout", "response_too_early",
+                  "face_lost", "flat_face"}
+
+
 def test_genuine_video_replayed_on_a_screen_fails(tracker, genuine):
-    """The replay fails every sequence, and the passive layer alone flags it: the fused PAD score of
-    every scored frame of the clip is below the threshold. (On this screen FaceMesh loses the face
-    now and then and a re-detection counts a second face, so sessions can end early with
-    multiple_faces before PAD had its say; hence the clip-wide PAD check. docs/liveness.md: the same
-    replay filling more of the view, scale 0.8, scores 0.68 and is not flagged.)"""
+    """The replay fails every sequence, only for reasons a replay explains, the passive layer flags
+    it inside at least one session, and alone over the clip: the fused PAD score of every scored
+    frame is below the threshold. (On this screen FaceMesh loses the face now and then and a
+    re-detection counts a second face, so sessions can end early with multiple_faces before PAD had
+    its say. A session window's fused PAD sits within ~0.05 of the threshold here, and which window
+    crosses it depends on the CPU's float kernels (AVX2 vs AVX-512 machines differ), so the PAD
+    reason is required of one sequence, not each. docs/liveness.md: the same replay filling more of
+    the view, scale 0.8, scores 0.68 and is not flagged.)"""
     from device.liveness.decision import fuse_pad
     frames = screen_attack(genuine)
     runs = _sessions(tracker, frames)
     for seq, d in runs.items():
         assert not d.ok, seq
-        assert set(d.reasons) & {"spoof_suspected", "multiple_faces"}, (seq, d.reasons, d.pad_fused)
+        assert d.reasons and set(d.reasons) <= REPLAY_REASONS, (seq, d.reasons, d.pad_fused)
+    assert any("spoof_suspected" in d.reasons for d in runs.values()), \
+        {k: (d.reasons, d.pad_fused) for k, d in runs.items()}
     pads = tracker.pad_scores
     assert len(pads) >= 5 and fuse_pad(pads) < CFG.pad_threshold, (len(pads), fuse_pad(pads))
