@@ -104,19 +104,11 @@ def shared_blink_video() -> Path:
 def builtin_card_photo(video: Path):
     """A card photo made here, in memory, from the blink video's subject (never written anywhere):
     the largest face of frame 60, cropped head-and-shoulders like a chip photo. BGR, or None."""
-    import cv2
-    cap = cv2.VideoCapture(str(video))
-    try:
-        frame = None
-        for _ in range(61):
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            frame = bgr
-    finally:
-        cap.release()
-    if frame is None:
+    from device.camera.replay import video_frame
+    rgb = video_frame(video, 60)
+    if rgb is None:
         return None
+    frame = np.ascontiguousarray(rgb[:, :, ::-1])
     h, w = frame.shape[:2]
     cx, cy = w // 2, h // 2
     try:

@@ -38,15 +38,20 @@ if not MANIFEST.is_file():    # a wheel without the package data: setup.cfg data
 _PROBE = "face_detection_short_range.tflite"
 
 
-def model_dirs_with_models(extra=()) -> list[Path]:
-    """Directories holding installed models, in the one search order: $KYC_EDGE_MODEL_DIR,
-    models/store, $KYC_EDGE_MODEL_MIRROR, then `extra` (a workstation's ../shared/models)."""
+def model_dir_candidates(extra=()) -> list[Path]:
+    """The one search order (each may be missing or empty): $KYC_EDGE_MODEL_DIR, models/store,
+    $KYC_EDGE_MODEL_MIRROR, then `extra` (a workstation's ../shared/models)."""
     cands = [os.environ.get("KYC_EDGE_MODEL_DIR"), STORE, os.environ.get("KYC_EDGE_MODEL_MIRROR"), *extra]
     out: list[Path] = []
     for c in cands:
-        if c and (Path(c) / _PROBE).is_file() and Path(c) not in out:
+        if c and Path(c) not in out:
             out.append(Path(c))
     return out
+
+
+def model_dirs_with_models(extra=()) -> list[Path]:
+    """The candidates (model_dir_candidates) that hold installed models."""
+    return [c for c in model_dir_candidates(extra) if (c / _PROBE).is_file()]
 
 
 def find_model_dir(explicit=None, configured=None, *, fallback=None, search: bool = False, extra=()) -> Path:

@@ -55,12 +55,11 @@ def model_build_dir() -> Path | None:
 
 
 def model_dirs() -> list[Path]:
-    """Candidate float model directories, in device.models' one search order (each may be missing):
-    $KYC_EDGE_MODEL_DIR, models.STORE (a checkout's models/store), $KYC_EDGE_MODEL_MIRROR, then
-    $KYC_EDGE_SHARED/models."""
-    from device import models
-    cands = [_env("KYC_EDGE_MODEL_DIR"), models.STORE, _env("KYC_EDGE_MODEL_MIRROR"), shared_path("models")]
-    return [c for c in cands if c]
+    """Candidate float model directories (each may be missing), in device.models' one search order,
+    with $KYC_EDGE_SHARED/models (or the checkout's ../shared/models) last."""
+    from device.models import model_dir_candidates
+    shared = shared_path("models")
+    return model_dir_candidates(extra=(shared,) if shared else ())
 
 
 def float_model_dirs() -> list[Path]:

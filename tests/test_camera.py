@@ -88,6 +88,19 @@ def test_fast_video_delivers_every_frame_in_order_with_media_timestamps(shared_d
     assert [int(fr.rgb[::8, ::8].sum(dtype=np.uint64)) for fr in frames] == sums
 
 
+def test_decode_video_step_and_video_frame_pick_the_same_frames_as_a_full_decode(shared_data, tmp_path):
+    """The one decoder's helpers for photos and sampled frames (demo card photo, chaos, mask eval)."""
+    from device.camera.replay import decode_video, video_frame
+    path = shared_data / "blink" / "demo_old.mp4"
+    full = list(decode_video(path, limit=31))
+    stepped = list(decode_video(path, limit=3, step=10))
+    assert [t for _, t in stepped] == [full[i][1] for i in (0, 10, 20)]
+    assert all(np.array_equal(a, full[i][0]) for (a, _), i in zip(stepped, (0, 10, 20)))
+    assert np.array_equal(video_frame(path, 30), full[30][0])
+    assert video_frame(path, 10 ** 6) is None                 # shorter than asked
+    assert video_frame(tmp_path / "missing.mp4", 0) is None  # cannot open: no photo, no exception
+
+
 def test_fast_loop_keeps_n_and_t_increasing_across_passes(shared_data):
     clip = shared_data / "headpose" / "head-pose-face-detection-female"
     n_files = len(list(clip.glob("*.jpg")))

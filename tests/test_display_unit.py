@@ -28,3 +28,23 @@ def test_display_unit_runs_the_display_unprivileged_and_local():
     from device import config as C
     d = C.from_dict({}).display
     assert d.listen == "127.0.0.1" and d.socket.startswith("/run/kyc-edge-display/")
+
+
+def test_every_challenge_has_its_texts_voice_and_pictogram():
+    """A challenge is one file on the liveness side; the counter page must still be able to show
+    and say it: a text in each language, a spoken prompt and our own pictogram, per challenge name."""
+    import json
+    import re
+
+    from device.challenge_names import CHALLENGES
+    static = REPO / "device" / "display" / "static"
+    texts = json.loads((static / "texts.json").read_text("utf-8"))
+    app = (static / "app.js").read_text("utf-8")
+    block = app[app.index("const P = {"):app.index("};", app.index("const P = {"))]   # the pictogram table
+    pictograms = set(re.findall(r"^\s+(\w+):", block, re.M))
+    assert {"card", "pass", "fail"} <= pictograms        # the table was found and parsed
+    for name in CHALLENGES:
+        for lang in ("zh", "en"):
+            assert texts[lang].get(name), (lang, name)
+        assert name in texts["spoken"], name
+        assert name in pictograms, name

@@ -73,16 +73,31 @@ class VideoReader:
         self.release()
 
 
-def decode_video(path, limit: int = 0):
-    """Yield (rgb, media_t) for every frame of a video file (at most `limit` if > 0)."""
+def decode_video(path, limit: int = 0, step: int = 1):
+    """Yield (rgb, media_t) for every `step`-th frame of a video file (frames 0, step, 2*step, ...),
+    at most `limit` of them if > 0."""
     with VideoReader(path) as r:
-        n = 0
+        n = i = 0
         while not (limit and n >= limit):
             got = r.read()
             if got is None:
                 return
-            yield got
-            n += 1
+            if i % step == 0:
+                yield got
+                n += 1
+            i += 1
+
+
+def video_frame(path, index: int):
+    """Frame `index` (0-based) of a video file as RGB, or None if the video is shorter or cannot
+    be opened (CameraError is for the replay camera; callers here want a photo or nothing)."""
+    try:
+        for i, (rgb, _t) in enumerate(decode_video(path, limit=index + 1)):
+            if i == index:
+                return rgb
+    except CameraError:
+        return None
+    return None
 
 
 def parse_faults(script: str) -> list[tuple[float, str, float]]:

@@ -675,17 +675,13 @@ FAULTS: list[tuple[str, str, Callable[[Rig], dict], bool]] = [
 
 def _default_photo(video: Path):
     """The card photo: a head-and-shoulders crop of the video's subject (as tests/faces.py)."""
-    import cv2
     import numpy as np
-    cap = cv2.VideoCapture(str(video))
-    try:
-        for _ in range(61):
-            ok, bgr = cap.read()
-            if not ok:
-                raise SystemExit(f"chaos: {video} has fewer than 61 frames")
-    finally:
-        cap.release()
-    return np.ascontiguousarray(bgr[180:620, 470:830, ::-1])
+
+    from device.camera.replay import video_frame
+    rgb = video_frame(video, 60)
+    if rgb is None:
+        raise SystemExit(f"chaos: {video} has fewer than 61 frames")
+    return np.ascontiguousarray(rgb[180:620, 470:830])
 
 
 def run(args) -> dict:

@@ -89,19 +89,9 @@ def _faces(shared_data: Path, limit: int, offset: int = 0):
             yield "lfw", np.ascontiguousarray(bgr[:, :, ::-1])
     if offset:
         return            # the blink frames belong to the first part (--offset 0)
-    video = shared_data / "blink" / "demo_old.mp4"
-    cap = cv2.VideoCapture(str(video))
-    n = 0
-    try:
-        while n < max(10, limit // 10) * 10:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            if n % 10 == 0:
-                yield "blink", np.ascontiguousarray(bgr[:, :, ::-1])
-            n += 1
-    finally:
-        cap.release()
+    from device.camera.replay import decode_video
+    for rgb, _t in decode_video(shared_data / "blink" / "demo_old.mp4", limit=max(10, limit // 10), step=10):
+        yield "blink", rgb
 
 
 def _masks():

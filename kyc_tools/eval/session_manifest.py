@@ -67,13 +67,13 @@ def card_photo(path: str, detector, max_frames: int = 60) -> np.ndarray | None:
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"})[:max_frames]
         frames = (cv2.imread(str(f)) for f in files)
+        rgbs = (None if bgr is None else np.ascontiguousarray(bgr[:, :, ::-1]) for bgr in frames)
     else:
-        cap = cv2.VideoCapture(str(p))
-        frames = (cap.read()[1] for _ in range(max_frames))
-    for bgr in frames:
-        if bgr is None:
+        from device.camera.replay import decode_video
+        rgbs = (rgb for rgb, _t in decode_video(p, limit=max_frames))
+    for rgb in rgbs:
+        if rgb is None:
             break
-        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
         if detector.detect(rgb).faces:
             return rgb
     return None
