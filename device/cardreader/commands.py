@@ -1,11 +1,9 @@
-"""CLI pieces for the lead to wire into device/cli.py:
+"""`kyc-edge cardreader simulate`: the simulated reader on a pty, as a box verb.
 
-    from device.cardreader import commands as cardreader_commands
-    cardreader_commands.register(subparsers)          # adds `kyc-edge cardreader simulate ...`
-    cardreader_commands.add_bench_args(bench_parser)  # optional: --n --baud --unpaced-only
-    result = cardreader_commands.bench_cardreader(args)   # `kyc-edge bench cardreader` -> dict (JSON)
+device/cli.py calls `register(subparsers)` (its _REGISTRARS list). The card-reader bench
+(`kyc-edge bench cardreader`) is a workstation tool and lives in kyc_tools/bench/cardreader.py.
 
-Also runnable alone: `python -m device.cardreader.commands simulate --pty ...` / `... bench --n 50`.
+Also runnable alone: `python -m device.cardreader.commands simulate --pty ...`.
 """
 from __future__ import annotations
 
