@@ -17,6 +17,8 @@ def _bench(args) -> int:
         from kyc_tools.bench.fleet import run
     elif target == "chaos":
         from kyc_tools.bench.chaos import run
+    elif target == "memory":
+        from kyc_tools.bench.memory import run
     else:
         from kyc_tools.bench.camera import bench_camera as run
     print(json.dumps(run(args), indent=2))
@@ -30,7 +32,7 @@ def _fuzz(args) -> int:
 
 def register(sub) -> None:
     s = sub.add_parser("bench", help="benchmarks; print JSON")
-    s.add_argument("target", nargs="?", choices=("frame", "cardreader", "link", "camera", "fleet", "chaos"),
+    s.add_argument("target", nargs="?", choices=("frame", "cardreader", "link", "camera", "fleet", "chaos", "memory"),
                    default="frame")
     s.add_argument("--config", "-c", help="config file (camera bench)")
     s.add_argument("--frames", help="frames for the per-frame / camera bench (DIR or VIDEO)")

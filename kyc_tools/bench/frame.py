@@ -66,12 +66,14 @@ def stats(values) -> dict | None:
 
 
 def _proc_status_mb(pid: int | str = "self") -> dict:
-    """VmRSS / VmHWM (peak RSS) in MB from /proc; {} where /proc is not there."""
+    """VmRSS / VmHWM (peak RSS) and VmRSS's split, RssAnon (heap, arenas, packed weights: what only RAM
+    holds) and RssFile (mapped libraries and model files: clean pages), in MB from /proc; {} where /proc
+    is not there."""
     out = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, val = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                 out[key] = round(int(val.split()[0]) / 1024.0, 1)
     except (OSError, ValueError):
         pass
@@ -380,7 +382,8 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
         c.fill(0)
     best.wipe()
     wall["embed"], cpu["embed"] = embed_w, embed_c
-    rss_end, rss_peak = rss_mb(), peak_rss_mb()     # before the optional second embedder is loaded
+    end_st = _proc_status_mb()
+    rss_end, rss_peak = end_st.get("VmRSS"), peak_rss_mb()     # before the optional second embedder is loaded
     second = second_embedder_stage(load_dir, threads, chips2, chip_ms)
     second["rss_added_mb"] = round(peak_rss_mb() - rss_peak, 1) if second.get("per_session_ms") else None
 
@@ -417,7 +420,8 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
         # processes on the same core took turns (the figures above then include their time slices)
         "cpu_share": round(cpu_s / max(wall_s, 1e-9), 3),
         "rss_mb": {"before_models": rss_before, "models_loaded": rss_loaded, "end": rss_end,
-                   "peak": rss_peak},    # the default model set; the second embedder's share is its own
+                   "peak": rss_peak,     # the default model set; the second embedder's share is its own
+                   "end_anon_file": [end_st.get("RssAnon"), end_st.get("RssFile")]},
     }
 
 
@@ -657,6 +661,14 @@ def session_latency(models_dir: Path, model_set: str, threads: int, runs: int = 
     return out
 
 
+def daemon_env(env: dict) -> dict:
+    """The environment of the bench's `kyc-edge run` subprocess: `env` plus the daemon's malloc settings
+    (device.memory.MALLOC_ENV, which systemd/kyc-edge.service sets as Environment= lines), so the daemon
+    RSS measured here is the daemon the unit runs (tests/test_daemon_memory.py)."""
+    from device.memory import MALLOC_ENV
+    return tool_paths.child_env({**env, **MALLOC_ENV})
+
+
 def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int = 3) -> dict:
     """`kyc-edge run` as a real subprocess: mosquitto, the pty card-reader simulator, the replay camera on
     the blink video, our own NOTIFY_SOCKET. Start (Popen) -> READY=1, `starts` times; RSS idle after READY
@@ -702,6 +714,7 @@ def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int =
                    if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "JOURNAL_STREAM")}
             ready_ms, ready_cpu_ms, idle_rss = [], [], None
             session_rss: list[float] = []
+            session_max: dict = {}
             hwm = None
             for i in range(starts):
                 ns = NotifyListener(tmp / f"notify{i}.sock")
@@ -709,7 +722,7 @@ def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int =
                 log = open(tmp / f"daemon{i}.log", "wb")
                 t0 = time.monotonic()
                 proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(cfg_path)],
-                                        env=tool_paths.child_env(env), stdout=log, stderr=log)
+                                        env=daemon_env(env), stdout=log, stderr=log)
                 procs.append(proc)
                 t_ready = ns.first("READY=1", 60.0, alive=lambda: proc.poll() is None)
                 if t_ready is None:
@@ -734,9 +747,12 @@ def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int =
                     sim.insert(FakeCard.resident(photo_bytes=card_photo_jpeg(photo)))
                     deadline = time.monotonic() + 60
                     while time.monotonic() < deadline and len(sub.payloads) <= n0 and proc.poll() is None:
-                        r = rss_mb(proc.pid)
+                        st = _proc_status_mb(proc.pid)
+                        r = st.get("VmRSS")
                         if r:
                             session_rss.append(r)
+                            if r >= session_max.get("VmRSS", 0):
+                                session_max = st
                         time.sleep(0.02)
                     hwm = _proc_status_mb(proc.pid).get("VmHWM")
                     sim.remove()
@@ -760,9 +776,17 @@ def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int =
                                               "arrived: the start-up cost without other load's time slices")
             out["start_to_ready_what"] = ("Popen of `python -m device.cli run` -> READY=1 on our NOTIFY_SOCKET; models, "
                                           "broker (local mosquitto) and the pty reader available")
-            out["daemon_rss_mb"] = {"idle_after_ready": (idle_rss or {}).get("VmRSS"),
+            idle_rss = idle_rss or {}
+            out["daemon_rss_mb"] = {"idle_after_ready": idle_rss.get("VmRSS"),
                                     "in_session_max": max(session_rss) if session_rss else None,
-                                    "peak_vmhwm": hwm}
+                                    "peak_vmhwm": hwm,
+                                    # VmRSS = anon + file: anon is what only RAM holds; file is mapped
+                                    # libraries and model files (clean pages the kernel can drop and re-read)
+                                    "idle_anon_file": [idle_rss.get("RssAnon"), idle_rss.get("RssFile")],
+                                    "in_session_max_anon_file": [session_max.get("RssAnon"),
+                                                                 session_max.get("RssFile")]}
+            from device.memory import MALLOC_ENV
+            out["daemon_env"] = dict(MALLOC_ENV)
         finally:
             for p in procs:
                 if p.poll() is None:
