@@ -3,7 +3,8 @@
 Real: mosquitto on loopback, `kyc-edge run` processes started from the software slot that
 `<root>/current` names (slot venvs built by device/fleet/software.py on top of a base venv, here
 the test venv: `<root>/base -> sys.prefix`), our own wheels built from this tree with changed
-versions (one whose daemon crashes at start), Ed25519-signed manifests, the pty card reader, the
+versions (one whose daemon crashes at start, one whose embedder returns NaN so that its self-test
+fails), a full and a read-only tmpfs mounted on the inactive slot (install_failed), Ed25519-signed manifests, the pty card reader, the
 replay camera and the real models. Stood in for: systemd as PID 1. `_Systemd` below plays its part
 of the unit (ExecStartPre = the boot guard from base, ExecStart = current/bin/kyc-edge,
 Restart=on-failure with a short RestartSec); on a real box those lines of systemd/kyc-edge.service
@@ -11,6 +12,7 @@ do it, and that part was not run here (no systemd as PID 1 in this container).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -35,8 +37,9 @@ DEV = "shop-test/counter-e2e"
 CRASH = "raise RuntimeError('injected start-up crash of the new version')"
 
 
-def _tree(dst: Path, version: str, crash: bool = False) -> Path:
-    """A copy of this source tree with another version (and optionally a daemon that cannot start)."""
+def _tree(dst: Path, version: str, crash: bool = False, patch: tuple[str, str, str] | None = None) -> Path:
+    """A copy of this source tree with another version (and optionally a daemon that cannot start,
+    or `patch` = (file, old text, new text) applied once)."""
     dst.mkdir(parents=True)
     for name in ("device", "kyc_tools"):
         shutil.copytree(REPO / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -54,6 +57,12 @@ def _tree(dst: Path, version: str, crash: bool = False) -> Path:
         anchor = "    def _start(self) -> int:\n"
         assert anchor in src
         d.write_text(src.replace(anchor, anchor + f"        {CRASH}\n", 1))
+    if patch:
+        rel, before, after = patch
+        f = dst / rel
+        src = f.read_text()
+        assert before in src, (rel, before)
+        f.write_text(src.replace(before, after, 1))
     return dst
 
 
@@ -169,9 +178,9 @@ def _unit(rig) -> _Systemd:
     return u
 
 
-def _bundle(rig, version: str, n: int, *, allow_downgrade: bool = False) -> Path:
+def _bundle(rig, version: str, n: int, *, allow_downgrade: bool = False, wheel: Path | None = None) -> Path:
     b = rig["tmp"] / f"sw{n}"
-    build_software_bundle(b, n, wheels=[rig["wheels"][version]])
+    build_software_bundle(b, n, wheels=[wheel or rig["wheels"][version]])
     sign_bundle(b, str(rig["key"]), ["*"], allow_downgrade=allow_downgrade)
     return b
 
@@ -314,3 +323,113 @@ def test_bad_signature_wrong_sha256_and_downgrade_are_refused_with_their_reason(
     _wait(rig, lambda: fc.updates.get(DEV, {}).get("state") == "applied"
           and fc.updates[DEV].get("software_version") == "0.1.0", 120, "signed downgrade not applied")
     _up(rig, "0.1.0")
+
+
+# ---------------------------------------------------------------- a new slot that fails before the switch
+# An injected regression the daemon itself would not notice at start: it imports, loads its models
+# and serves, but every embedding is NaN. The new slot's self-test (one synthetic verification
+# through the pipeline, device.selftest.canned_verification) is what has to catch it.
+NAN_EMBEDDER = ("device/vision/embed.py", "    return v / np.maximum(n, 1e-12)\n",
+                "    return v * np.float32('nan')          # injected regression: every embedding is NaN\n")
+
+
+@pytest.fixture(scope="module")
+def nan_wheel(tmp_path_factory) -> Path:
+    t = tmp_path_factory.mktemp("nan-wheel")
+    return build_wheel(_tree(t / "src", "0.4.0", patch=NAN_EMBEDDER), t / "whl")
+
+
+def _snapshot(d: Path) -> dict:
+    """Every file (size, mtime, sha256), symlink and directory under d (bytecode caches aside)."""
+    out: dict = {}
+    for top, dirs, files in os.walk(d):
+        dirs[:] = [x for x in dirs if x != "__pycache__"]
+        for name in dirs + files:
+            p = Path(top) / name
+            rel = str(p.relative_to(d))
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_file():
+                st = p.stat()
+                out[rel] = ("file", st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            else:
+                out[rel] = ("dir",)
+    return out
+
+
+def _refused_before_the_switch(rig, shared_data, wheel: Path, version: str, n: int, reason: str, why: str) -> None:
+    """Publish the software bundle of `wheel` (`version`) to a box serving 0.1.0 from slot a: it must fail
+    with `reason` (status and journal), leave slot a, `current` and the running daemon as they were,
+    leave no half-built slot b, and the box goes on serving verdicts. `why` must be in the daemon's log
+    (the real cause, not some other failure with the same reason)."""
+    fc, root = rig["fc"], rig["root"]
+    _install(rig, "0.1.0")
+    unit = _unit(rig)
+    _up(rig, "0.1.0")
+    _wait(rig, lambda: fc.updates.get(DEV, {}).get("state") == "idle", 30, "agent not up")
+    v1 = _session(rig, shared_data)                       # served before the update
+    before = _snapshot(root / "slots" / "a")
+    assert "SOFTWARE.json" in before and "READY" in before and "bin/python" in before
+    pid = unit.proc.pid
+    b = _bundle(rig, version, n, wheel=wheel)
+    k = len(_statuses(rig))
+    fc.publish(json.loads((b / SIGNED).read_text()), b / "artifacts", "*")
+    _wait(rig, lambda: any(s.get("state") == "failed" for s in _statuses(rig)[k:]), 300, f"no failure ({reason})")
+    got = next(s for s in _statuses(rig)[k:] if s.get("state") == "failed")
+    assert got["reason"] == reason, got
+    assert got["kind"] == "software" and got["software_version"] == "0.1.0" and got["target_software_version"] == version
+    assert got["target_version"] == n
+    states = [s["state"] for s in _statuses(rig)[k:]]
+    assert "verifying" in states and "staged" not in states and "applied" not in states, states
+    assert why in _logs(rig), _logs(rig)[-3000:]
+    # the journal keeps the failure over a restart; nothing staged, no switch on probation
+    j = sw.read_journal(root)
+    assert j["last"]["state"] == "failed" and j["last"]["reason"] == reason
+    assert j["last"]["target_software_version"] == version and j["staged"] is None and j["trial"] is None
+    # the live slot, `current` and the running daemon are untouched; the failed slot b is gone
+    assert os.readlink(root / "slots" / "current") == "a" and sw.current_slot(root) == "a"
+    assert _snapshot(root / "slots" / "a") == before
+    assert not sw.is_complete(root, "b")
+    assert not (root / "slots" / "b").exists() or not any((root / "slots" / "b").iterdir())
+    assert unit.exits == [] and unit.proc.pid == pid and unit.proc.poll() is None, unit.exits
+    # ... and it keeps serving, and reporting the failure as its update state
+    _up(rig, "0.1.0")
+    v2 = _session(rig, shared_data)
+    assert [o["verdict"]["verdict_id"] for _, t, o in fc.log if t.endswith("/verdict")] == \
+        [v1["verdict_id"], v2["verdict_id"]]
+    assert fc.updates[DEV]["state"] == "failed" and fc.updates[DEV]["reason"] == reason
+    _wait(rig, lambda: fc.status.get(DEV, {}).get("outbox_depth") == 0, 15, "outbox not drained")
+
+
+def test_software_bundle_failing_its_self_test_changes_nothing_and_the_box_keeps_serving(rig, shared_data, nan_wheel):
+    _refused_before_the_switch(rig, shared_data, nan_wheel, "0.4.0", 4, "self_test_failed",
+                               "fabricated face does not match itself")
+
+
+def _mount_tmpfs(path: Path, opts: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        if os.environ.get("CI") == "true" and os.geteuid() == 0:
+            pytest.fail(f"cannot mount a tmpfs as root in CI: {r.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or 'not root'})")
+
+
+@pytest.mark.parametrize("fault,opts,why", [
+    # the inactive slot's filesystem fills up while pip unpacks the wheel (the free-space pre-check of
+    # the admission looks at fleet.software_root, which has room: the real write is what fails)
+    ("disk_full", "size=256k,mode=0755", "No space left on device"),
+    # the inactive slot's directory cannot be written at all (a read-only filesystem)
+    ("read_only", "size=1m,mode=0755,ro", "Read-only file system"),
+])
+def test_software_bundle_that_cannot_be_installed_changes_nothing(rig, shared_data, wheels, fault, opts, why):
+    b = rig["root"] / "slots" / "b"
+    _mount_tmpfs(b, opts)
+    try:
+        _refused_before_the_switch(rig, shared_data, wheels["0.2.0"], "0.2.0", 5, "install_failed", why)
+        if fault == "disk_full":
+            assert os.listdir(b) == []                 # the half-built slot was removed, its space freed
+    finally:
+        for u in rig["units"]:
+            u.stop()
+        subprocess.run(["umount", "-l", str(b)], capture_output=True)

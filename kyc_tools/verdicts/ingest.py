@@ -24,8 +24,12 @@ is merged over the previous one, so the short LWT `offline` keeps the last known
 
 PostgreSQL loss: the batch is retried with exponential back-off (0.2 s .. 10 s), nothing is
 acknowledged meanwhile, so the broker stops sending once `receive_maximum` messages are unacknowledged.
-Broker loss: paho reconnects with back-off; messages received on an earlier connection are never
-acknowledged on a later one (their packet ids belong to the old connection; the broker re-sends them).
+Broker loss: paho reconnects with back-off (0.2 s doubling up to 10 s); messages received on a lost
+connection are never acknowledged, from the moment it is lost: not while there is no connection
+(such a PUBACK would only be queued and dropped, but counted as `acked`) and not on a later one
+(their packet ids belong to the old connection; the broker re-sends them, and they come back as
+duplicates). The connection generation changes on disconnect and on connect, under the lock the
+acknowledgements are sent under, so no PUBACK of an old connection can be queued behind the new CONNECT.
 """
 from __future__ import annotations
 
@@ -141,7 +145,8 @@ class Ingest:
                        "ignored": 0, "acked": 0, "stale_acks_skipped": 0, "db_retries": 0, "batches": 0,
                        "connects": 0}
         self._q: "queue.Queue[Item]" = queue.Queue()
-        self._gen = 0
+        self._gen = 0               # connection generation: +1 on every connect and every disconnect
+        self._ack_lock = threading.Lock()
         self._stop = threading.Event()
         self.connected = threading.Event()
         self.subscribed = threading.Event()
@@ -170,7 +175,8 @@ class Ingest:
         if rc.is_failure:
             log.error("ingest: broker refused the connection: %s", rc)
             return
-        self._gen += 1
+        with self._ack_lock:
+            self._gen += 1
         self.counts["connects"] += 1
         self.connected.set()
         p = self.prefix
@@ -188,6 +194,8 @@ class Ingest:
         log.info("ingest %s: subscribed", self.client_id)
 
     def _on_disconnect(self, c, userdata, flags, rc, props) -> None:
+        with self._ack_lock:        # what this connection delivered is never acknowledged now
+            self._gen += 1
         self.connected.clear()
         if not self._stop.is_set():
             log.warning("ingest %s: broker connection lost (%s); reconnecting", self.client_id, rc)
@@ -470,15 +478,16 @@ class Ingest:
 
     def _after_commit(self, batch: list[Item], outs: list[Outcome], inserted: set, committed: float) -> None:
         _killpoint("before_ack", self.counts["batches"] + 1)
-        gen = self._gen
-        for it in batch:
-            if it.qos == 0:
-                continue
-            if it.gen != gen:
-                self.counts["stale_acks_skipped"] += 1       # the broker re-sends these
-                continue
-            self.client.ack(it.mid, it.qos)
-            self.counts["acked"] += 1
+        with self._ack_lock:        # paho's thread cannot start a new connection's generation meanwhile
+            gen = self._gen
+            for it in batch:
+                if it.qos == 0:
+                    continue
+                if it.gen != gen:
+                    self.counts["stale_acks_skipped"] += 1   # the broker re-sends these
+                    continue
+                self.client.ack(it.mid, it.qos)
+                self.counts["acked"] += 1
         lat = []
         c = self.counts
         c["batches"] += 1
