@@ -150,3 +150,59 @@ def test_pad_logit4_equals_four_separate_crops(model_dir, shared_data):
         assert got.p_real == pytest.approx(float(1.0 / (1.0 + np.exp(-z))), abs=0.0)
         checked += 1
     assert checked == 5
+
+
+# ------------------------------------------------------------------ quality gate (align + occlusion cues)
+def ref_mesh_points(landmarks):
+    from device.vision.align import MESH_R_EYE, MESH_L_EYE, MESH_NOSE_TIP, MESH_MOUTH_R, MESH_MOUTH_L
+    lm = np.asarray(landmarks, np.float64)
+    return np.stack([lm[list(MESH_R_EYE), :2].mean(0), lm[list(MESH_L_EYE), :2].mean(0),
+                     lm[MESH_NOSE_TIP, :2], lm[MESH_MOUTH_R, :2], lm[MESH_MOUTH_L, :2]])
+
+
+def ref_lower_texture(aligned):
+    import cv2
+    from device.vision import occlusion as O
+    a = np.ascontiguousarray(aligned)
+    if (a[O._LOWER].max(axis=2) == 0).mean() > 0.1:
+        return None
+    grey = cv2.GaussianBlur(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 1.0)
+    gx = np.abs(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3))
+    ref = float(gx[O._EYES].mean())
+    return None if ref < O.MIN_REF_TEXTURE else float(gx[O._LOWER].mean()) / ref
+
+
+def ref_covered_fraction(aligned):
+    import cv2
+    from device.vision import occlusion as O
+    ycc = cv2.cvtColor(np.ascontiguousarray(aligned), cv2.COLOR_RGB2YCrCb).astype(np.float32)
+    ref_px = ycc[O._REF].reshape(-1, 3)
+    ref_px = ref_px[ref_px[:, 0] > 25]
+    if len(ref_px) < 50:
+        return None
+    ref = np.median(ref_px, axis=0)
+    if np.hypot(ref[1] - 128.0, ref[2] - 128.0) < O.MIN_CHROMA:
+        return None
+    low = ycc[O._LOWER].reshape(-1, 3)
+    dcr, dcb = low[:, 1] - ref[1], low[:, 2] - ref[2]
+    skin = (dcr >= -O.CR_BELOW) & (dcr <= O.CR_ABOVE) & (np.abs(dcb) <= O.CB_TOL)
+    return float((~skin).mean())
+
+
+def test_quality_helpers_equal_the_replaced_forms():
+    """mesh_points (36 points converted, not 468), lower_texture (filters a window around its regions),
+    covered_fraction (converts the rows it reads): same values as on the whole crop."""
+    import cv2
+    from device.vision import align as A
+    from device.vision import occlusion as O
+    rng = np.random.default_rng(11)
+    for i in range(600):
+        lm = rng.normal(640, 80, size=(468, 3)).astype(np.float32)
+        assert _same(A.mesh_points(lm), ref_mesh_points(lm))
+        a = rng.integers(0, 256, size=(112, 112, 3), dtype=np.uint8)
+        if i % 2:                      # smooth, skin-like crops too (where the thresholds are crossed)
+            a = cv2.GaussianBlur(a, (0, 0), 3 + i % 5)
+        if i % 7 == 0:
+            a[95:, :] = 0              # a warp past the frame edge
+        assert O.lower_texture(a) == ref_lower_texture(a)
+        assert O.covered_fraction(a) == ref_covered_fraction(a)
