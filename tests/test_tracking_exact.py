@@ -206,3 +206,19 @@ def test_quality_helpers_equal_the_replaced_forms():
             a[95:, :] = 0              # a warp past the frame edge
         assert O.lower_texture(a) == ref_lower_texture(a)
         assert O.covered_fraction(a) == ref_covered_fraction(a)
+
+
+def test_glue_tool_dump_is_deterministic_and_overhead_adds_up(model_dir, shared_data):
+    """kyc_tools.bench.glue: the per-frame dump docs/performance.md compares trees with is the same on two
+    runs and has one row per frame plus a summary; the overhead split is observe = invokes + glue."""
+    from tests.conftest import need
+    from kyc_tools.bench import glue
+    clip = need(shared_data / "headpose" / "head-pose-face-detection-female")
+    a = glue.dump([clip], model_dir, "float")
+    b = glue.dump([clip], model_dir, "float")
+    assert a == b and len(a) == 24 and a[-1][1] == "end"
+    assert sum(1 for r in a[:-1] if r[5] is not None) == 23        # landmarks (as a hash) on every frame
+    assert all(isinstance(r[5], str) and len(r[5]) == 16 for r in a[:-1])
+    o = glue.overhead(clip, model_dir, "float", reps=1)
+    assert o["observe"]["n"] == 22 and o["invokes"]["mean_ms"] > 0
+    assert o["glue"]["mean_ms"] == pytest.approx(o["observe"]["mean_ms"] - o["invokes"]["mean_ms"], abs=2e-3)
