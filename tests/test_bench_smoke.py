@@ -142,7 +142,7 @@ def test_bench_two_thread_block_keys_and_consistency(blink_video, model_dir):
     from kyc_tools.bench import pipeline
     out = pipeline.two_thread(Path(blink_video), model_dir, "float", 1, limit=8)
     rows = {r["pace"]: r for r in out["rows"]}
-    assert set(rows) == {"fast", "realtime", "fixed_30fps"}
+    assert set(rows) == {"fast", "realtime", "fixed_30fps", "fixed_30fps+ahead"}
     for pace, r in rows.items():
         assert r["frames_processed"] == 8, r
         assert r["processed_fps"] > 0 and r["wall_s"] > 0
@@ -152,17 +152,22 @@ def test_bench_two_thread_block_keys_and_consistency(blink_video, model_dir):
         assert r["models_thread_cpu_ms_per_frame"] > 0 and r["capture_thread_cpu_ms_per_frame"] >= 0
         assert r["declared_fps"] == pytest.approx(30.3, abs=0.1)
     assert rows["fast"]["dropped"] == 0                 # lossless: the camera waits for the consumer
-    for pace in ("realtime", "fixed_30fps"):            # frames released on a clock: age is measured
+    for pace in ("realtime", "fixed_30fps", "fixed_30fps+ahead"):   # released on a clock: age is measured
         assert rows[pace]["frame_age_ms_p50"] is not None and rows[pace]["frame_age_ms_p50"] >= 0
     # a fixed 30 fps release of 8 frames cannot finish faster than 7 frame intervals
     assert rows["fixed_30fps"]["release_fps"] == 30.0 and rows["fixed_30fps"]["wall_s"] >= 7 / 30.0 - 0.02
+    # the daemon's default third thread (match.embed_ahead) only on its own row, its work counted
+    assert [p for p, r in rows.items() if r["embed_ahead"]] == ["fixed_30fps+ahead"]
+    ah = rows["fixed_30fps+ahead"]
+    assert ah["ahead_calls"] >= 0 and ah["ahead_cpu_ms"] >= 0 and "ahead_calls" not in rows["fixed_30fps"]
+    assert ah["frame_age_ms_p50"] is not None and ah["release_fps"] == 30.0
     assert out["cpu_affinity"] and out["model_set"] == "float"
 
 
 def test_bench_frame_json_has_the_two_thread_block(capsys, blink_video, model_dir):
     out = _run(capsys, "frame", "--frames", str(blink_video), "--models-dir", str(model_dir),
                "--limit", "4", "--threads", "1", "--model-set", "float")
-    assert [r["pace"] for r in out["two_thread"]["rows"]] == ["fast", "realtime", "fixed_30fps"]
-    assert set(out["summary"]["two_thread_fps"]) == {"fast", "realtime", "fixed_30fps"}
+    assert [r["pace"] for r in out["two_thread"]["rows"]] == ["fast", "realtime", "fixed_30fps", "fixed_30fps+ahead"]
+    assert set(out["summary"]["two_thread_fps"]) == {"fast", "realtime", "fixed_30fps", "fixed_30fps+ahead"}
     assert all(v > 0 for v in out["summary"]["two_thread_fps"].values())
     assert out["summary"]["two_thread_dropped"]["fast"] == 0

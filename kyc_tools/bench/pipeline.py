@@ -17,13 +17,18 @@ Three paces of the same clip:
   frames the camera overwrote because the models were still busy (0 = the camera never waited for
   inference and no frame was lost), `frame_age_ms` is release -> the models start on it;
 - `fixed_30fps`: the same, with the frames released at a fixed 30 fps (media time i / 30), a 30 fps
-  camera (`fixed_fps` to change it).
+  camera (`fixed_fps` to change it);
+- `fixed_30fps+ahead`: the same with the daemon's default third thread, the ahead-embedding worker
+  (match.embed_ahead, device/vision/ahead.py) embedding the top-k / first / last crops meanwhile; its
+  calls and thread CPU are `ahead_calls` / `ahead_cpu_ms` (included in `cpu_share`).
 
 Per pace: frames processed, wall s, processed_fps, captured, dropped, `cpu_share` (process CPU time, both
 threads, / wall: up to the number of cores allowed), `models_thread_cpu_share` (this thread's CPU / wall),
 `capture_thread_cpu_ms_per_frame` (process minus this thread, per captured frame: decode + BGR->RGB +
-hand-over) and the models thread's CPU ms per processed frame. The suite runs without the ahead-embedding
-worker (match.embed_ahead off, as the frame pass), so the two threads are the camera's and the models'.
+hand-over; on `+ahead` rows the worker's own thread CPU is taken out) and the models thread's CPU ms per
+processed frame.
+Except on `+ahead` rows the suite runs without the ahead-embedding worker (match.embed_ahead off, as the
+frame pass), so the two threads are the camera's and the models'.
 Timing figures only; the smoke test checks keys and consistency, never speed.
 """
 from __future__ import annotations
@@ -61,6 +66,8 @@ def _run_pace(suite, cfg, pace: str, limit: int, fixed_fps: float) -> dict:
     cam_cfg = replace(cfg, **{"camera.replay.pace": "realtime" if realtime else "fast"})
     suite.reset()
     best = suite.best_frames()
+    ah = suite.ahead
+    a0 = (ah.calls, ah.cpu_ms) if ah is not None else None
     n = 0
     ages: list[float] = []
     opened = _fixed_rate_source(cam_cfg.camera, fixed_fps) if pace.startswith("fixed") else wiring.camera(cam_cfg)
@@ -89,28 +96,32 @@ def _run_pace(suite, cfg, pace: str, limit: int, fixed_fps: float) -> dict:
         cpu = time.process_time() - c0
         main = time.thread_time() - t0
         captured, dropped = cam.captured - cap0, cam.dropped - drop0
+        worker_s = (ah.cpu_ms - a0[1]) / 1000.0 if a0 is not None else 0.0   # the ahead worker's thread CPU
         declared = getattr(cam, "_fps", None)    # the frame rate the video declares
     best.wipe()
-    suite.reset()
+    suite.reset()                       # with the worker: waits for its call in flight, ends it, wipes
     out = {"pace": pace, "frames_processed": n, "wall_s": round(wall, 3),
            "processed_fps": round(n / wall, 2) if wall > 0 else None,
            "captured": captured, "dropped": dropped,
            "cpu_share": round(cpu / wall, 3) if wall > 0 else None,
            "models_thread_cpu_share": round(main / wall, 3) if wall > 0 else None,
            "models_thread_cpu_ms_per_frame": round(main * 1000.0 / n, 3) if n else None,
-           "capture_thread_cpu_ms_per_frame": round(max(cpu - main, 0.0) * 1000.0 / captured, 3)
+           "capture_thread_cpu_ms_per_frame": round(max(cpu - main - worker_s, 0.0) * 1000.0 / captured, 3)
            if captured else None}
     if declared:
         out["declared_fps"] = round(float(declared), 3)
     if pace.startswith("fixed"):
         out["release_fps"] = fixed_fps
+    if a0 is not None:
+        out["ahead_calls"] = ah.calls - a0[0]
+        out["ahead_cpu_ms"] = round(ah.cpu_ms - a0[1], 1)
     if realtime:
         out["frame_age_ms_p50"] = _pct(ages, 50)
         out["frame_age_ms_p95"] = _pct(ages, 95)
     return out
 
 
-PACES = ("fast", "realtime", "fixed_30fps")
+PACES = ("fast", "realtime", "fixed_30fps", "fixed_30fps+ahead")
 
 
 def two_thread(frames: Path, models_dir: Path, model_set: str, threads: int, limit: int = 0,
@@ -125,13 +136,23 @@ def two_thread(frames: Path, models_dir: Path, model_set: str, threads: int, lim
         "models.dir": str(load_dir), "models.set": model_set, "models.threads": threads,
         "match.embed_ahead": False})
     cfg = replace(cfg, **{"camera.stall_s": 30.0, "camera.lost_s": 60.0})
-    suite = wiring.vision(cfg, load_dir)
+    suites = {}
+
+    def suite_for(ahead: bool):        # the `+ahead` rows: a suite with the worker (the daemon's default)
+        if ahead not in suites:
+            suites[ahead] = wiring.vision(replace(cfg, **{"match.embed_ahead": ahead}), load_dir)
+        return suites[ahead]
     try:
         cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:
         cpus = None
-    rows = [_run_pace(suite, cfg, p, limit, fixed_fps) for p in paces]
-    suite.reset()
+    rows = []
+    for p in paces:
+        ahead = p.endswith("+ahead")
+        rows.append(_run_pace(suite_for(ahead), cfg, p.removesuffix("+ahead"), limit, fixed_fps))
+        rows[-1]["pace"], rows[-1]["embed_ahead"] = p, ahead
+    for s in suites.values():
+        s.reset()
     return {"rows": rows, "cpu_affinity": cpus, "model_set": model_set, "threads": threads,
             "what": "replay camera's capture thread decoding + the models thread running observe() + "
                     "quality_crop() on each newest frame (kyc_tools/bench/pipeline.py); pace fast: "
