@@ -133,3 +133,41 @@ def test_session_latency_reports_the_ahead_worker(blink_video, model_dir):
     assert ah["worker_cpu_ms"]["n"] == 1 and ah["session_cpu_ms"]["median"] > 0
     assert r["breakdown_ms"]["embed_calls_per_match"][0] < 2
     assert r["last_challenge_to_outbox_ms"]["n"] == 1
+
+
+def test_bench_two_thread_block_keys_and_consistency(blink_video, model_dir):
+    """Capture thread + models thread with the real models (issue 17): every pace reports its frames, fps,
+    drops and CPU shares, and the counts add up. No timing thresholds."""
+    from pathlib import Path
+    from kyc_tools.bench import pipeline
+    out = pipeline.two_thread(Path(blink_video), model_dir, "float", 1, limit=8)
+    rows = {r["pace"]: r for r in out["rows"]}
+    assert set(rows) == {"fast", "realtime", "fixed_30fps", "fixed_30fps+ahead"}
+    for pace, r in rows.items():
+        assert r["frames_processed"] == 8, r
+        assert r["processed_fps"] > 0 and r["wall_s"] > 0
+        assert r["captured"] >= r["frames_processed"] - 1 and r["dropped"] >= 0
+        # both threads' CPU over the wall time; the models thread's part of it
+        assert 0 < r["models_thread_cpu_share"] <= r["cpu_share"] + 1e-3
+        assert r["models_thread_cpu_ms_per_frame"] > 0 and r["capture_thread_cpu_ms_per_frame"] >= 0
+        assert r["declared_fps"] == pytest.approx(30.3, abs=0.1)
+    assert rows["fast"]["dropped"] == 0                 # lossless: the camera waits for the consumer
+    for pace in ("realtime", "fixed_30fps", "fixed_30fps+ahead"):   # released on a clock: age is measured
+        assert rows[pace]["frame_age_ms_p50"] is not None and rows[pace]["frame_age_ms_p50"] >= 0
+    # a fixed 30 fps release of 8 frames cannot finish faster than 7 frame intervals
+    assert rows["fixed_30fps"]["release_fps"] == 30.0 and rows["fixed_30fps"]["wall_s"] >= 7 / 30.0 - 0.02
+    # the daemon's default third thread (match.embed_ahead) only on its own row, its work counted
+    assert [p for p, r in rows.items() if r["embed_ahead"]] == ["fixed_30fps+ahead"]
+    ah = rows["fixed_30fps+ahead"]
+    assert ah["ahead_calls"] >= 0 and ah["ahead_cpu_ms"] >= 0 and "ahead_calls" not in rows["fixed_30fps"]
+    assert ah["frame_age_ms_p50"] is not None and ah["release_fps"] == 30.0
+    assert out["cpu_affinity"] and out["model_set"] == "float"
+
+
+def test_bench_frame_json_has_the_two_thread_block(capsys, blink_video, model_dir):
+    out = _run(capsys, "frame", "--frames", str(blink_video), "--models-dir", str(model_dir),
+               "--limit", "4", "--threads", "1", "--model-set", "float")
+    assert [r["pace"] for r in out["two_thread"]["rows"]] == ["fast", "realtime", "fixed_30fps", "fixed_30fps+ahead"]
+    assert set(out["summary"]["two_thread_fps"]) == {"fast", "realtime", "fixed_30fps", "fixed_30fps+ahead"}
+    assert all(v > 0 for v in out["summary"]["two_thread_fps"].values())
+    assert out["summary"]["two_thread_dropped"]["fast"] == 0

@@ -31,6 +31,7 @@ TEMPLATE5 = np.array([[38.2946, 51.6963],
 MESH_R_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 246, 161, 160, 159, 158, 157, 173)
 MESH_L_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 385, 384, 398)
 MESH_NOSE_TIP, MESH_MOUTH_R, MESH_MOUTH_L = 1, 61, 291
+_MESH5_IDX = np.array(MESH_R_EYE + MESH_L_EYE + (MESH_NOSE_TIP, MESH_MOUTH_R, MESH_MOUTH_L))
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -71,11 +72,13 @@ def align_face(rgb: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
 
 def mesh_points(landmarks: np.ndarray) -> np.ndarray:
     """(468, 2|3) FaceMesh landmarks in frame pixels -> the 5 ArcFace points (5, 2)."""
-    lm = np.asarray(landmarks, np.float64)
+    lm = np.asarray(landmarks)
     if lm.shape[0] != 468:
         raise ValueError(f"expected 468 FaceMesh landmarks, got {lm.shape}")
-    return np.stack([lm[list(MESH_R_EYE), :2].mean(0), lm[list(MESH_L_EYE), :2].mean(0),
-                     lm[MESH_NOSE_TIP, :2], lm[MESH_MOUTH_R, :2], lm[MESH_MOUTH_L, :2]])
+    # the 36 points used, as float64 (not all 468 converted first; the conversion is exact either way)
+    p = lm[_MESH5_IDX, :2].astype(np.float64)
+    n_r, n_l = len(MESH_R_EYE), len(MESH_L_EYE)
+    return np.stack([p[:n_r].mean(0), p[n_r:n_r + n_l].mean(0), p[-3], p[-2], p[-1]])
 
 
 def align_on_mesh(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:

@@ -128,18 +128,26 @@ class AntiSpoof:
             total += p
             per.append(float(p[1]))
         if o.fusion == "logit4" and len(self._models) == 2:
+            patch = self._patch(rgb, (x0, y0, w, h), 1.0)    # both models see the same scale-1.0 crop: made once
             for rt in self._models:
-                per.append(float(self._run(rt, rgb, (x0, y0, w, h), 1.0)[1]))
+                per.append(float(self._infer(rt, patch)[1]))
             wts, b = LOGIT4
             z = b + sum(wi * _logit(pi) for wi, pi in zip(wts, per))
             return AntiSpoofResult(float(1.0 / (1.0 + np.exp(-z))), tuple(per))
         return AntiSpoofResult(float(total[1] / len(self._models)), tuple(per))
 
+    @classmethod
+    def _run(cls, rt, rgb, xywh, scale) -> np.ndarray:
+        return cls._infer(rt, cls._patch(rgb, xywh, scale))
+
     @staticmethod
-    def _run(rt, rgb, xywh, scale) -> np.ndarray:
+    def _patch(rgb, xywh, scale) -> np.ndarray:
         # crop the contiguous RGB frame, then swap channels on the 80x80 patch (a BGR view of the
         # whole frame made every crop copy through a negative stride: 5 ms per crop at 720p)
-        patch = crop_box(rgb, xywh, scale)[..., ::-1].astype(np.float32)
+        return crop_box(rgb, xywh, scale)[..., ::-1].astype(np.float32)
+
+    @staticmethod
+    def _infer(rt, patch: np.ndarray) -> np.ndarray:
         rt.set("image", patch[None])
         rt.invoke()
         z = rt.get("logits")[0].astype(np.float64)

@@ -80,10 +80,12 @@ def roi_from_landmarks(lm: np.ndarray, scale: float = SCALE):
     pts = lm[:, :2]
     centre = pts.mean(0)
     d = pts - centre
-    rx = d[:, 0] * c - d[:, 1] * s
-    ry = d[:, 0] * s + d[:, 1] * c
-    w, h = rx.max() - rx.min(), ry.max() - ry.min()
-    mx, my = 0.5 * (rx.max() + rx.min()), 0.5 * (ry.max() + ry.min())
+    dx, dy = d[:, 0], d[:, 1]
+    rx = dx * c - dy * s
+    ry = dx * s + dy * c
+    x0, x1, y0, y1 = rx.min(), rx.max(), ry.min(), ry.max()      # each extreme once (was twice)
+    w, h = x1 - x0, y1 - y0
+    mx, my = 0.5 * (x1 + x0), 0.5 * (y1 + y0)
     ca, sa = math.cos(angle), math.sin(angle)
     cx = centre[0] + mx * ca - my * sa
     cy = centre[1] + mx * sa + my * ca
@@ -123,8 +125,8 @@ class FaceLandmarker:
     def detect(self, rgb: np.ndarray, roi) -> LandmarkResult:
         m = crop_matrix(roi)
         crop = cv2.warpAffine(rgb, m, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        x = crop.astype(np.float32) * (1.0 / 255.0)
-        self._rt.set("image", x[None])
+        # one pass uint8 -> float32 [0, 1] (the same float32 products as astype() then * (1 / 255))
+        self._rt.set("image", np.multiply(crop, _INV255, dtype=np.float32)[None])
         self._rt.invoke()
         raw = self._rt.get("landmarks").reshape(468, 3).astype(np.float64)
         logit = float(self._rt.get("presence").reshape(-1)[0])
@@ -136,15 +138,44 @@ class FaceLandmarker:
         return LandmarkResult(lm, presence, tuple(float(v) for v in roi))
 
 
+# EAR segments of both eyes as index pairs into lm: per eye |p2-p6|, |p3-p5|, |p1-p4|
+_EAR_A = np.array([e[i] for e in (RIGHT_EYE, LEFT_EYE) for i in (1, 2, 0)])
+_EAR_B = np.array([e[i] for e in (RIGHT_EYE, LEFT_EYE) for i in (5, 4, 3)])
+_INV255 = np.float32(1.0 / 255.0)
+
+
+def _segment_lengths(a: np.ndarray, b: np.ndarray) -> list[float]:
+    """|a_i - b_i| of (k, 2) float64 rows, as floats: sqrt(dx*dx + dy*dy), which is what
+    np.linalg.norm gives for a 2-vector (checked bit for bit in tests/test_landmarks.py)."""
+    d = a - b
+    return np.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1]).tolist()
+
+
+def _ear3(n) -> float:
+    """(|p2-p6| + |p3-p5|) / (2 |p1-p4|) from the three segment lengths."""
+    return (n[0] + n[1]) / max(2.0 * n[2], 1e-6)
+
+
 def eye_aspect_ratio(lm: np.ndarray) -> float:
     """Mean EAR of both eyes: (|p2-p6| + |p3-p5|) / (2 |p1-p4|), 2-D frame pixels."""
-    out = []
-    for idx in (RIGHT_EYE, LEFT_EYE):
-        p = lm[list(idx), :2].astype(np.float64)
-        v = np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])
-        h = 2.0 * np.linalg.norm(p[0] - p[3])
-        out.append(v / max(h, 1e-6))
-    return float(np.mean(out))
+    n = _segment_lengths(lm[_EAR_A, :2].astype(np.float64), lm[_EAR_B, :2].astype(np.float64))
+    return (_ear3(n[:3]) + _ear3(n[3:])) / 2.0
+
+
+_MODEL_IDX_A = np.array(_MODEL_IDX)
+_CAMS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _camera_matrix(w: int, h: int) -> np.ndarray:
+    """The pinhole camera of head_pose (focal = the longer side, centre = the frame centre), made once
+    per frame size (read-only: solvePnP does not write it)."""
+    cam = _CAMS.get((w, h))
+    if cam is None:
+        f = float(max(w, h))
+        cam = np.array([[f, 0, w / 2.0], [0, f, h / 2.0], [0, 0, 1]], np.float64)
+        cam.setflags(write=False)
+        _CAMS[(w, h)] = cam
+    return cam
 
 
 def head_pose(lm: np.ndarray, frame_shape) -> tuple[float, float, float]:
@@ -155,8 +186,8 @@ def head_pose(lm: np.ndarray, frame_shape) -> tuple[float, float, float]:
     left shoulder, as seen unmirrored)."""
     h, w = frame_shape[:2]
     f = float(max(w, h))
-    cam = np.array([[f, 0, w / 2.0], [0, f, h / 2.0], [0, 0, 1]], np.float64)
-    img = lm[list(_MODEL_IDX), :2].astype(np.float64)
+    cam = _camera_matrix(w, h)
+    img = lm[_MODEL_IDX_A, :2].astype(np.float64)
     # SQPNP finds the global minimum; plain ITERATIVE without a guess flips to a mirrored solution
     # on strongly turned heads (measured on the head-pose clips: yaw -51 reported as +66, roll 177).
     ok, rvec, tvec = False, None, None
@@ -189,6 +220,8 @@ IRIS_SIZE = 64
 IRIS_SCALE = 2.3
 _EYES = ((33, 133, False), (362, 263, True))   # (corner a, corner b, flip)
 _CONTOUR_EAR = (0, 11, 13, 8, 5, 3)
+_CONTOUR_A = np.array([_CONTOUR_EAR[i] for i in (1, 2, 0)])
+_CONTOUR_B = np.array([_CONTOUR_EAR[i] for i in (5, 4, 3)])
 
 
 @dataclass(frozen=True)
@@ -259,9 +292,8 @@ class EyeRefiner:
                               borderMode=cv2.BORDER_REPLICATE)
         if flip:
             crop = crop[:, ::-1]
-        self._rt.set("image", (crop.astype(np.float32) * (1.0 / 255.0))[None])
+        self._rt.set("image", np.multiply(crop, _INV255, dtype=np.float32)[None])
         self._rt.invoke()
         e = self._rt.get("contours").reshape(71, 3)[:16, :2]
-        p = e[list(_CONTOUR_EAR)].astype(np.float64)   # flip does not change distances
-        v = np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])
-        return float(v / max(2.0 * np.linalg.norm(p[0] - p[3]), 1e-6))
+        # flip does not change distances; |p2-p6|, |p3-p5|, |p1-p4| of the lid points
+        return _ear3(_segment_lengths(e[_CONTOUR_A].astype(np.float64), e[_CONTOUR_B].astype(np.float64)))

@@ -37,6 +37,16 @@ _REF = (slice(42, 58), slice(50, 62))        # nose bridge, between the eyes
 _LOWER = (slice(82, 106), slice(36, 76))      # mouth and chin
 _EYES = (slice(40, 62), slice(24, 88))        # eyes and brows: the texture reference a mask leaves free
 
+# covered_fraction converts only rows _ROWS; the two regions relative to them
+_ROWS = slice(_REF[0].start, _LOWER[0].stop)
+_REF_R = (slice(_REF[0].start - _ROWS.start, _REF[0].stop - _ROWS.start), _REF[1])
+_LOWER_R = (slice(_LOWER[0].start - _ROWS.start, _LOWER[0].stop - _ROWS.start), _LOWER[1])
+
+# lower_texture filters only this window (rows, cols) around _EYES and _LOWER, plus a margin
+_TEX_ROWS = (min(_EYES[0].start, _LOWER[0].start), max(_EYES[0].stop, _LOWER[0].stop))
+_TEX_COLS = (min(_EYES[1].start, _LOWER[1].start), max(_EYES[1].stop, _LOWER[1].stop))
+_TEX_MARGIN = 6
+
 CR_BELOW, CR_ABOVE, CB_TOL = 10.0, 26.0, 16.0  # the skin-like box around the reference (8-bit units)
 MIN_CHROMA = 6.0         # reference skin this close to grey (a grey-scale / IR camera): cannot tell
 MIN_TEXTURE = 0.30       # lower_texture below this: covered (LFW dev faces: 1st percentile 0.35)
@@ -49,15 +59,16 @@ MAX_CHROMA_SPREAD = 5.0
 
 def covered_fraction(aligned: np.ndarray) -> float | None:
     """Share (0..1) of the lower face whose colour is unlike the nose bridge's skin; None = cannot tell."""
-    ycc = cv2.cvtColor(np.ascontiguousarray(aligned), cv2.COLOR_RGB2YCrCb).astype(np.float32)
-    ref_px = ycc[_REF].reshape(-1, 3)
+    # only the rows the two regions use (a per-pixel conversion: the same values as converting it all)
+    ycc = cv2.cvtColor(np.ascontiguousarray(aligned[_ROWS]), cv2.COLOR_RGB2YCrCb).astype(np.float32)
+    ref_px = ycc[_REF_R].reshape(-1, 3)
     ref_px = ref_px[ref_px[:, 0] > 25]           # black border of a warp past the frame edge
     if len(ref_px) < 50:
         return None
     ref = np.median(ref_px, axis=0)
     if np.hypot(ref[1] - 128.0, ref[2] - 128.0) < MIN_CHROMA:
         return None
-    low = ycc[_LOWER].reshape(-1, 3)
+    low = ycc[_LOWER_R].reshape(-1, 3)
     dcr, dcb = low[:, 1] - ref[1], low[:, 2] - ref[2]
     skin = (dcr >= -CR_BELOW) & (dcr <= CR_ABOVE) & (np.abs(dcb) <= CB_TOL)
     return float((~skin).mean())
@@ -68,12 +79,18 @@ def lower_texture(aligned: np.ndarray) -> float | None:
     a = np.ascontiguousarray(aligned)
     if (a[_LOWER].max(axis=2) == 0).mean() > 0.1:      # the black border of a warp past the frame edge
         return None
-    grey = cv2.GaussianBlur(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 1.0)
+    # filter only the window around both regions: the 1-px Gaussian (9 taps: 4 px each side) and the 3x3
+    # Sobel reach 5 px, so a margin of _TEX_MARGIN keeps every value inside the regions as on the whole crop
+    h, w = a.shape[:2]
+    r0, r1 = max(0, _TEX_ROWS[0] - _TEX_MARGIN), min(h, _TEX_ROWS[1] + _TEX_MARGIN)
+    c0, c1 = max(0, _TEX_COLS[0] - _TEX_MARGIN), min(w, _TEX_COLS[1] + _TEX_MARGIN)
+    win = np.ascontiguousarray(a[r0:r1, c0:c1])
+    grey = cv2.GaussianBlur(cv2.cvtColor(win, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 1.0)
     gx = np.abs(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3))
-    ref = float(gx[_EYES].mean())
+    ref = float(gx[_EYES[0].start - r0:_EYES[0].stop - r0, _EYES[1].start - c0:_EYES[1].stop - c0].mean())
     if ref < MIN_REF_TEXTURE:
         return None
-    return float(gx[_LOWER].mean()) / ref
+    return float(gx[_LOWER[0].start - r0:_LOWER[0].stop - r0, _LOWER[1].start - c0:_LOWER[1].stop - c0].mean()) / ref
 
 
 def lower_chroma_spread(aligned: np.ndarray) -> float:

@@ -39,13 +39,18 @@ class QualityResult:
 _INNER = (slice(24, 104), slice(24, 88))
 
 
-def sharpness(aligned: np.ndarray) -> float:
-    grey = cv2.cvtColor(np.ascontiguousarray(aligned[_INNER]), cv2.COLOR_RGB2GRAY)
+def _inner_grey(aligned: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(aligned[_INNER]), cv2.COLOR_RGB2GRAY)
+
+
+def sharpness(aligned: np.ndarray, grey: np.ndarray | None = None) -> float:
+    """`grey`: _inner_grey(aligned) when the caller has it already (assess makes it once for both gates)."""
+    grey = _inner_grey(aligned) if grey is None else grey
     return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 
-def brightness(aligned: np.ndarray) -> float:
-    grey = cv2.cvtColor(np.ascontiguousarray(aligned[_INNER]), cv2.COLOR_RGB2GRAY)
+def brightness(aligned: np.ndarray, grey: np.ndarray | None = None) -> float:
+    grey = _inner_grey(aligned) if grey is None else grey
     return float(grey.mean())
 
 
@@ -71,8 +76,10 @@ def assess(rgb: np.ndarray, face, aligned: np.ndarray, yaw: float | None, pitch:
         failed.append("yaw")
     if pitch is not None and abs(pitch) > cfg.max_pitch_deg:
         failed.append("pitch")
-    sh = sharpness(aligned)
-    br = brightness(aligned)
+    grey = _inner_grey(aligned)
+    sh = sharpness(aligned, grey)
+    br = brightness(aligned, grey)
+    grey.fill(0)
     if sh < cfg.min_sharpness:
         failed.append("blur")
     if br < cfg.min_brightness:

@@ -102,11 +102,19 @@ class Observation:
                 f"yaw={self.yaw:.1f}, pitch={self.pitch:.1f}, ear={self.ear}, pad_real={self.pad_real})")
 
 
+# The means below are written out as sums of rows: for float32 rows, (a + b) / 2 and (((a + b) + c) + d) / 4
+# are what ndarray.mean(0) computes for 2 and 4 rows, bit for bit (same additions in the same order, an
+# exact division), without its per-call overhead (~5 us each, 9 per frame). tests/test_tracking_exact.py
+# checks them against the mean() forms on real and random landmarks.
+_TWO, _FOUR = np.float32(2), np.float32(4)
+
+
 def keypoints_from_landmarks(lm: np.ndarray) -> np.ndarray:
     """BlazeFace-style 6 keypoints from FaceMesh points (eye centres, nose tip, mouth centre, ears)."""
+    p = lm[:, :2]
     return np.array([
-        lm[[33, 133], :2].mean(0), lm[[362, 263], :2].mean(0), lm[1, :2],
-        lm[[13, 14], :2].mean(0), lm[234, :2], lm[454, :2]], np.float32)
+        (p[33] + p[133]) / _TWO, (p[362] + p[263]) / _TWO, p[1],
+        (p[13] + p[14]) / _TWO, p[234], p[454]], np.float32)
 
 
 def _box_from_landmarks(lm: np.ndarray) -> tuple[float, float, float, float]:
@@ -117,9 +125,11 @@ def _box_from_landmarks(lm: np.ndarray) -> tuple[float, float, float, float]:
 
 def face_geometry(lm: np.ndarray) -> float:
     """(eye midpoint -> mouth centre) / inter-ocular distance; constant through a real blink."""
-    eyes = lm[[33, 133, 362, 263], :2].mean(0)
-    mouth = lm[[13, 14], :2].mean(0)
-    io = np.linalg.norm(lm[[362, 263], :2].mean(0) - lm[[33, 133], :2].mean(0))
+    p = lm[:, :2]
+    a, b, c, d = p[33], p[133], p[362], p[263]
+    eyes = (((a + b) + c) + d) / _FOUR
+    mouth = (p[13] + p[14]) / _TWO
+    io = np.linalg.norm((c + d) / _TWO - (a + b) / _TWO)
     return float(np.linalg.norm(mouth - eyes) / max(io, 1e-6))
 
 

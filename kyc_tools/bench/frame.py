@@ -23,6 +23,10 @@ Stages (median / p95 / mean ms, n = calls that ran), in wall time (`stages_ms`) 
 `sustained_fps` = frames / wall time of the whole frame loop (decode included); `path_fps` = 1000 / mean
 per_frame_path. Frame 0 (first-invoke warm-up) is left out of every statistic and shown on its own.
 
+`two_thread` (kyc_tools/bench/pipeline.py): the replay camera's capture thread decoding while this thread runs
+the real models on each newest frame, at pace fast, at the clip's own timestamps and at a fixed 30 fps:
+frames processed/s, frames dropped, CPU share (both threads and the models thread alone).
+
 With a full run (no --limit) it also measures, on the daemon's own parts: last challenge frame -> verdict
 in the outbox (in-process sessions), start -> READY=1 and daemon RSS (a real `kyc-edge run` subprocess).
 --vs-mediapipe steps MediaPipe's FaceMesh graph (.venv-mediapipe, mediapipe_peer.py) frame by frame
@@ -823,6 +827,9 @@ def bench_frames(args) -> dict:
     finally:
         mp = peer.finish() if peer is not None else None
     out["ours"] = ours
+    # capture thread + models thread, real models, replay camera at pace fast / realtime / 30 fps (issue 17)
+    from kyc_tools.bench import pipeline
+    out["two_thread"] = pipeline.two_thread(frames, models_dir, model_set, threads, limit)
     st = ours["stages_ms"]
     sc = ours["stages_cpu_ms"]
     out["summary"] = {
@@ -834,6 +841,8 @@ def bench_frames(args) -> dict:
         "peak_rss_mb": ours["rss_mb"]["peak"],
         "cpu_share": ours["cpu_share"],
         "vs_mediapipe_ratio": None,
+        "two_thread_fps": {r["pace"]: r.get("processed_fps") for r in out["two_thread"]["rows"]},
+        "two_thread_dropped": {r["pace"]: r.get("dropped") for r in out["two_thread"]["rows"]},
     }
     if mp is not None:
         out["mediapipe"] = mp
