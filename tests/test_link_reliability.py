@@ -25,6 +25,7 @@ def test_verdicts_acked_just_before_a_broker_crash_are_sent_again(tmp_path, wind
     link = Link(cfg_for(b.url, state, **{"mqtt.replay_window_s": window}), ob, signer=signer)
     gate = gate_link(link)              # holds the link's next connection attempt until we say so
     link.start()
+    back_office = Sub(b.port, BASE + "/verdict")    # someone takes the verdicts in (0x10 otherwise)
     try:
         assert link.wait_connected(10)
         ids = []
@@ -52,6 +53,7 @@ def test_verdicts_acked_just_before_a_broker_crash_are_sent_again(tmp_path, wind
             assert sub.on("/verdict") == [] and link.stats["replayed"] == 0
         sub.close()
     finally:
+        back_office.close()
         link.stop()
         b.stop()
         ob.close()
@@ -61,6 +63,7 @@ def test_delivered_rows_are_purged_after_the_window(broker, tmp_path):
     state = tmp_path / "state"
     signer = V.Signer.load_or_create(state)
     ob = Outbox(state / "outbox.sqlite", 50)
+    back_office = Sub(broker.port, BASE + "/verdict")
     link = Link(cfg_for(broker.url, state, **{"mqtt.replay_window_s": 0.5}), ob, signer=signer).start()
     try:
         assert link.wait_connected(10)
@@ -75,6 +78,42 @@ def test_delivered_rows_are_purged_after_the_window(broker, tmp_path):
         while ob.delivered_count() and time.monotonic() < end:
             time.sleep(0.05)
         assert ob.delivered_count() == 0
+    finally:
+        back_office.close()
+        link.stop()
+        ob.close()
+
+
+def test_a_verdict_nobody_subscribed_to_waits_in_the_outbox_until_someone_does(broker, tmp_path):
+    """PUBACK 0x10 No matching subscribers is a success code, but no back office took the verdict in
+    (a restarted broker that has not restored the ingest's $share subscription, a mistyped topic in
+    the ACL-free lab): the row stays pending, `verdict_no_subscribers` is raised, and the verdict goes
+    out, once, when a subscriber is there; the alarm clears."""
+    state = tmp_path / "state"
+    signer = V.Signer.load_or_create(state)
+    ob = Outbox(state / "outbox.sqlite", 50)
+    link = Link(cfg_for(broker.url, state, **{"mqtt.reconnect_max_s": 0.5}), ob, signer=signer).start()
+    try:
+        assert link.wait_connected(10)
+        s = signer.sign(verdict_for_device())
+        ob.put(s)
+        link.kick()
+        end = time.monotonic() + 10
+        while "verdict_no_subscribers" not in link.alarms and time.monotonic() < end:
+            time.sleep(0.02)
+        assert "verdict_no_subscribers" in link.alarms and ob.depth() == 1 and link.stats["acked"] == 0
+        assert "verdict_no_subscribers" in link.status_payload()["alarms"]
+        sub = Sub(broker.port, BASE + "/verdict")
+        try:
+            assert sub.wait_for(lambda: len(sub.on("/verdict")) >= 1, 10)
+            end = time.monotonic() + 10
+            while (ob.depth() or "verdict_no_subscribers" in link.alarms) and time.monotonic() < end:
+                time.sleep(0.02)
+            assert ob.depth() == 0 and "verdict_no_subscribers" not in link.alarms
+            got = [json.loads(m[1])["verdict"]["verdict_id"] for m in sub.on("/verdict")]
+            assert got == [s["verdict"]["verdict_id"]]
+        finally:
+            sub.close()
     finally:
         link.stop()
         ob.close()

@@ -13,7 +13,9 @@ re-sends on its own: the outbox is the single source of (re)transmission. On eve
 the drain starts again at the oldest row, in order; a row is deleted only when its PUBACK
 carries a success reason code (< 0x80). A failure code (e.g. 0x87 Not authorized from an ACL)
 keeps the row, raises the `publish_denied` alarm and is logged; denied rows are retried after
-`reconnect_max_s` or on the next reconnect. Acknowledged rows are kept `replay_window_s`; after
+`reconnect_max_s` or on the next reconnect. A verdict's PUBACK 0x10 *No matching subscribers* is a
+success code, yet nobody took the verdict in (a restarted broker before the back office has
+subscribed again): it is kept and retried the same way, under the `verdict_no_subscribers` alarm. Acknowledged rows are kept `replay_window_s`; after
 an unexpected disconnect the ones acknowledged within that window before it are sent again,
 because a broker that crashes (kill -9, OOM, power) can lose messages it already acknowledged.
 Subscribers deduplicate by verdict_id.
@@ -40,7 +42,7 @@ from device.link.inbox import MAX_COMMAND_BYTES, MAX_QUEUED_COMMANDS, Inbox
 from device.link.outbox import Outbox
 from device.link.status import Status, cpu_temperature_c
 from device.link.topics import command_name, fleet_topics, topics_for
-from device.link.transport import Transport, command_reply_info, is_failure, rc_str
+from device.link.transport import Transport, command_reply_info, is_failure, is_no_subscribers, rc_str
 from device.verdict import VerdictError
 
 log = logging.getLogger("kyc_edge.link")
@@ -315,19 +317,32 @@ class Link:
 
     def _on_publish(self, c, userdata, mid, reason_code, properties) -> None:
         failed = is_failure(reason_code)
-        out = self.drain.puback(mid, failed, time.monotonic())
+        unheard = is_no_subscribers(reason_code)     # only a verdict waits for a listener
+        out = self.drain.puback(mid, failed or unheard, time.monotonic())
         if out is None:
             topic = self.transport.other_inflight.pop(mid, None)
             if topic is not None and failed:
                 self.stats["denied"] += 1
                 self.alarms.add("publish_denied")
                 log.error("mqtt: publish to %s refused by the broker: %s", topic, rc_str(reason_code))
+            return
+        if isinstance(out, Denied) and getattr(out.row, "acked", False):
+            try:                         # a replayed copy was not taken in: the row is pending again
+                self.outbox.reopen(out.row.verdict_id)
+            except Exception as e:  # noqa: BLE001 - it stays delivered; logged, the link goes on
+                log.error("outbox: reopen failed: %s", type(e).__name__)
+        if isinstance(out, Denied) and unheard:
+            if "verdict_no_subscribers" not in self.alarms:
+                log.warning("mqtt: verdict %s reached no subscriber (%s); kept in the outbox, sent again",
+                            out.row.verdict_id, rc_str(reason_code))
+            self.alarms.add("verdict_no_subscribers")
         elif isinstance(out, Denied):
             self.alarms.add("publish_denied")
             log.error("mqtt: verdict %s refused by the broker (%s); kept in the outbox",
                       out.row.verdict_id, rc_str(reason_code))
         elif isinstance(out, Delivered) and out.denied_cleared:
             self.alarms.discard("publish_denied")
+            self.alarms.discard("verdict_no_subscribers")
 
     def _on_message(self, c, userdata, msg) -> None:
         name = command_name(msg.topic, self.topics, self.m.prefix)

@@ -158,6 +158,17 @@ class Outbox:
             self._depth -= n
         return n
 
+    def reopen(self, verdict_id: str) -> bool:
+        """A delivered row whose replayed copy was refused or reached nobody is pending again: the
+        earlier PUBACK may have come from a broker that lost the message since (the reason for the
+        replay). Returns whether it was delivered before."""
+        with self._rlock:
+            n = self._rdb.execute("UPDATE outbox SET acked_at = NULL WHERE verdict_id = ? AND acked_at IS NOT NULL",
+                                  (verdict_id,)).rowcount
+        with self._dlock:
+            self._depth += n
+        return n > 0
+
     def purge(self, acked_before: float) -> int:
         """Delete delivered rows acknowledged before `acked_before` (Unix seconds)."""
         with self._rlock:
