@@ -161,3 +161,46 @@ def test_nothing_biometric_or_personal_on_the_wire_on_disk_or_in_logs(broker, tm
     ps.assert_clean(ps.scan_mqtt(sub.msgs, forbidden), "mqtt payloads (verdict, session, status)")
     ps.assert_clean(ps.scan_text(caplog.text, forbidden), "link logs")
     ps.assert_clean(ps.scan_dirs([state], forbidden), "state dir (key, outbox)")
+
+
+def test_two_boxes_with_one_device_id_back_off_raise_an_alarm_and_lose_nothing(broker, tmp_path):
+    """A cloned SD card: two boxes, one site/device id, so one MQTT client id; each connection takes
+    the other's session over. Before, each box reconnected at once after every takeover (~130
+    disconnects each in 12 s, every one replaying the window: 1,150 copies of 10 verdicts). Now the
+    back-off only starts over after a connection that outlived it, `connection_flapping` is raised,
+    and every verdict of both still arrives; the survivor's alarm clears once its connection holds."""
+    sub = Sub(broker.port, BASE + "/verdict")
+    links, sent = [], []
+    try:
+        for k in range(2):
+            st = tmp_path / f"box{k}"
+            signer = V.Signer.load_or_create(st)
+            ob = Outbox(st / "outbox.sqlite", 50)
+            link = Link(cfg_for(broker.url, st, **{"mqtt.reconnect_max_s": 1.0}), ob, signer=signer).start()
+            links.append((link, ob))
+            for _ in range(5):
+                s = signer.sign(verdict_for_device())
+                ob.put(s)
+                sent.append(s["verdict"]["verdict_id"])
+            link.kick()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 6.0:
+            time.sleep(0.1)
+        got = {json.loads(m[1])["verdict"]["verdict_id"] for m in sub.on("/verdict")}
+        assert got == set(sent) and all(ob.depth() == 0 for _, ob in links)
+        disconnects = [link.stats["disconnects"] for link, _ in links]
+        assert max(disconnects) <= 14, disconnects          # back-off, not a reconnect storm
+        assert any("connection_flapping" in link.alarms for link, _ in links)
+        copies = len(sub.on("/verdict"))
+        assert copies <= 10 + 5 * sum(disconnects), copies  # at most one window replay per takeover
+        survivor = links[0][0]
+        links[1][0].stop()
+        end = time.monotonic() + 15
+        while ("connection_flapping" in survivor.alarms or not survivor.connected) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert survivor.connected and "connection_flapping" not in survivor.alarms
+    finally:
+        for link, ob in links:
+            link.stop()
+            ob.close()
+        sub.close()
