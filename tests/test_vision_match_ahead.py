@@ -214,3 +214,55 @@ def test_a_top_k_crop_is_held_until_it_has_stayed(model_dir):
     finally:
         ah.stop()
         ah.embedder.wipe()
+
+
+def test_the_second_embedders_chips_are_embedded_ahead_too(model_dir, frames, shared_data):
+    """match.second_embedder with match.embed_ahead: the top second_top_k chips go to a worker of their own
+    during capture, so once it is idle the decision makes no second-embedder call, and the fused
+    similarity is the synchronous path's; reset() ends it and leaves nothing behind."""
+    from device import config as C
+    from device import models as M
+    from device.vision.suite import VisionSuite
+    from tests.conftest import need
+    need(M.derived(model_dir, "embedder2"))
+    mk = lambda ahead: VisionSuite.create(C.replace(C.from_dict({}), **{     # noqa: E731
+        "models.dir": str(model_dir), "match.embed_ahead": ahead, "match.second_embedder": True}), model_dir)
+    a, s = mk(True), mk(False)
+    photo = genuine_photo(shared_data)
+    try:
+        assert a.ahead2 is not None and s.ahead2 is None
+        cf_a, best_a, first_a, last_a = _capture(a, frames, photo)
+        cf_s, best_s, first_s, last_s = _capture(s, frames, photo)
+        assert all(np.array_equal(x, y) for x, y in zip(best_a.chips(), best_s.chips())), "same chips"
+        _idle(a.ahead)
+        _idle(a.ahead2)
+        assert a.ahead2.calls >= 1                       # the worker did embed chips
+        held = sum(j.state == "held" for j in a.ahead2.top_jobs)
+        calls = [0]
+        orig = a.embedder2.embed
+
+        def counted(chips):
+            calls[0] += 1
+            return orig(chips)
+        a.embedder2.embed = counted
+        try:
+            m_a = a.match(cf_a, best_a.crops(), first_a, last_a)
+        finally:
+            del a.embedder2.embed
+        m_s = s.match(cf_s, best_s.crops(), first_s, last_s)
+        assert calls[0] == (1 if held else 0), "only chips held back (younger than settle_s) embedded here"
+        assert m_a.components is not None and m_s.components is not None
+        assert m_a.components[1] == pytest.approx(m_s.components[1], abs=1e-5)
+        assert m_a.similarity == pytest.approx(m_s.similarity, abs=1e-5)
+        assert m_s.components[1] > 0.8                   # the genuine subject, on dlib's compressed scale
+        m_a.wipe()
+        m_s.wipe()
+    finally:
+        for b in ("best_a", "best_s"):
+            if b in locals():
+                locals()[b].wipe()
+        worker = a.ahead2
+        a.reset()
+        s.reset()
+    assert worker._thread is None and not worker.top_jobs and not worker._queue
+    assert all(rt.holds_no_face() for rt in a.runtimes)

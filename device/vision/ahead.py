@@ -70,8 +70,10 @@ class Job:
 
 
 class AheadEmbedder:
-    def __init__(self, embedder: FaceEmbedder, every_s: float = LAST_EVERY_S, settle_s: float = SETTLE_S):
+    def __init__(self, embedder: FaceEmbedder, every_s: float = LAST_EVERY_S, settle_s: float = SETTLE_S,
+                 name: str = "kyc-embed-ahead"):
         self.embedder = embedder       # the suite's: one call at a time under its lock (see the module doc)
+        self.name = name
         self.every_s = float(every_s)
         self.settle_s = float(settle_s)
         self._cv = threading.Condition()
@@ -118,9 +120,18 @@ class AheadEmbedder:
                     self._cancel(self.last_job)
                 self.last_job = self._submit(None, crop.copy(), t)
                 self._last_t = t
-            for j in self.top_jobs:     # top-k crops that stayed: to the worker
-                if j.state == HELD and t - j.t >= self.settle_s:
-                    self._queue_job(j)
+            self._settle(t)
+
+    def settle(self, t: float) -> None:
+        """Frame time t passed: the top-k crops that stayed `settle_s` go to the worker (newest() does this
+        too; a user without first/last identity crops, the second embedder's chips, calls it alone)."""
+        with self._cv:
+            self._settle(t)
+
+    def _settle(self, t: float) -> None:
+        for j in self.top_jobs:         # top-k crops that stayed: to the worker
+            if j.state == HELD and t - j.t >= self.settle_s:
+                self._queue_job(j)
 
     # -- decision side
     def job_for(self, crop: np.ndarray) -> Job | None:
@@ -200,7 +211,7 @@ class AheadEmbedder:
         job.state = QUEUED
         self._queue.append(job)
         if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="kyc-embed-ahead", daemon=True)
+            self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
             self._thread.start()
         self._cv.notify_all()
         return job

@@ -15,6 +15,7 @@ Privacy: Embed2Result never shows its vectors in repr(); wipe() zero-fills them 
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import cv2
@@ -89,6 +90,7 @@ class SecondEmbedder:
         shape = self._rt.input_shape("chips")
         self.batch = shape[0]
         self._buf = np.zeros(shape, np.float32)
+        self._lock = threading.Lock()     # the embed-ahead worker and the decision share this interpreter
 
     @classmethod
     def create(cls, options: SecondEmbedderOptions) -> "SecondEmbedder":
@@ -99,10 +101,15 @@ class SecondEmbedder:
         return (self._rt,)
 
     def wipe(self) -> None:
-        self._rt.wipe()
-        self._buf.fill(0)
+        with self._lock:
+            self._rt.wipe()
+            self._buf.fill(0)
 
     def _run(self, chips) -> np.ndarray:
+        with self._lock:
+            return self._run_locked(chips)
+
+    def _run_locked(self, chips) -> np.ndarray:
         out = []
         for i in range(0, len(chips), self.batch):
             part = chips[i:i + self.batch]
@@ -134,3 +141,17 @@ def calibrated(cos2: float) -> float:
 def fuse(cos1: float, cos2: float, weight: float) -> float:
     """Score-level fusion: (1 - weight) * MobileFaceNet cosine + weight * calibrated dlib cosine."""
     return (1.0 - weight) * float(cos1) + weight * calibrated(cos2)
+
+
+class AheadAdapter:
+    """The second embedder behind FaceEmbedder's pair interface (embed(a, b), embed_one(a)), which
+    device.vision.ahead.AheadEmbedder calls from its worker thread."""
+
+    def __init__(self, embedder: SecondEmbedder):
+        self.embedder = embedder
+
+    def embed(self, a: np.ndarray, b: np.ndarray) -> Embed2Result:
+        return self.embedder.embed([a, b])
+
+    def embed_one(self, a: np.ndarray) -> Embed2Result:
+        return self.embedder.embed([a])

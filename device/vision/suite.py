@@ -74,6 +74,9 @@ class VisionSuite:
         # match.embed_ahead: the top-k, first and last crops embedded during capture on a second thread,
         # on this embedder, one call at a time (device/vision/ahead.py); the decision is then a comparison
         self.ahead = AheadEmbedder(self.embedder) if cfg.match.embed_ahead else None
+        # the second embedder's top chips, the same way on a worker of their own (its own interpreter)
+        self.ahead2 = (AheadEmbedder(embed2.AheadAdapter(self.embedder2), name="kyc-embed2-ahead")
+                       if cfg.match.embed_ahead and self.embedder2 is not None else None)
 
     @classmethod
     def create(cls, cfg: Config, model_dir: Path) -> "VisionSuite":
@@ -129,6 +132,10 @@ class VisionSuite:
             if kept:
                 self.ahead.top(best.crops(), obs.t)
             self.ahead.newest(aligned, obs.t)
+        if self.ahead2 is not None:    # and the second embedder's chips of the top second_top_k
+            if kept:
+                self.ahead2.top(best.chips()[: self.cfg.match.second_top_k], obs.t)
+            self.ahead2.settle(obs.t)
         elif self._first_vec is None:  # the session keeps its first passing crop as the start identity
             self._first_vec = self.embedder.embed_one(aligned).vector
         return aligned
@@ -197,14 +204,30 @@ class VisionSuite:
         components = None
         chips = self._best.chips()[: self.cfg.match.second_top_k] if self._best is not None else []
         if self.embedder2 is not None and self._card_vec2 is not None and chips:
-            r2 = self.embedder2.embed(chips)
-            mean2 = l2n(r2.vectors.mean(0))
+            vecs2 = self._second_vectors(chips)
+            mean2 = l2n(np.mean(vecs2, axis=0))
             sim2 = cosine(mean2, self._card_vec2)
-            r2.wipe()
-            mean2.fill(0)
+            for v in vecs2 + [mean2]:
+                v.fill(0)
             components = (similarity, sim2)
             similarity = embed2.fuse(similarity, sim2, self.cfg.match.fusion_weight)
         return MatchResult(similarity, identity, vecs, components)
+
+    def _second_vectors(self, chips) -> list[np.ndarray]:
+        """The second embedder's descriptor of each chip: from its worker where done (waiting for the
+        one call in flight), the rest here, two per call. The caller zero-fills them."""
+        got, running = self.ahead2.collect(chips, False) if self.ahead2 is not None else ({}, {})
+        todo = [i for i in range(len(chips)) if ("live", i) not in got and ("live", i) not in running]
+        if running:
+            late = self.ahead2.wait(running)
+            got.update({k: v for k, v in late.items() if v is not None})
+            todo += [k[1] for k, v in late.items() if v is None]
+        if todo:
+            r = self.embedder2.embed([chips[i] for i in todo])
+            for i, v in zip(todo, r.vectors):
+                got[("live", i)] = np.array(v)
+            r.wipe()
+        return [got[("live", i)] for i in range(len(chips))]
 
     @property
     def runtimes(self) -> tuple:
@@ -212,8 +235,9 @@ class VisionSuite:
         return self.tracker.runtimes + self.embedder.runtimes + (self.embedder2.runtimes if self.embedder2 else ())
 
     def reset(self) -> None:
-        if self.ahead is not None:     # drains and ends the worker, zero-fills its copies and vectors
-            self.ahead.stop()
+        for worker in (self.ahead, self.ahead2):   # drain and end the workers, zero-fill copies and vectors
+            if worker is not None:
+                worker.stop()
         self.tracker.reset()
         self.tracker.wipe()
         self.embedder.wipe()
