@@ -43,7 +43,7 @@ def register(sub) -> None:
     s.add_argument("--limit", type=int, default=0, help="at most this many frames / iterations (0 = all)")
     s.add_argument("--vs-mediapipe", action="store_true")
     s.add_argument("--precisions", help="frame bench: also time every model stage at these precisions in the same run, "
-                   "e.g. float,weight_only,full_int8 (JSON block `precision`)")
+                   "e.g. float,weight_only,full_int8,mixed (JSON block `precision`; mixed = scripts/build-models static_mixed)")
     s.add_argument("--variants-dir", help="where the weight-only / full-int8 candidates are (default models/build/work, "
                    "as scripts/build-models leaves them)")
     s.add_argument("--count", type=int, default=0, help="iterations for cardreader/link benches")

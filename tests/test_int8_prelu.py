@@ -75,3 +75,43 @@ def test_static_int8_facemesh_runs_in_one_xnnpack_partition(bm, model_dir, mesh_
     # and the int8 landmarks stay within 1 px (of 192) of float on held-out crops
     g = bm.agreement("landmarks", src, q, check)
     assert g["mean_landmark_px_diff"] < 1.0, g
+
+
+def test_equalised_mobilefacenet_same_function_and_mixed_build_keeps_its_stem_float(bm, model_dir, shared_data,
+                                                                                      tmp_path):
+    """static_mixed (scripts/build-models MIXED["embedder"]): cross-layer equalisation through the 17
+    conv -> PReLU -> depthwise -> PReLU -> conv chains is the same float function; quantized with the
+    stem and first block float it is closer to float than plain static a8w8, and the build is deterministic (what
+    `--reproduce` relies on to match the manifest's sha256)."""
+    try:
+        import ai_edge_quantizer  # noqa: F401
+    except ImportError:
+        missing("ai-edge-quantizer not installed (setup.cfg extra `quantize`)")
+    from device.vision.detect import DetectorOptions, FaceDetector
+    from kyc_tools.bench.precision import partitions
+    det = FaceDetector.create(DetectorOptions(str(model_dir / "face_detection_short_range.tflite")))
+    xs = bm.calibration_inputs("embedder", bm.images_under(shared_data / "nuaa-train", 24), det)
+    assert len(xs) >= 8
+    calib, check = xs[:-3], xs[-3:]
+    src = model_dir / "mobilefacenet.tflite"
+    rw, mx = tmp_path / "rw.tflite", tmp_path / "mixed_prep.tflite"
+    bm.prepare(src, rw, prelu_rewrite=True)
+    info = bm.prepare(src, mx, prelu_rewrite=True, cle_calib=calib)
+    assert info["prelu_chains_equalised"] == 17 and info["prelu_rewritten"] == 33, info
+    g = bm.agreement("embedder", src, mx, check)
+    assert g["cosine_to_float_min"] > 0.99999, g
+    name = bm.interp(mx).get_input_details()[0]["name"]
+    q, q2, qs = tmp_path / "mixed.tflite", tmp_path / "mixed2.tflite", tmp_path / "static.tflite"
+    scopes = bm.MIXED["embedder"]["float_scopes"]
+    bm.quantize(mx, q, "static_mixed", calib, name, scopes)
+    bm.quantize(mx, q2, "static_mixed", calib, name, scopes)
+    assert bm.sha256(q) == bm.sha256(q2)
+    p = partitions(q)
+    # the stem (conv, PReLU = MUL, MUL, ADD, depthwise, PReLU, 1x1 conv) and the first inverted residual
+    # block (1x1 conv, PReLU, depthwise, PReLU, 1x1 conv) float; the rest int8, one partition
+    assert p["float_compute_ops"] == {"CONV_2D": 4, "MUL": 8, "ADD": 4, "DEPTHWISE_CONV_2D": 2}, p
+    assert p["xnnpack_partitions"] == 1, p
+    bm.quantize(rw, qs, "static", calib, name)
+    cm, cs = bm.agreement("embedder", src, q, check), bm.agreement("embedder", src, qs, check)
+    assert cm["cosine_to_float_mean"] > cs["cosine_to_float_mean"] + 0.02, (cm, cs)
+    assert cm["cosine_to_float_mean"] > 0.98, cm

@@ -34,8 +34,9 @@ STAGES = {
     "pad_v1se": ("antispoof_v1se", "minifasnet_v1se_4.0_80x80.tflite"),
     "embed": ("embedder", "mobilefacenet.tflite"),
 }
-# precision -> the recipe scripts/build-models names its candidate files after
-RECIPE = {"weight_only": "weight_only", "full_int8": "static"}
+# precision -> the recipe scripts/build-models names its candidate files after ("mixed": static a8w8 with
+# the sensitive ops float, scripts/build-models MIXED; built for the roles listed there only)
+RECIPE = {"weight_only": "weight_only", "full_int8": "static", "mixed": "static_mixed"}
 
 
 def variant_path(variants_dir: Path, float_file: str, precision: str) -> Path:
