@@ -67,6 +67,22 @@ def _idle(ahead, timeout=30.0):
     raise AssertionError("the worker did not finish")
 
 
+def _match_counting(suite, embedder, captured):
+    """suite.match on a capture -> (MatchResult, how many `embedder.embed` calls the decision made)."""
+    card_face, best, first, last = captured
+    calls = [0]
+    orig = embedder.embed
+
+    def counted(*args):
+        calls[0] += 1
+        return orig(*args)
+    embedder.embed = counted
+    try:
+        return suite.match(card_face, best.crops(), first, last), calls[0]
+    finally:
+        del embedder.embed
+
+
 @pytest.mark.parametrize("wait_for_worker", [True, False], ids=["all_ahead", "decision_right_after_capture"])
 def test_similarity_equals_the_synchronous_path(suites, frames, shared_data, wait_for_worker):
     """Same top-k crops: the mean-embedding similarity is the old path's to float tolerance, whether the
@@ -96,20 +112,10 @@ def test_similarity_equals_the_synchronous_path(suites, frames, shared_data, wai
             _idle(ahead_suite.ahead)
             # top-k crops younger than settle_s are held back from the worker: the decision embeds them
             held = sum(j.state == "held" for j in ahead_suite.ahead.top_jobs)
-        calls = [0]
-        orig = ahead_suite.embedder.embed
-
-        def counted(a, b):
-            calls[0] += 1
-            return orig(a, b)
-        ahead_suite.embedder.embed = counted
-        try:
-            m_a = ahead_suite.match(cf_a, best_a.crops(), first_a, last_a)
-        finally:
-            del ahead_suite.embedder.embed
+        m_a, calls = _match_counting(ahead_suite, ahead_suite.embedder, (cf_a, best_a, first_a, last_a))
         m_s = sync_suite.match(cf_s, best_s.crops(), first_s, last_s)
         if wait_for_worker:
-            assert calls[0] == (held + 1) // 2, "all but the held crops were embedded ahead"
+            assert calls == (held + 1) // 2, "all but the held crops were embedded ahead"
             assert held < ahead_suite.cfg.match.top_k
         assert m_a.similarity == pytest.approx(m_s.similarity, abs=1e-5)
         assert m_s.similarity > 0.5          # the genuine subject: a real comparison, not two zeros
@@ -238,19 +244,9 @@ def test_the_second_embedders_chips_are_embedded_ahead_too(model_dir, frames, sh
         _idle(a.ahead2)
         assert a.ahead2.calls >= 1                       # the worker did embed chips
         held = sum(j.state == "held" for j in a.ahead2.top_jobs)
-        calls = [0]
-        orig = a.embedder2.embed
-
-        def counted(chips):
-            calls[0] += 1
-            return orig(chips)
-        a.embedder2.embed = counted
-        try:
-            m_a = a.match(cf_a, best_a.crops(), first_a, last_a)
-        finally:
-            del a.embedder2.embed
+        m_a, calls = _match_counting(a, a.embedder2, (cf_a, best_a, first_a, last_a))
         m_s = s.match(cf_s, best_s.crops(), first_s, last_s)
-        assert calls[0] == (1 if held else 0), "only chips held back (younger than settle_s) embedded here"
+        assert calls == (1 if held else 0), "only chips held back (younger than settle_s) embedded here"
         assert m_a.components is not None and m_s.components is not None
         assert m_a.components[1] == pytest.approx(m_s.components[1], abs=1e-5)
         assert m_a.similarity == pytest.approx(m_s.similarity, abs=1e-5)
