@@ -55,6 +55,8 @@ class Daemon:
         self.pending_start = None                # device.link.props.StartRequest from cmd/start
         self.store = None                        # device.store.VerdictStore
         self.storage_state: str | None = None    # None | storage_low | storage_unwritable
+        from device.clock import RELEASE_FLOOR
+        self.clock_floor = RELEASE_FLOOR           # raised at start by the outbox's last write (device/clock.py)
         self._next_storage_check = 0.0
         self._abort_session = False              # set by cmd/abort (link thread), read per frame
         self.hmac_key: bytes | None = None
@@ -205,6 +207,8 @@ class Daemon:
         self.cfg = cfg = slots.merged_config(self.base_cfg, bundle)
         self.model_dir = slots.model_dir(bundle, self.factory_models)
         outbox_file = config_mod.outbox_path(cfg)       # [outbox] path, else <state_dir>/outbox.sqlite
+        from device import clock as clock_mod
+        self.clock_floor = clock_mod.floor(clock_mod.last_write(outbox_file))   # before opening it writes
         try:
             self.outbox, recovery = wiring.outbox(cfg)
         except (OSError, sqlite3.Error) as e:
@@ -367,6 +371,9 @@ class Daemon:
                       self.storage_state)
             self._publish_event({"event": "refused", "reason": self.storage_state})
             return
+        if self._check_clock():
+            self._publish_event({"event": "refused", "reason": "clock_unsynced"})
+            return
         start = self.pending_start
         self.pending_start = None
         if start and time.monotonic() - start.t > self.cfg.session.start_ttl_s:
@@ -431,6 +438,20 @@ class Daemon:
         if changed:
             link.publish_status()
 
+    def _check_clock(self) -> str | None:
+        """A wall clock before device.clock's floor (no RTC, NTP not synced yet, or gone backwards across a
+        reboot): card expiry, age and verdict times would be wrong, so the session is refused."""
+        from device import clock as clock_mod
+        problem = clock_mod.problem(time.time(), self.clock_floor)
+        if problem and "clock_unsynced" not in (self.link.alarms if self.link else ()):
+            log.error("clock: the wall clock reads %s, before %s (release, or the outbox's last write): "
+                      "sessions are refused until it is synchronised (clock_unsynced)",
+                      _iso(time.time()), _iso(self.clock_floor))
+        elif not problem and self.link is not None and "clock_unsynced" in self.link.alarms:
+            log.info("clock: synchronised; sessions resume")
+        self._alarm("clock_unsynced", problem is not None)
+        return problem
+
     def _check_storage(self, force: bool = False) -> str | None:
         """Free space and writability of the state directory (at start, before every session,
         every storage.check_interval_s); sets `storage_low` / `storage_unwritable` in status."""
@@ -488,6 +509,11 @@ class Daemon:
 
 
 _RESTART_SECTIONS = ("device", "camera", "reader", "models", "mqtt", "outbox", "storage", "privacy", "fleet")
+
+
+def _iso(t: float) -> str:
+    import datetime as _dt
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _why(e: BaseException) -> str:

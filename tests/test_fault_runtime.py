@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import time
 
 
 from device import verdict as V
@@ -69,4 +70,41 @@ def test_a_verdict_failing_its_schema_still_leaves_a_signed_internal_error_verdi
                  "the verdict on MQTT")
     finally:
         d._shutdown()
+        rig.close()
+
+
+def test_a_clock_behind_the_outbox_last_write_refuses_sessions_until_it_is_right(tmp_path, broker, shared_data,
+                                                                                 model_dir):
+    """A Pi has no RTC: after a reboot without NTP its clock can sit days in the past, and card expiry,
+    the holder's age and the verdict's times all read it. The outbox's last write (recorded by the file
+    system while the clock was right) is the floor: a clock before it refuses the session
+    (`clock_unsynced`, event and status alarm, no verdict) instead of deciding on a wrong date."""
+    import os
+    rig = Rig(tmp_path, broker, shared_data, model_dir)
+    try:
+        rig.start()
+        rig.session()                                           # the box worked, with a right clock
+        assert rig.stop() == 0
+        later = time.time() + 3 * 86400                         # ... i.e. the clock now reads 3 days early
+        files = [p for p in rig.state.glob("outbox.sqlite*") if not p.name.endswith("-shm")]
+        assert files
+        for p in files:
+            os.utime(p, (later, later))
+        n_verdicts = len(rig.verdicts())
+        rig.start()
+        rig.insert()
+        rig.wait(lambda: rig.refused("clock_unsynced") >= 1, 30, "the clock_unsynced refusal")
+        rig.wait(lambda: "clock_unsynced" in rig.status().get("alarms", []), 10, "the alarm in status")
+        rig.sim.remove()
+        time.sleep(0.5)
+        assert len(rig.verdicts()) == n_verdicts                # nothing decided on the wrong date
+        assert "clock_unsynced" in rig.log_text()
+        assert rig.stop() == 0
+        for p in files:                                         # the clock is right again (NTP)
+            os.utime(p, (time.time() - 60, time.time() - 60))
+        rig.start()
+        signed, _ = rig.session()
+        assert signed["verdict"]["result"] in ("pass", "fail")
+        rig.wait(lambda: "clock_unsynced" not in rig.status().get("alarms", ["clock_unsynced"]), 10, "no alarm")
+    finally:
         rig.close()

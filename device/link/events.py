@@ -24,7 +24,7 @@ PROMPTS = ("insert_card", "hold_card", "remove_card", "look_at_camera", "move_cl
 _TOKEN = {"type": "string", "pattern": ids.KEY_PATTERN}
 # `refused` events may name why a command or a session was refused; these are not verdict reasons
 # (no verdict is made), so they live here, not in the verdict schema (docs/mqtt.md).
-REFUSAL_REASONS = ("bad_command", "session_running", "storage_unwritable")
+REFUSAL_REASONS = ("bad_command", "session_running", "storage_unwritable", "clock_unsynced")
 _TS = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,6})?Z$"}
 _UUID = {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
 
