@@ -262,3 +262,32 @@ def test_the_second_embedders_chips_are_embedded_ahead_too(model_dir, frames, sh
         s.reset()
     assert worker._thread is None and not worker.top_jobs and not worker._queue
     assert all(rt.holds_no_face() for rt in a.runtimes)
+
+
+def test_with_the_worker_capture_makes_no_embedder_call_on_the_frame_thread(suites, frames, shared_data):
+    """match.embed_ahead: the first crop goes to the worker like the others; the frame thread itself never
+    embeds (the synchronous first-crop embedding is the path without the worker only)."""
+    ahead_suite, sync_suite = suites
+    photo = genuine_photo(shared_data)
+    frame_thread = threading.get_ident()
+    for suite, expect in ((ahead_suite, 0), (sync_suite, 1)):
+        on_frame_thread = [0]
+        orig = suite.embedder.embed_one
+
+        def counted(crop, _orig=orig):
+            if threading.get_ident() == frame_thread:
+                on_frame_thread[0] += 1
+            return _orig(crop)
+        suite.embedder.embed_one = counted
+        try:
+            card_face = suite.card_face(photo.copy())
+            best = suite.best_frames()
+            for rgb, t in frames[:60]:
+                suite.quality_crop(rgb, suite.observe(rgb, t), best)
+        finally:
+            del suite.embedder.embed_one
+            best.wipe()
+            if card_face is not None:
+                card_face.fill(0)
+            suite.reset()
+        assert on_frame_thread[0] == expect, (suite.ahead is not None, on_frame_thread[0])

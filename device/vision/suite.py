@@ -132,12 +132,12 @@ class VisionSuite:
             if kept:
                 self.ahead.top(best.crops(), obs.t)
             self.ahead.newest(aligned, obs.t)
+        elif self._first_vec is None:  # the session keeps its first passing crop as the start identity
+            self._first_vec = self.embedder.embed_one(aligned).vector
         if self.ahead2 is not None:    # and the second embedder's chips of the top second_top_k
             if kept:
                 self.ahead2.top(best.chips()[: self.cfg.match.second_top_k], obs.t)
             self.ahead2.settle(obs.t)
-        elif self._first_vec is None:  # the session keeps its first passing crop as the start identity
-            self._first_vec = self.embedder.embed_one(aligned).vector
         return aligned
 
     def covered(self, rgb: np.ndarray, box_keypoints) -> bool:
