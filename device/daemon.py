@@ -442,11 +442,12 @@ class Daemon:
         """A wall clock before device.clock's floor (no RTC, NTP not synced yet, or gone backwards across a
         reboot): card expiry, age and verdict times would be wrong, so the session is refused."""
         from device import clock as clock_mod
+        from device.verdict import rfc3339
         problem = clock_mod.problem(time.time(), self.clock_floor)
         if problem and "clock_unsynced" not in (self.link.alarms if self.link else ()):
             log.error("clock: the wall clock reads %s, before %s (release, or the outbox's last write): "
                       "sessions are refused until it is synchronised (clock_unsynced)",
-                      _iso(time.time()), _iso(self.clock_floor))
+                      rfc3339(time.time()), rfc3339(self.clock_floor))
         elif not problem and self.link is not None and "clock_unsynced" in self.link.alarms:
             log.info("clock: synchronised; sessions resume")
         self._alarm("clock_unsynced", problem is not None)
@@ -509,11 +510,6 @@ class Daemon:
 
 
 _RESTART_SECTIONS = ("device", "camera", "reader", "models", "mqtt", "outbox", "storage", "privacy", "fleet")
-
-
-def _iso(t: float) -> str:
-    import datetime as _dt
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _why(e: BaseException) -> str:

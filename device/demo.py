@@ -194,9 +194,9 @@ def run_demo(args) -> int:
         sub = VerdictSubscriber(url, f"{prefix}/+/+/verdict",
                                 consent_for=None if display else f"{prefix}/{site}/{device_id}")
         # the unit's malloc settings (device/memory.py): the demo runs the daemon as systemd would
-        from device.memory import MALLOC_ENV
+        from device.memory import daemon_env
         proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(cfg_path)],
-                                env={**os.environ, **MALLOC_ENV})
+                                env=daemon_env(os.environ))
         photo = card_photo_jpeg(img[:, :, ::-1].copy())
         if screen is not None:
             print(f"demo: customer display at {screen.url} - open it in a browser (README: customer display); "

@@ -21,6 +21,12 @@ from __future__ import annotations
 MALLOC_ENV: dict[str, str] = {"MALLOC_ARENA_MAX": "2"}
 
 
+def daemon_env(env) -> dict[str, str]:
+    """`env` with the daemon's malloc settings on top: how anything that starts `kyc-edge run` outside
+    systemd (the demo, the bench) gives it the unit's environment."""
+    return {**env, **MALLOC_ENV}
+
+
 def unit_environment(text: str) -> dict[str, str]:
     """The variables a systemd unit's `Environment=` lines set (systemd.exec syntax: space-separated
     KEY=VALUE assignments, each optionally in double quotes; a later assignment wins)."""

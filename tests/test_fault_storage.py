@@ -16,20 +16,7 @@ from device import verdict as V
 from device.link.outbox import Outbox
 from tests.daemon_harness import REPO
 from tests.fault_rig import Rig
-
-
-def _mount_tmpfs(path: Path, size: str, ro: bool = False) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    opts = f"size={size},mode=0700" + (",ro" if ro else "")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
-    if r.returncode != 0:
-        if os.environ.get("CI") == "true" and os.geteuid() == 0:
-            pytest.fail(f"cannot mount a tmpfs as root in CI: {r.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or 'not root'})")
-
-
-def _umount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+from tests.tmpfs import mount_tmpfs, umount
 
 
 def _fill(directory: Path) -> Path:
@@ -54,9 +41,9 @@ def _fill(directory: Path) -> Path:
 @pytest.fixture
 def tmpfs_state(tmp_path):
     state = tmp_path / "state"
-    _mount_tmpfs(state, "24m")
+    mount_tmpfs(state, "24m")
     yield state
-    _umount(state)
+    umount(state)
 
 
 def test_disk_filled_mid_session_keeps_the_verdict_then_refuses_sessions(tmp_path, tmpfs_state, broker,
@@ -193,7 +180,7 @@ def test_truncated_signing_key_is_one_line_and_exit_2(tmp_path, broker, shared_d
 def test_read_only_state_dir_is_one_line_and_exit_2(tmp_path, broker, shared_data, model_dir):
     """A state directory that was set up, then remounted read-only (an SD card going read-only)."""
     state = tmp_path / "state"
-    _mount_tmpfs(state, "2m")
+    mount_tmpfs(state, "2m")
     try:
         _signed_rows(state, 3)
         subprocess.run(["mount", "-o", "remount,ro", str(state)], check=True)
@@ -203,7 +190,7 @@ def test_read_only_state_dir_is_one_line_and_exit_2(tmp_path, broker, shared_dat
         finally:
             rig.close()
     finally:
-        _umount(state)
+        umount(state)
 
 
 def test_unwritable_state_dir_path_is_one_line(tmp_path, broker, shared_data, model_dir):

@@ -272,3 +272,21 @@ def test_which_puback_reason_codes_count_as_denied():
     assert is_failure(0x87) and is_failure(0x80) and is_failure(ReasonCode(PacketTypes.PUBACK, "Not authorized"))
     assert not is_failure(0) and not is_failure(0x10) and not is_failure(None)    # 0x10: no matching subscribers
     assert not is_failure(ReasonCode(PacketTypes.PUBACK, "Success"))
+
+
+def test_backoff_starts_over_only_after_a_stable_connection_and_flags_flapping():
+    """device/link/backoff.py, no broker: the delay doubles per attempt; a connection that ended sooner
+    than stable_s (2 x max_s) keeps it growing and counts as short; three short ones in a row are
+    flapping until a connection holds."""
+    from device.link.backoff import Backoff
+    b = Backoff(0.5, 4.0)
+    assert [b.next_wait(t) for t in range(4)] == [0.5, 1.0, 2.0, 4.0]    # no connection: doubling to max
+    for t in (10.0, 20.0):
+        b.connected(t)
+        assert b.next_wait(t + 1.0) == 4.0 and not b.flapping          # ended after 1 s < 8 s: no reset
+    b.connected(30.0)
+    assert not b.held(31.0)
+    assert b.next_wait(31.0) == 4.0 and b.flapping and b.short == 3
+    b.connected(40.0)
+    assert b.held(48.0) and not b.flapping                              # it held stable_s: over
+    assert b.next_wait(50.0) == 0.5 and b.short == 0                    # a stable connection resets

@@ -30,6 +30,7 @@ from device.fleet import software as sw
 from kyc_tools.fleet.commands import SIGNED, build_software_bundle, build_wheel, sign_bundle
 from kyc_tools.fleet.rollout import FleetClient
 from tests.daemon_harness import daemon_config, write_config
+from tests.tmpfs import mount_tmpfs, umount
 from tests.faces import BLINK_VIDEO, chip_jpeg, genuine_photo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -406,25 +407,16 @@ def test_software_bundle_failing_its_self_test_changes_nothing_and_the_box_keeps
                                "fabricated face does not match itself")
 
 
-def _mount_tmpfs(path: Path, opts: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
-    if r.returncode != 0:
-        if os.environ.get("CI") == "true" and os.geteuid() == 0:
-            pytest.fail(f"cannot mount a tmpfs as root in CI: {r.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or 'not root'})")
-
-
-@pytest.mark.parametrize("fault,opts,why", [
+@pytest.mark.parametrize("fault,size,ro,why", [
     # the inactive slot's filesystem fills up while pip unpacks the wheel (the free-space pre-check of
     # the admission looks at fleet.software_root, which has room: the real write is what fails)
-    ("disk_full", "size=256k,mode=0755", "No space left on device"),
+    ("disk_full", "256k", False, "No space left on device"),
     # the inactive slot's directory cannot be written at all (a read-only filesystem)
-    ("read_only", "size=1m,mode=0755,ro", "Read-only file system"),
+    ("read_only", "1m", True, "Read-only file system"),
 ])
-def test_software_bundle_that_cannot_be_installed_changes_nothing(rig, shared_data, wheels, fault, opts, why):
+def test_software_bundle_that_cannot_be_installed_changes_nothing(rig, shared_data, wheels, fault, size, ro, why):
     b = rig["root"] / "slots" / "b"
-    _mount_tmpfs(b, opts)
+    mount_tmpfs(b, size, mode="0755", ro=ro)
     try:
         _refused_before_the_switch(rig, shared_data, wheels["0.2.0"], "0.2.0", 5, "install_failed", why)
         if fault == "disk_full":
@@ -432,4 +424,4 @@ def test_software_bundle_that_cannot_be_installed_changes_nothing(rig, shared_da
     finally:
         for u in rig["units"]:
             u.stop()
-        subprocess.run(["umount", "-l", str(b)], capture_output=True)
+        umount(b)

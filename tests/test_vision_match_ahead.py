@@ -235,6 +235,7 @@ def test_the_second_embedders_chips_are_embedded_ahead_too(model_dir, frames, sh
         "models.dir": str(model_dir), "match.embed_ahead": ahead, "match.second_embedder": True}), model_dir)
     a, s = mk(True), mk(False)
     photo = genuine_photo(shared_data)
+    best_a = best_s = None
     try:
         assert a.ahead2 is not None and s.ahead2 is None
         cf_a, best_a, first_a, last_a = _capture(a, frames, photo)
@@ -254,9 +255,9 @@ def test_the_second_embedders_chips_are_embedded_ahead_too(model_dir, frames, sh
         m_a.wipe()
         m_s.wipe()
     finally:
-        for b in ("best_a", "best_s"):
-            if b in locals():
-                locals()[b].wipe()
+        for b in (best_a, best_s):
+            if b is not None:
+                b.wipe()
         worker = a.ahead2
         a.reset()
         s.reset()

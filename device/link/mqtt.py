@@ -4,6 +4,7 @@ inbound commands and fleet topics. `Link` is the wiring of its parts:
     topics.py     topic names, inbound topic -> command name
     transport.py  the paho client per connection (auth, TLS, LWT, MQTT 5 properties, network step)
     drain.py      the outbox drain, a pure state machine (window, replay, denied retry, purge)
+    backoff.py    the reconnect back-off, a pure state machine (doubling, stable connection, flapping)
     status.py     the retained status payload, alarms, the CPU temperature
     inbox.py      inbound commands: checked, queued, dispatched on their own thread
 
@@ -37,6 +38,7 @@ import paho.mqtt.client as mqtt
 from device import verdict as _verdict
 from device.config import Config
 from device.link import events as _events
+from device.link.backoff import Backoff
 from device.link.drain import Delivered, Denied, Drain
 from device.link.inbox import MAX_COMMAND_BYTES, MAX_QUEUED_COMMANDS, Inbox
 from device.link.outbox import Outbox
@@ -46,8 +48,6 @@ from device.link.transport import Transport, command_reply_info, is_failure, is_
 from device.verdict import VerdictError
 
 log = logging.getLogger("kyc_edge.link")
-
-FLAPPING_AFTER = 3      # short-lived connections in a row before the connection_flapping alarm
 
 
 class Link:
@@ -64,8 +64,7 @@ class Link:
         self.topics = topics_for(m.prefix, self.site, self.device)
         self.fleet_topics = fleet_topics(m.prefix, cfg.device.groups)
         self.client_id = client_id or f"kyc-edge-{self.site}-{self.device}"
-        self._connected_since = 0.0
-        self._lived_s: float | None = None
+        self.backoff = Backoff(m.reconnect_min_s, m.reconnect_max_s)   # backoff.py: pure, like the drain
         self.stats = {"connects": 0, "disconnects": 0, "published": 0, "acked": 0, "denied": 0,
                       "refused_connects": 0, "commands": 0, "bad_commands": 0, "dropped_commands": 0,
                       "replayed": 0}
@@ -154,37 +153,19 @@ class Link:
 
     # ------------------------------------------------------------ I/O thread
     def _run(self) -> None:
-        delay = self.m.reconnect_min_s
-        self._short_connections = 0                 # connections in a row the other side ended early
         while not self._stop.is_set():
-            self._lived_s = None
-            was_connected = self._guarded_connection()
+            self._guarded_connection()
             if self._stop.is_set():
                 break
-            if was_connected:
-                # The back-off starts over only after a connection that outlived it. A connection the
-                # broker ends soon after CONNACK, again and again, is another client with our client id
-                # (a cloned device id: each connection takes the other's session over) or a broken path;
-                # reconnecting at once made two such boxes swap the session ~10 times a second, each
-                # time replaying their window of verdicts.
-                if self._lived_s is not None and self._lived_s >= self.stable_connection_s:
-                    delay, self._short_connections = self.m.reconnect_min_s, 0
-                else:
-                    self._short_connections += 1
-                    if self._short_connections >= FLAPPING_AFTER and "connection_flapping" not in self.alarms:
-                        self.alarms.add("connection_flapping")
-                        log.warning("mqtt: the broker ended %d connections in a row within %.0f s of connecting: "
-                                    "another client uses client id %s (a cloned device id?) or the path is "
-                                    "unstable; reconnecting with back-off", self._short_connections,
-                                    self.stable_connection_s, self.client_id)
-            self._stop.wait(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, self.m.reconnect_max_s)
+            wait = self.backoff.next_wait(time.monotonic())
+            if self.backoff.flapping and "connection_flapping" not in self.alarms:
+                self.alarms.add("connection_flapping")
+                log.warning("mqtt: the broker ended %d connections in a row within %.0f s of connecting: "
+                            "another client uses client id %s (a cloned device id?) or the path is "
+                            "unstable; reconnecting with back-off", self.backoff.short, self.backoff.stable_s,
+                            self.client_id)
+            self._stop.wait(wait * random.uniform(0.8, 1.2))
         self._connected.clear()
-
-    @property
-    def stable_connection_s(self) -> float:
-        """A connection that lasted this long resets the back-off (and clears connection_flapping)."""
-        return 2.0 * self.m.reconnect_max_s
 
     def _guarded_connection(self) -> bool:
         """One connection attempt that can never end the I/O thread (an unreadable password or
@@ -233,7 +214,6 @@ class Link:
         finally:
             self._flush_acks()
             if was_connected:
-                self._lived_s = time.monotonic() - self._connected_since
                 self.stats["disconnects"] += 1
                 self.drain.disconnected(time.time(), unexpected=not self._stop.is_set())
             self._connected.clear()
@@ -282,10 +262,8 @@ class Link:
             self.transport.publish_json(c, self.topics["update_status"], self.status.update, qos=1, retain=True)
 
     def _periodic(self, c: mqtt.Client) -> None:
-        if ("connection_flapping" in self.alarms
-                and time.monotonic() - self._connected_since >= self.stable_connection_s):
-            self._short_connections = 0           # this connection held: the alarm is over
-            self.alarms.discard("connection_flapping")
+        if "connection_flapping" in self.alarms and self.backoff.held(time.monotonic()):
+            self.alarms.discard("connection_flapping")      # this connection held: the alarm is over
             self._send_status(c)
         if time.monotonic() >= self._next_status:
             self._send_status(c)
@@ -327,8 +305,9 @@ class Link:
             log.error("mqtt: broker refused the connection: %s", rc_str(reason_code))
             return
         self.stats["connects"] += 1
-        self._connected_since = time.monotonic()
-        self.drain.connected(self._connected_since)
+        now = time.monotonic()
+        self.backoff.connected(now)
+        self.drain.connected(now)
         c.subscribe([(self.topics["cmd"], 1)] + [(t, 1) for t in self.fleet_topics])
         self._connected.set()
         self._send_status(c)               # `online` on every (re)connect
@@ -358,7 +337,7 @@ class Link:
                 self.alarms.add("publish_denied")
                 log.error("mqtt: publish to %s refused by the broker: %s", topic, rc_str(reason_code))
             return
-        if isinstance(out, Denied) and getattr(out.row, "acked", False):
+        if isinstance(out, Denied) and out.row.acked:
             try:                         # a replayed copy was not taken in: the row is pending again
                 self.outbox.reopen(out.row.verdict_id)
             except Exception as e:  # noqa: BLE001 - it stays delivered; logged, the link goes on

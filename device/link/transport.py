@@ -47,18 +47,22 @@ def is_failure(rc: Any) -> bool:
 NO_MATCHING_SUBSCRIBERS = 0x10
 
 
+def _rc_int(rc: Any) -> int:
+    return int(rc.value if isinstance(rc, ReasonCode) else rc)
+
+
 def is_no_subscribers(rc: Any) -> bool:
     """PUBACK 0x10 No matching subscribers: a success code, but nobody received the message (e.g.
     a restarted mosquitto that has not restored the back office's $share subscriptions yet)."""
     try:
-        return int(rc.value if isinstance(rc, ReasonCode) else rc) == NO_MATCHING_SUBSCRIBERS
+        return _rc_int(rc) == NO_MATCHING_SUBSCRIBERS
     except (TypeError, ValueError, AttributeError):
         return False
 
 
 def rc_str(rc: Any) -> str:
     try:
-        return f"0x{int(rc.value if isinstance(rc, ReasonCode) else rc):02x} {rc}"
+        return f"0x{_rc_int(rc):02x} {rc}"
     except Exception:  # noqa: BLE001
         return str(rc)
 

@@ -190,6 +190,22 @@ def children_of(ppid: int) -> list[int]:
     return out
 
 
+def _poll(read, done, timeout: float, step: float = 0.5):
+    """read() until done(value) or `timeout` s have passed; the last value read (at least one read)."""
+    end = time.monotonic() + timeout
+    while True:
+        v = read()
+        if done(v) or time.monotonic() >= end:
+            return v
+        time.sleep(step)
+
+
+def _count(conn, sql: str) -> int:
+    n = conn.execute(sql).fetchone()[0]
+    conn.commit()                  # a fresh snapshot for the next read
+    return n
+
+
 def pct(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
@@ -389,14 +405,8 @@ def run(args) -> dict:
         sent: set = set()
         for k in range(n_procs):
             sent |= set(json.loads((tmp / f"sent-{k}.json").read_text()))
-        deadline = time.monotonic() + args.drain_timeout
-        rows = 0
-        while time.monotonic() < deadline:
-            rows = conn.execute("SELECT count(*) FROM verdicts").fetchone()[0]
-            conn.commit()
-            if rows >= len(sent):
-                break
-            time.sleep(0.5)
+        rows = _poll(lambda: _count(conn, "SELECT count(*) FROM verdicts"), lambda n: n >= len(sent),
+                     args.drain_timeout)
         t_done = time.time()
         ids = {r[0] for r in conn.execute("SELECT verdict_id::text FROM verdicts").fetchall()}
         dup_rows = conn.execute("SELECT count(*) - count(DISTINCT verdict_id) FROM verdicts").fetchone()[0]
@@ -439,15 +449,9 @@ def run(args) -> dict:
                 time.sleep(0.5)
             settled = flc.results(2)
         t_settled = time.monotonic() - t_r
-        applied_now = sum(u.get("state") == "applied" for u in settled.values())
-        end = time.monotonic() + 30                      # update/status into the database (ingest workers)
-        while True:
-            on_new = conn.execute("SELECT count(*) FROM devices WHERE (update_status->>'bundle_version')::int = 2"
-                                  ).fetchone()[0]
-            conn.commit()
-            if on_new >= applied_now or time.monotonic() >= end:
-                break
-            time.sleep(0.5)
+        applied = sum(u.get("state") == "applied" for u in settled.values())
+        on_new = _poll(lambda: _count(conn, "SELECT count(*) FROM devices WHERE (update_status->>'bundle_version')::int = 2"),
+                       lambda n: n >= applied, 30)          # update/status into the database (ingest workers)
         fail_reasons: dict = {}
         for r in res["failed"].values():
             fail_reasons[r] = fail_reasons.get(r, 0) + 1
@@ -458,23 +462,18 @@ def run(args) -> dict:
             "result": res["result"], "stages_published": res["stages_published"], "stage_s": res["stage_s"],
             "applied": len(res["applied"]), "failed": len(res["failed"]), "failed_reasons": fail_reasons,
             "in_progress_at_abort": len(res["in_progress"]),
-            "applied_after_settling": sum(u.get("state") == "applied" for u in settled.values()),
-            "left_on_old_bundle": n_dev - sum(u.get("state") == "applied" for u in settled.values()),
+            "applied_after_settling": applied, "left_on_old_bundle": n_dev - applied,
             "on_new_bundle_in_db": on_new, "left_on_old_bundle_in_db": n_dev - on_new,
             "settled_s": round(t_settled, 1),
         }
         log(f"rollout: {out['rollout']}")
         # rows a box holds back (a replayed copy that reached no subscriber during the broker restart is
         # pending again, docs/mqtt.md) go out on its next retry: give them the drain timeout, then count
-        end = time.monotonic() + args.drain_timeout
-        while True:
+        def depth() -> int:
             for p in procs:
                 p.send("depth")
-            depth = sum(p.wait_event("depth", 60)["n"] for p in procs)
-            if depth == 0 or time.monotonic() >= end:
-                break
-            time.sleep(0.5)
-        out["outbox_depth_at_end"] = depth
+            return sum(p.wait_event("depth", 60)["n"] for p in procs)
+        out["outbox_depth_at_end"] = _poll(depth, lambda n: n == 0, args.drain_timeout)
     finally:
         out["resources"] = sampler.stop() if sampler._t.is_alive() else {}
         wc = {"duplicates_dropped": 0, "inserted": 0, "acked": 0, "stale_acks_skipped": 0}

@@ -669,8 +669,8 @@ def daemon_env(env: dict) -> dict:
     """The environment of the bench's `kyc-edge run` subprocess: `env` plus the daemon's malloc settings
     (device.memory.MALLOC_ENV, which systemd/kyc-edge.service sets as Environment= lines), so the daemon
     RSS measured here is the daemon the unit runs (tests/test_daemon_memory.py)."""
-    from device.memory import MALLOC_ENV
-    return tool_paths.child_env({**env, **MALLOC_ENV})
+    from device import memory
+    return tool_paths.child_env(memory.daemon_env(env))
 
 
 def daemon_figures(models_dir: Path, model_set: str, threads: int, starts: int = 3) -> dict:

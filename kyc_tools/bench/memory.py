@@ -95,9 +95,8 @@ IMPORTS = ("numpy", "cryptography.hazmat.primitives.asymmetric.ed25519", "jsonsc
 
 
 def _child(code: str, *args: str) -> dict | list:
-    from device.memory import MALLOC_ENV
-    from kyc_tools import paths as tool_paths
-    env = tool_paths.child_env({**os.environ, **MALLOC_ENV})
+    from kyc_tools.bench.frame import daemon_env
+    env = daemon_env(dict(os.environ))
     r = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300)
     if r.returncode != 0:
         raise RuntimeError(f"memory child failed: {r.stderr[-400:]}")
