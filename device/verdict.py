@@ -23,12 +23,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-import jsonschema
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from device.errors import KycError
+from device.schemacheck import Validator
 
 SCHEMA_VERSION = "2"
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "verdict.schema.json"
@@ -42,7 +42,7 @@ MAX_VERDICT_BYTES = 4096
 KEY_FILE = "verdict_signing.key"
 SIG_ALG = "Ed25519"
 
-_VALIDATORS = {ver: jsonschema.Draft202012Validator(sch) for ver, sch in _SCHEMAS.items()}
+_VALIDATORS = {ver: Validator(sch) for ver, sch in _SCHEMAS.items()}
 
 
 def card_types() -> tuple[str, ...]:
@@ -58,7 +58,7 @@ def allow_card_type(name: str) -> None:
     enum = SCHEMA["properties"]["card"]["properties"]["type"]["enum"]
     if name not in enum:
         enum.insert(len(card_types()), name)
-        _VALIDATORS[SCHEMA_VERSION] = jsonschema.Draft202012Validator(SCHEMA)
+        _VALIDATORS[SCHEMA_VERSION] = Validator(SCHEMA)
 
 
 class VerdictError(KycError):

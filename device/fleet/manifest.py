@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-import jsonschema
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from device.errors import KycError
+from device.schemacheck import Validator
 from device.verdict import SIG_ALG, VerdictError, canonical, key_id_of, load_public_key
 
 FORMAT = 1
@@ -114,7 +114,7 @@ SCHEMA: dict = {
         "created": {"type": "integer"},
     },
 }
-_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+_VALIDATOR = Validator(SCHEMA)
 
 
 class FleetError(KycError):
