@@ -111,16 +111,19 @@ def sha256_file(path: Path) -> str:
 
 def resolve(model_dir: Path, model_set: str = "float", detector: str = "short_range",
             manifest: dict | None = None) -> dict[str, Path]:
-    """role -> file for the chosen set. int8 falls back to float per role where no int8 build exists."""
+    """role -> file for the chosen set. int8 falls back to float per role where no int8 build exists.
+    A role may have several int8 builds, each derived from the one listed before it (the embedder at
+    batch 1 from its batch-2 build, same outputs): the last one present is used."""
     base = {e.role: e for e in entries(manifest, include_built=False)}
-    built = {e.role: e for e in entries(manifest) if e.precision == "int8"}
+    built: dict[str, list[ModelEntry]] = {}
+    for e in entries(manifest):
+        if e.precision == "int8":
+            built.setdefault(e.role, []).append(e)
     out = {}
     for role, e in base.items():
-        pick = built.get(role) if model_set == "int8" else None
-        if pick and (model_dir / pick.file).exists():
-            out[role] = model_dir / pick.file
-        else:
-            out[role] = model_dir / e.file
+        picks = built.get(role, []) if model_set == "int8" else []
+        pick = next((p for p in reversed(picks) if (model_dir / p.file).exists()), None)
+        out[role] = model_dir / (pick.file if pick else e.file)
     if detector == "full_range":
         out["detector"] = out.pop("detector_full_range")
     else:

@@ -23,12 +23,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-import jsonschema
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
+from device.ed25519 import Ed25519PrivateKey, Ed25519PublicKey, InvalidSignature, as_ours, serialization
 from device.errors import KycError
+from device.schemacheck import Validator
 
 SCHEMA_VERSION = "2"
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "verdict.schema.json"
@@ -42,7 +39,7 @@ MAX_VERDICT_BYTES = 4096
 KEY_FILE = "verdict_signing.key"
 SIG_ALG = "Ed25519"
 
-_VALIDATORS = {ver: jsonschema.Draft202012Validator(sch) for ver, sch in _SCHEMAS.items()}
+_VALIDATORS = {ver: Validator(sch) for ver, sch in _SCHEMAS.items()}
 
 
 def card_types() -> tuple[str, ...]:
@@ -58,7 +55,7 @@ def allow_card_type(name: str) -> None:
     enum = SCHEMA["properties"]["card"]["properties"]["type"]["enum"]
     if name not in enum:
         enum.insert(len(card_types()), name)
-        _VALIDATORS[SCHEMA_VERSION] = jsonschema.Draft202012Validator(SCHEMA)
+        _VALIDATORS[SCHEMA_VERSION] = Validator(SCHEMA)
 
 
 class VerdictError(KycError):
@@ -179,7 +176,7 @@ def build(*, device: str, site: str, result: str, reasons: list[str], scores: di
 
 # ---------------------------------------------------------------- keys and signatures
 def key_id_of(pub: Ed25519PublicKey) -> str:
-    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw = as_ours(pub).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
@@ -198,6 +195,7 @@ class Signer:
     """The device's Ed25519 verdict-signing key (PKCS#8 PEM, file mode 0600)."""
 
     def __init__(self, private_key: Ed25519PrivateKey, path: Path | None = None):
+        private_key = as_ours(private_key)      # a tool may pass cryptography's key object
         self._key = private_key
         self.path = path
         self.public_key = private_key.public_key()
@@ -257,6 +255,7 @@ class Signer:
 def load_public_key(item: Any) -> Ed25519PublicKey:
     """An Ed25519 public key from a key object, 32 raw bytes, base64 text, PEM text/bytes or
     a file path holding base64 or PEM."""
+    item = as_ours(item)                        # cryptography's key object (tools, tests) -> ours
     if isinstance(item, Ed25519PublicKey):
         return item
     if isinstance(item, Signer):

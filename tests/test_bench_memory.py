@@ -30,7 +30,7 @@ def test_bench_memory_breaks_rss_down(capsys, model_dir, blink_video):
     assert set(m["models_mb"]) == set(models_mod.resolve(model_dir, "int8"))
     for role, d in m["models_mb"].items():
         assert d["rss"] > 0 and abs(d["rss"] - d["anon"] - d["file"]) < 0.6, (role, d)
-    # the batch-2 embedder (packed weights + its activation workspace) is the largest model in memory
+    # the embedder (its fp32 weights twice: dequantised and packed, + its activations) is the largest model in memory
     assert max(m["models_mb"], key=lambda r: m["models_mb"][r]["rss"]) == "embedder"
     dec = out["decoder"]
     assert dec["frames_decoded"] == 20 and dec["frame_mb"] > 2.5 and dec["decoder_held_mb"]["rss"] > 0

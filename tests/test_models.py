@@ -67,6 +67,25 @@ def test_int8_set_falls_back_per_role(tmp_path):
     assert M.resolve(tmp_path, "float", manifest=m)["detector"].name == "d.tflite"
 
 
+def test_int8_set_prefers_the_last_present_build_of_a_role(tmp_path):
+    """Two int8 builds of one role (the embedder at batch 2, then derived from it at batch 1): the later
+    one where it is present, else the earlier one, else float."""
+    m = {"models": [{"role": "embedder", "file": "e.tflite", "sha256": "0" * 64, "size": 1, "licence": "x",
+                     "input": "x", "sources": []}],
+         "built": [{"role": "embedder", "file": f, "sha256": "1" * 64, "size": 1, "licence": "x", "input": "x",
+                    "precision": "int8"} for f in ("e_int8.tflite", "e_int8_b1.tflite")]}
+    assert M.resolve(tmp_path, "int8", manifest=m)["embedder"].name == "e.tflite"
+    (tmp_path / "e_int8.tflite").write_bytes(b"x")
+    assert M.resolve(tmp_path, "int8", manifest=m)["embedder"].name == "e_int8.tflite"
+    (tmp_path / "e_int8_b1.tflite").write_bytes(b"x")
+    assert M.resolve(tmp_path, "int8", manifest=m)["embedder"].name == "e_int8_b1.tflite"
+    assert M.resolve(tmp_path, "float", manifest=m)["embedder"].name == "e.tflite"
+    # the real manifest: the batch-1 embedder is derived from the build listed before it
+    real = [e for e in M.entries() if e.role == "embedder" and e.precision == "int8"]
+    assert [e.file for e in real] == ["mobilefacenet_int8.tflite", "mobilefacenet_int8_b1.tflite"]
+    assert real[1].sources[0]["batch_of"] == real[0].file and real[1].sources[0]["batch_of_sha256"] == real[0].sha256
+
+
 def test_one_model_dir_lookup(tmp_path, monkeypatch):
     """device.models.find_model_dir is the one lookup: flag, config, env, then the daemon's fallback
     or (search) the first directory that holds models."""

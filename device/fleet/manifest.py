@@ -27,12 +27,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-import jsonschema
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
+from device.ed25519 import Ed25519PrivateKey, Ed25519PublicKey, InvalidSignature, as_ours, serialization
 from device.errors import KycError
+from device.schemacheck import Validator
 from device.verdict import SIG_ALG, VerdictError, canonical, key_id_of, load_public_key
 
 FORMAT = 1
@@ -114,7 +111,7 @@ SCHEMA: dict = {
         "created": {"type": "integer"},
     },
 }
-_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+_VALIDATOR = Validator(SCHEMA)
 
 
 class FleetError(KycError):
@@ -287,6 +284,7 @@ def verify(envelope: dict, keys: list[Ed25519PublicKey]) -> dict:
     m = envelope["manifest"]
     if not isinstance(m, dict):
         raise FleetError("malformed", "envelope: manifest is not an object")
+    keys = [as_ours(k) for k in keys]           # cryptography's key objects (tools, tests) -> ours
     if not keys:
         raise FleetError("no_trusted_keys", "fleet.public_keys holds no usable key")
     matching = [k for k in keys if key_id_of(k) == sig["key_id"]]

@@ -36,7 +36,7 @@ def cmd_keys_show(args) -> int:
             rec.update(site=cfg.device.site, device=cfg.device.id)
         print(json.dumps(rec))
     elif args.format == "pem":
-        from cryptography.hazmat.primitives import serialization
+        from device.ed25519 import serialization
         sys.stdout.write(signer.public_key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode())
     else:

@@ -8,10 +8,9 @@ import re
 import time
 from typing import Any
 
-import jsonschema
-
 from device import ids
 from device.challenge_names import CHALLENGES
+from device.schemacheck import Validator
 from device.verdict import REASONS, VerdictError, rfc3339
 
 EVENTS = ("state", "liveness", "ready", "card_detected", "card_read", "face_wait", "face_found", "challenge",
@@ -72,8 +71,9 @@ UPDATE_STATUS_SCHEMA: dict = {
     },
 }
 
-_SESSION_V = jsonschema.Draft202012Validator(SESSION_EVENT_SCHEMA)
-_UPDATE_V = jsonschema.Draft202012Validator(UPDATE_STATUS_SCHEMA)
+_SESSION_V = Validator(SESSION_EVENT_SCHEMA)
+_UPDATE_V = Validator(UPDATE_STATUS_SCHEMA)
+_TOKEN_V = Validator(_TOKEN)
 
 
 def _first_error(validator, obj: Any, what: str) -> None:
@@ -139,7 +139,7 @@ def sanitize_health(obj: Any, depth: int = 0) -> Any:
     if isinstance(obj, dict):
         out = {}
         for k, v in list(obj.items())[:32]:
-            if isinstance(k, str) and jsonschema.Draft202012Validator(_TOKEN).is_valid(k):
+            if isinstance(k, str) and _TOKEN_V.is_valid(k):
                 s = sanitize_health(v, depth + 1)
                 if s is not None or v is None:
                     out[k] = s

@@ -24,11 +24,11 @@ run at a time (an interpreter is never used by two threads at once). LiteRT rele
 invoke() (measured: two threads on two interpreters give 1.8x the throughput of one on two cores, and a
 pure-Python thread keeps its full rate while another invokes), so the worker's calls run on the second
 core while the frame path runs on the first. A second interpreter of its own was measured and not kept:
-it costs 17.8 MB RSS (int8 MobileFaceNet: fp32-dequantised weights, XNNPACK's packed copy and the
-batch-2 arena; 21.2 MB float) against issue 17's 150 MB target, and it would only help when the
+it costs 17.8 MB RSS (int8 MobileFaceNet at batch 2: fp32-dequantised weights, XNNPACK's packed copy and
+the activations; 21.2 MB float) against issue 17's 150 MB target, and it would only help when the
 decision has to embed a crop while the worker is in the middle of another: then the two calls run one
-after the other instead of side by side (one call more in the worst case). The worker embeds two queued
-crops per call when two wait (the model's batch is fixed at 2; it cannot be resized to 1).
+after the other instead of side by side (one call more in the worst case). The worker embeds as many queued
+crops per call as the model's batch (1 for the int8 build at batch 1, 2 for the batch-2 files).
 
 Privacy: every crop copy is zero-filled once embedded or cancelled, every vector when taken over by the
 caller (who wipes it), cancelled or replaced; stop() (VisionSuite.reset, before the embedder's wipe)
@@ -230,8 +230,9 @@ class AheadEmbedder:
                     self._cv.wait()
                 if not self._queue:
                     return
-                jobs = self._queue[:2]  # two per call when two wait: the model's batch is 2
-                del self._queue[:2]
+                k = min(getattr(self.embedder, "batch", 2), 2)   # as many per call as the model's batch
+                jobs = self._queue[:k]
+                del self._queue[:k]
                 for j in jobs:
                     j.state = RUNNING
                 crops = [j.crop for j in jobs]

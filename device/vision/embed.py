@@ -1,8 +1,12 @@
 """MobileFaceNet embedding (192-d), cosine similarity, and the card-photo path.
 
-The model's batch is fixed at 2: the live face and the card face go in one call. With
-`flip_tta=True` each face is fed together with its horizontal mirror instead (two calls) and the
-two embeddings are summed before normalising (test-time augmentation; see docs/match.md).
+The model's batch is fixed in the file: 1 for the int8 build the manifest prefers
+(mobilefacenet_int8_b1.tflite, scripts/build-models set_batch), 2 for the float model and the batch-2
+int8 build (the live face and the card face in one call). Every method takes either: faces go in
+`batch` at a time, a part-filled last call repeats a face. Per face the outputs are the same at either
+batch (bit-identical, tests/test_vision_match_build.py); batch 1 holds one face's activations instead of
+two (docs/performance.md, "Memory"). With `flip_tta=True` each face is fed together with its horizontal
+mirror and the two embeddings are summed before normalising (test-time augmentation; see docs/match.md).
 
 Privacy: EmbedResult never shows its vectors in repr(); `wipe()` zero-fills them.
 """
@@ -94,16 +98,31 @@ class FaceEmbedder:
             self._buf.fill(0)
 
     def _run(self, imgs) -> np.ndarray:
-        """Raw embeddings of len(imgs) <= batch images (empty slots are filled with the first)."""
+        """Raw embeddings of the images, `batch` per call (a part-filled call repeats its last image)."""
+        if not len(imgs):
+            return np.zeros((0, self.dim), np.float32)
         with self._lock:
-            buf = self._buf
-            for i in range(self.batch):
-                buf[i] = _prep(imgs[min(i, len(imgs) - 1)])
-            self._rt.set("faces", buf)
-            self._rt.invoke()
-            out = np.array(self._rt.get("embeddings")[: len(imgs)], np.float32)
+            buf, out = self._buf, []
+            for k in range(0, len(imgs), self.batch):
+                part = imgs[k:k + self.batch]
+                for i in range(self.batch):
+                    buf[i] = _prep(part[min(i, len(part) - 1)])
+                self._rt.set("faces", buf)
+                self._rt.invoke()
+                out.append(np.array(self._rt.get("embeddings")[: len(part)], np.float32))
             buf.fill(0)
-            return out
+            return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def calls_for(self, n: int) -> int:
+        """Model calls that n faces take."""
+        return -(-n // self.batch)
+
+    def embed_many(self, imgs) -> EmbedResult:
+        """Aligned 112x112 RGB faces -> (N, D) L2-normalised vectors (calls_for(N) calls; with flip_tta
+        each face with its mirror)."""
+        if not self.options.flip_tta:
+            return EmbedResult(l2n(self._run(list(imgs))))
+        return EmbedResult(l2n(np.stack([self._run([a, a[:, ::-1]]).sum(0) for a in imgs])))
 
     def embed(self, a: np.ndarray, b: np.ndarray) -> EmbedResult:
         """Embed two aligned 112x112 RGB faces (live, card) -> (2, D) L2-normalised vectors."""
@@ -114,13 +133,13 @@ class FaceEmbedder:
         return EmbedResult(l2n(np.stack([ea, eb])))
 
     def embed_card(self, a: np.ndarray) -> EmbedResult:
-        """The card face with its mirror image as the batch of 2 (one call), summed: card-side
+        """The card face with its mirror image (one call at batch 2, two at batch 1), summed: card-side
         test-time augmentation; the card is embedded once per session (docs/match.md)."""
         return EmbedResult(l2n(self._run([a, a[:, ::-1]]).sum(0))[None])
 
     def embed_one(self, a: np.ndarray) -> EmbedResult:
-        """One face -> EmbedResult with vectors (1, D) L2-normalised (`.vector`); the face fills both
-        slots, or face + mirror with flip_tta."""
+        """One face -> EmbedResult with vectors (1, D) L2-normalised (`.vector`); one call (at batch 2
+        the face fills both slots), or face + mirror with flip_tta."""
         if self.options.flip_tta:
             return EmbedResult(l2n(self._run([a, a[:, ::-1]]).sum(0))[None])
         return EmbedResult(l2n(self._run([a])[0])[None])

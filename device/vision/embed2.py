@@ -149,6 +149,7 @@ class AheadAdapter:
 
     def __init__(self, embedder: SecondEmbedder):
         self.embedder = embedder
+        self.batch = embedder.batch
 
     def embed(self, a: np.ndarray, b: np.ndarray) -> Embed2Result:
         return self.embedder.embed([a, b])

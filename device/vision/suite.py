@@ -160,19 +160,17 @@ class VisionSuite:
         The card is embedded at card_face; with match.embed_ahead the top-k crops, the first crop and a
         last crop (at most ahead.LAST_MAX_AGE_S of frame time older than `last`) were embedded during
         capture, and only what the worker has not done is embedded here (else, as without it: the first
-        crop in quality_crop, the rest here), two per call, the model's batch."""
+        crop in quality_crop, the rest here), the model's batch per call."""
         card_vec = self._card_vec
         first_vec = self._first_vec if first is not None else None
         identity_wanted = first is not None and last is not None
         got, running = self.ahead.collect(crops, identity_wanted) if self.ahead is not None else ({}, {})
 
-        def embed(todo) -> None:       # two per call (the model's batch)
-            while todo:
-                (ka, a), (kb, b) = todo[0], todo[1] if len(todo) > 1 else todo[0]
-                r = self.embedder.embed(a, b)
-                for k, v in ((ka, r.vectors[0]), (kb, r.vectors[1]))[: 2 if len(todo) > 1 else 1]:
+        def embed(todo) -> None:       # the model's batch per call (embedder.calls_for(len(todo)) calls)
+            if todo:
+                r = self.embedder.embed_many([c for _, c in todo])
+                for (k, _), v in zip(todo, r.vectors):
                     got[k] = v
-                del todo[:2]
         # one queue of faces still to embed: live crops, the card if it was not embedded at card-read
         # time, the first crop if not embedded during capture, the last crop
         todo = [(("live", i), c) for i, c in enumerate(crops) if ("live", i) not in got and ("live", i) not in running]

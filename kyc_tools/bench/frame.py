@@ -398,7 +398,7 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
         if st["align"] and st["embed"]:
             st["align_embed"] = {"median": round(st["align"]["median"] + st["embed"]["median"], 3),
                                  "p95": round(st["align"]["p95"] + st["embed"]["p95"], 3),
-                                 "note": "align per frame + one batch-of-2 embed call (medians / p95s added)"}
+                                 "note": "align per frame + one pair embedded (one call at batch 2, two at batch 1; medians / p95s added)"}
         else:
             st["align_embed"] = None
         if src.get("iris"):

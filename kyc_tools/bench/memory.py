@@ -88,8 +88,9 @@ r.release()
 print(json.dumps({"frames": n, "frame_mb": frame_mb, "open_and_decode": [s0, s1]}))
 '''
 
-# the daemon's heavy imports, in the order `kyc-edge run` makes them
-IMPORTS = ("numpy", "cryptography.hazmat.primitives.asymmetric.ed25519", "jsonschema", "sqlite3",
+# the daemon's heavy imports, in the order `kyc-edge run` makes them (not jsonschema nor cryptography any
+# more: device.schemacheck validates, device.ed25519 signs through libcrypto)
+IMPORTS = ("numpy", "device.ed25519", "sqlite3",
            "paho.mqtt.client", "cv2", "ai_edge_litert.interpreter", "systemd.daemon", "device.daemon",
            "device.vision.suite", "device.link.mqtt", "device.fleet.agent")
 
