@@ -258,7 +258,7 @@ serialization = SimpleNamespace(Encoding=Encoding, PrivateFormat=PrivateFormat, 
 
 if _LIB is None:       # no usable libcrypto: cryptography's own classes, as before
     from cryptography.exceptions import InvalidSignature  # noqa: F811
-    from cryptography.hazmat.primitives import serialization  # noqa: F811
+    from cryptography.hazmat.primitives import serialization  # noqa: F811, F401 - re-exported
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey  # noqa: F811
 
     def as_ours(key):  # noqa: F811
