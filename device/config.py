@@ -115,7 +115,7 @@ class ModelsConfig:
 
 @dataclass(frozen=True)
 class MatchConfig:
-    threshold: float = opt(0.43, "Cosine similarity at or above which live face and card photo match. Default: FAR <= 1e-3 on LFW folds 1-5 card-style pairs with the FaceMesh-aligned path (FAR=1e-3 points: card-style 0.422, plain 0.423); recalibrate on own chip photos (docs/match.md).", lo=-1, hi=1)
+    threshold: float = opt(0.43, "Cosine similarity at or above which live face and card photo match. Default: FAR <= 1e-3 on LFW folds 1-5 card-style and plain pairs with the FaceMesh-aligned path (FAR=1e-3 points since the 0.97 template scale: card-style 0.409, plain 0.414); recalibrate on own chip photos (docs/match.md).", lo=-1, hi=1)
     top_k: int = opt(3, "Best-quality live frames whose embeddings are averaged.", lo=1, hi=16)
     embed_ahead: bool = opt(True, "Embed the top-k, first and last crops during capture on a second thread, so the decision after the last challenge is a comparison (docs/performance.md, P3). Off: all embedding at the decision, on the frame thread (a one-core board).")
     second_embedder: bool = opt(False, "Also embed with the second model (dlib ResNet, CC0; role embedder2, built by scripts/build-dlib-embedder) and fuse its calibrated cosine with MobileFaceNet's at score level; `threshold` then applies to the fused score (docs/match.md has the measured gain and cost). Read when the models are loaded (daemon start): a reload does not load or drop the model.")

@@ -27,7 +27,8 @@ FORBIDDEN = ("device.camera", "device.vision", "device.liveness", "device.cardre
 # device.notify / device.logs: sd_notify and log set-up (stdlib; the display process uses them)
 ALLOWED_DEVICE = {"device", "device.verdict", "device.config", "device.errors", "device.models",
                   "device.localbroker", "device.challenge_names", "device.options", "device.plugins",
-                  "device.notify", "device.logs", "device.ids"}   # ids: stdlib-only identifier patterns (issue 20)
+                  "device.notify", "device.logs", "device.ids",   # ids: stdlib-only identifier patterns (issue 20)
+                  "device.ed25519", "device.schemacheck"}   # signatures and closed schemas, stdlib only
 # The camera backends' declarations (config section, key, probe; device/camera/backends/) build
 # config's [camera] section. They are standard library only (test below), so they, and the package
 # __init__ that holds them (numpy only on demand), are not the biometric side.

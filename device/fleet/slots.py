@@ -239,11 +239,12 @@ def stage_slot(state_dir: str | os.PathLike, slot: str, files: dict[str, Path], 
             os.replace(src, tmp / "models" / name)
             _fsync_file(tmp / "models" / name)
         if base_models and Path(base_models).is_dir():
-            # a derived build (<stem>_int8.tflite) of a model this bundle replaces is stale: carrying
-            # it over would keep the old weights running wherever int8 is preferred
-            stale = {Path(n).stem + "_int8.tflite" for n in files if not Path(n).stem.endswith("_int8")}
+            # a build derived from a model this bundle replaces (<stem>_int8.tflite, <stem>_int8_b1.tflite,
+            # ...) is stale: carrying it over would keep the old weights running wherever int8 is preferred
+            replaced = tuple(Path(n).stem + "_" for n in files)
             for f in sorted(Path(base_models).iterdir()):
-                if f.is_file() and not f.name.startswith(".") and f.name not in files and f.name not in stale:
+                stale = f.suffix == ".tflite" and f.stem.startswith(replaced)
+                if f.is_file() and not f.name.startswith(".") and f.name not in files and not stale:
                     _link_or_copy(f, tmp / "models" / f.name)
         fsync_dir(tmp / "models")
         for name, obj in (("config.json", patch), ("manifest.json", envelope)):
