@@ -17,6 +17,7 @@ import base64
 import ctypes
 import ctypes.util
 import os
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 
@@ -60,6 +61,18 @@ _SPKI = bytes.fromhex("302a300506032b6570032100")
 
 class InvalidSignature(Exception):
     pass
+
+
+@contextmanager
+def _md_ctx():
+    """One EVP_MD_CTX for one sign or verify, always freed."""
+    ctx = _LIB.EVP_MD_CTX_new()
+    if not ctx:
+        raise MemoryError("EVP_MD_CTX_new")
+    try:
+        yield ctx
+    finally:
+        _LIB.EVP_MD_CTX_free(ctx)
 
 
 class _Fmt:
@@ -141,14 +154,9 @@ class Ed25519PublicKey(_Key):
 
     def verify(self, signature: bytes, data: bytes) -> None:
         signature, data = bytes(signature), bytes(data)
-        ctx = _LIB.EVP_MD_CTX_new()
-        if not ctx:
-            raise MemoryError("EVP_MD_CTX_new")
-        try:
+        with _md_ctx() as ctx:
             ok = (len(signature) == 64 and _LIB.EVP_DigestVerifyInit(ctx, None, None, None, self._pkey) == 1
                   and _LIB.EVP_DigestVerify(ctx, signature, len(signature), data, len(data)) == 1)
-        finally:
-            _LIB.EVP_MD_CTX_free(ctx)
         if not ok:
             raise InvalidSignature()
 
@@ -201,17 +209,12 @@ class Ed25519PrivateKey(_Key):
 
     def sign(self, data: bytes) -> bytes:
         data = bytes(data)
-        ctx = _LIB.EVP_MD_CTX_new()
-        if not ctx:
-            raise MemoryError("EVP_MD_CTX_new")
-        try:
+        with _md_ctx() as ctx:
             sig, n = ctypes.create_string_buffer(64), ctypes.c_size_t(64)
             if _LIB.EVP_DigestSignInit(ctx, None, None, None, self._pkey) != 1 \
                     or _LIB.EVP_DigestSign(ctx, sig, ctypes.byref(n), data, len(data)) != 1 or n.value != 64:
                 raise ValueError("EVP_DigestSign failed")
             return sig.raw
-        finally:
-            _LIB.EVP_MD_CTX_free(ctx)
 
 
 def _from_cryptography(key):

@@ -230,7 +230,7 @@ class AheadEmbedder:
                     self._cv.wait()
                 if not self._queue:
                     return
-                k = min(getattr(self.embedder, "batch", 2), 2)   # as many per call as the model's batch
+                k = min(self.embedder.batch, 2)   # as many per call as the model's batch
                 jobs = self._queue[:k]
                 del self._queue[:k]
                 for j in jobs:
