@@ -15,9 +15,12 @@ from cryptography.hazmat.primitives import serialization as cser
 from cryptography.hazmat.primitives.asymmetric import ed25519 as c
 
 from device import ed25519 as E
+from tests.conftest import IN_CI
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(E._LIB is None, reason="no libcrypto with Ed25519: the module is cryptography's")
+# Debian's libcrypto3 is what scripts/setup's machines have: CI fails rather than skips without it
+pytestmark = pytest.mark.skipif(E._LIB is None and not IN_CI,
+                                reason="no libcrypto with Ed25519: the module is cryptography's")
 
 
 def test_rfc8032_vector_1():
