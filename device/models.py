@@ -131,13 +131,22 @@ def resolve(model_dir: Path, model_set: str = "float", detector: str = "short_ra
     return out
 
 
-def derived(model_dir: Path, role: str, manifest: dict | None = None) -> Path | None:
+def derived(model_dir: Path, role: str, manifest: dict | None = None, model_set: str = "float") -> Path | None:
     """The file of a model our scripts build from a registry package (the manifest's `built` list, not
-    int8: e.g. `embedder2`, scripts/build-dlib-embedder), or None when the manifest has no such role."""
-    for e in entries(manifest):
-        if e.role == role and e.precision != "int8" and any(s.get("kind") == "build" for s in e.sources):
-            return Path(model_dir) / e.file
-    return None
+    int8: e.g. `embedder2`, scripts/build-dlib-embedder), or None when the manifest has no such role.
+    With model_set "int8", the last int8 build of that role whose file is present (scripts/build-models),
+    else the float one, as resolve() does for the registry models."""
+    rows = entries(manifest)
+    base = next((e for e in rows if e.role == role and e.precision != "int8"
+                 and any(s.get("kind") == "build" for s in e.sources)), None)
+    if base is None:
+        return None
+    if model_set == "int8":
+        picks = [e for e in rows if e.role == role and e.precision == "int8"]
+        pick = next((e for e in reversed(picks) if (Path(model_dir) / e.file).exists()), None)
+        if pick is not None:
+            return Path(model_dir) / pick.file
+    return Path(model_dir) / base.file
 
 
 def versions(paths: dict[str, Path]) -> dict[str, str]:

@@ -38,6 +38,22 @@ def model2(model_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
+def bm():
+    loader = SourceFileLoader("build_models", str(REPO / "scripts" / "build-models"))
+    spec = importlib.util.spec_from_loader("build_models", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def model2_int8(model_dir) -> Path:
+    p = M.derived(model_dir, "embedder2", model_set="int8")
+    assert p is not None and p.name == "dlib_resnet_v1_int8.tflite", p
+    return need(p)
+
+
+@pytest.fixture(scope="module")
 def scorer(model_dir, model2):
     from device.vision.detect import DetectorOptions, FaceDetector
     from device.vision.embed import EmbedderOptions, FaceEmbedder
@@ -139,7 +155,7 @@ def test_session_with_the_second_embedder_fuses_and_wipes(shared_data, model_dir
     v = run_offline(cfg, fabricated_card(genuine_photo(shared_data)), ["blink"], vision=suite)
     assert v["result"] == "pass", v
     assert v["scores"]["similarity"] >= cfg.match.threshold
-    assert v["models"]["embedder2"].startswith("dlib_resnet_v1@")
+    assert v["models"]["embedder2"].split("@")[0] == Path(suite.paths["embedder2"]).stem
     assert all(rt.holds_no_face() for rt in suite.runtimes)
     v = run_offline(cfg, fabricated_card(impostor_photo(shared_data)), ["blink"], vision=suite)
     assert v["result"] == "fail" and "face_mismatch" in v["reasons"]
@@ -200,3 +216,66 @@ def test_calibrate_match_prints_counts_and_thresholds_only(shared_data, model_di
     for row in pick:                                           # no file name or person in the output
         for name in (row["img1"], row["img2"]):
             assert name not in r.stdout and name.rsplit("_", 1)[0] not in r.stdout
+
+
+def test_derived_picks_the_int8_build_of_the_set_and_falls_back_to_float(tmp_path):
+    """models.derived: the int8 set takes the last int8 build of the role that is present, else the float
+    build; the float set always the float one; a role the manifest lacks is None."""
+    man = M.load_manifest()
+    assert M.derived(tmp_path, "embedder2", man, model_set="int8") == tmp_path / "dlib_resnet_v1.tflite"
+    (tmp_path / "dlib_resnet_v1_int8.tflite").write_bytes(b"x")
+    assert M.derived(tmp_path, "embedder2", man, model_set="int8") == tmp_path / "dlib_resnet_v1_int8.tflite"
+    assert M.derived(tmp_path, "embedder2", man) == tmp_path / "dlib_resnet_v1.tflite"
+    assert M.derived(tmp_path, "embedder", man, model_set="int8") is None     # a registry model, not ours
+
+
+def test_int8_second_embedder_reproduces_its_pin_and_holds_against_float(bm, model_dir, model2, model2_int8,
+                                                                         shared_data, tmp_path, monkeypatch):
+    """The full-integer dlib build: `scripts/build-models --reproduce` (what setup runs) calibrates it again
+    on its recorded set and gets the manifest's sha256; the graph is int8 between one QUANTIZE and one
+    DEQUANTIZE, and on held-out faces its descriptors stay within
+    the build's own bar of the float model's."""
+    import json
+    from device.vision.detect import DetectorOptions, FaceDetector
+    man = json.loads((REPO / "models" / "manifest.json").read_text())
+    e = next(x for x in man["built"] if x["file"] == model2_int8.name)
+    src = e["sources"][0]
+    assert e["role"] == "embedder2" and e["precision"] == "int8" and src["recipe"] == "static"
+    assert src["float"] == model2.name and src["calibration"]["set"] == "nuaa-train"
+    out = tmp_path / "store"
+    out.mkdir()
+    for other in man["built"]:              # every other build already in place: only this one is made
+        if other["file"] != e["file"] and (model_dir / other["file"]).is_file():
+            (out / other["file"]).symlink_to((model_dir / other["file"]).resolve())
+    monkeypatch.setenv("KYC_EDGE_SHARED", str(shared_data.parent))       # where the calibration set is
+    assert bm.reproduce(model_dir, out, REPO / "models" / "manifest.json") == 0
+    assert bm.sha256(out / e["file"]) == e["sha256"] == bm.sha256(model2_int8)
+    ops = bm.op_counts(out / e["file"])
+    assert ops.get("QUANTIZE") == 1 and ops.get("DEQUANTIZE") == 1     # int8 inside, float in and out
+    d = FaceDetector.create(DetectorOptions(str(model_dir / "face_detection_short_range.tflite")))
+    _, check = bm.split_files(shared_data / "nuaa-train", src["calibration"]["calib_limit"],
+                              src["calibration"]["check_limit"])
+    xs = bm.calibration_inputs("embedder2", check, d, 128, model_dir / "face_landmark.tflite")
+    assert len(xs) >= 10
+    g = bm.agreement("embedder2", model2, out / e["file"], xs)
+    assert bm.keeps("embedder2", {"agreement": g}, 0.5), g
+    assert g["cosine_to_float_mean"] < 1.0       # it is really quantized
+
+
+def test_the_daemon_matches_without_the_second_embedder_when_its_file_is_absent(model_dir, tmp_path, caplog):
+    """match.second_embedder is on by default, but its model is optional: a store without it loads the
+    rest and MobileFaceNet alone decides, with a warning naming the missing file."""
+    import logging
+    from device import config as C
+    from device.vision.suite import VisionSuite
+    store = tmp_path / "store"
+    store.mkdir()
+    for p in model_dir.glob("*.tflite"):
+        if not p.name.startswith("dlib_resnet_v1"):
+            (store / p.name).symlink_to(p.resolve())
+    cfg = C.replace(C.from_dict({}), **{"models.dir": str(store)})
+    assert cfg.match.second_embedder is True
+    with caplog.at_level(logging.WARNING, logger="kyc_edge.vision"):
+        suite = VisionSuite.create(cfg, store)
+    assert suite.embedder2 is None and "embedder2" not in suite.versions
+    assert any("is not installed" in r.getMessage() and "dlib_resnet_v1" in r.getMessage() for r in caplog.records)

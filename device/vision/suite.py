@@ -10,6 +10,7 @@ best crops, first, last) -> MatchResult. The liveness rules are not here: device
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ from device.vision.embed import EmbedderOptions, FaceEmbedder, cosine, l2n, prep
 from device.vision import embed2
 from device.vision.quality import BestFrames
 from device.vision.tracking import build_tracker
+
+log = logging.getLogger("kyc_edge.vision")
 
 
 @dataclass(repr=False)
@@ -56,14 +59,20 @@ class VisionSuite:
         # the optional second embedder (dlib ResNet, match.second_embedder): score-level fusion in match()
         self.embedder2 = None
         if cfg.match.second_embedder:
-            p2 = models_mod.derived(Path(model_dir), "embedder2")
+            p2 = models_mod.derived(Path(model_dir), "embedder2", model_set=cfg.models.set)
             if p2 is None:
                 from device.errors import ModelError
                 raise ModelError("model_unavailable", "match.second_embedder: the manifest pins no embedder2")
-            self.embedder2 = embed2.SecondEmbedder.create(embed2.SecondEmbedderOptions(str(p2), threads=th))
-            paths = {**paths, "embedder2": p2}
-            self.paths = paths
-            self.versions = models_mod.versions(paths)
+            if p2.is_file():
+                self.embedder2 = embed2.SecondEmbedder.create(embed2.SecondEmbedderOptions(str(p2), threads=th))
+                paths = {**paths, "embedder2": p2}
+                self.paths = paths
+                self.versions = models_mod.versions(paths)
+            else:
+                # optional: setup could not build it (no package, no quantizer). MobileFaceNet alone decides;
+                # the fused score is calibrated onto its scale, so match.threshold keeps its meaning
+                log.warning("match.second_embedder: %s is not installed (scripts/setup builds it); "
+                            "matching with MobileFaceNet alone", p2.name)
         self._card_vec2: np.ndarray | None = None
         self._best: BestFrames | None = None
         # embeddings made ahead of the decision (card at card-read time, the session's first crop during

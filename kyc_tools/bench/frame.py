@@ -198,14 +198,15 @@ def _chip2(rgb: np.ndarray, landmarks: np.ndarray, chip_ms: list) -> np.ndarray:
     return chip
 
 
-def second_embedder_stage(models_dir: Path, threads: int, chips: list, chip_ms: list, reps: int = 5) -> dict:
+def second_embedder_stage(models_dir: Path, threads: int, chips: list, chip_ms: list, reps: int = 5,
+                          model_set: str = "float") -> dict:
     """The optional second embedder (match.second_embedder, issue 18), as a session runs it: the card chip
     with its mirror (one call, at card read) and the live top chips (one call, at the decision), thread CPU
     ms per call, on chips made from this run's tracked frames. None-valued with a reason when absent."""
     from device import models as models_mod
     from device.vision import embed2
     try:
-        p = models_mod.derived(models_dir, "embedder2")
+        p = models_mod.derived(models_dir, "embedder2", model_set=model_set)
         if p is None or not p.is_file() or len(chips) < 2:
             why = "no embedder2 model (scripts/build-dlib-embedder)" if p is None or not p.is_file() \
                 else "fewer than 2 tracked frames passed the quality gate"
@@ -388,7 +389,7 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
     wall["embed"], cpu["embed"] = embed_w, embed_c
     end_st = _proc_status_mb()
     rss_end, rss_peak = end_st.get("VmRSS"), peak_rss_mb()     # before the optional second embedder is loaded
-    second = second_embedder_stage(load_dir, threads, chips2, chip_ms)
+    second = second_embedder_stage(load_dir, threads, chips2, chip_ms, model_set=model_set)
     second["rss_added_mb"] = round(peak_rss_mb() - rss_peak, 1) if second.get("per_session_ms") else None
 
     def table(src: dict) -> dict:

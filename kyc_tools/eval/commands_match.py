@@ -1,6 +1,7 @@
 """`kyc-edge eval match` argument parsing; the work is in kyc_tools/eval/match.py."""
 from __future__ import annotations
 
+import argparse
 import sys
 
 
@@ -24,10 +25,12 @@ def register_eval(subparsers) -> None:
     p.add_argument("--align", choices=("mesh", "blazeface"), default="mesh",
                    help="mesh: FaceMesh 5 points on both sides, card with its mirror, as the device (default); blazeface: the old 4-point path")
     p.add_argument("--threshold", type=float, help="also report TAR/FAR at this threshold (e.g. match.threshold)")
-    p.add_argument("--second-embedder", action="store_true",
+    p.add_argument("--second-embedder", action=argparse.BooleanOptionalAction, default=None,
                    help="also embed with the second model (dlib ResNet, embedder2) and fuse the scores as the device does "
-                        "with match.second_embedder; `components` has each embedder's own figures")
-    p.add_argument("--second-model", help="second embedder file name or path (default dlib_resnet_v1.tflite)")
+                        "with match.second_embedder; `components` has each embedder's own figures (default: as "
+                        "match.second_embedder, on; off with --align blazeface)")
+    p.add_argument("--second-model", help="second embedder file name or path (default dlib_resnet_v1_int8.tflite "
+                                          "when --model is an int8 build, else dlib_resnet_v1.tflite)")
     p.add_argument("--fusion-weight", type=float, help="weight of the second embedder's score (default match.fusion_weight)")
     p.add_argument("--limit", type=int, default=0, help="at most this many pairs, spread over the file (0 = all)")
     p.set_defaults(func=cmd_eval_match)

@@ -212,10 +212,16 @@ def run_match_eval(args) -> dict:
     if weight is None:
         from device.config import MatchConfig
         weight = MatchConfig().fusion_weight
-    if getattr(args, "second_embedder", False):
+    want2 = getattr(args, "second_embedder", None)
+    if want2 is None:               # as the device is configured; the blazeface path has no mesh points for its chip
+        from device.config import MatchConfig
+        want2 = MatchConfig().second_embedder and lmk is not None
+    if want2:
         if lmk is None:
             raise ValueError("--second-embedder needs --align mesh")
-        p2 = _find(getattr(args, "second_model", None), "dlib_resnet_v1.tflite", dirs)
+        int8 = "int8" in Path(emb_path).name
+        p2 = _find(getattr(args, "second_model", None),
+                   "dlib_resnet_v1_int8.tflite" if int8 else "dlib_resnet_v1.tflite", dirs)
         second = embed2.SecondEmbedder.create(embed2.SecondEmbedderOptions(p2, threads=threads))
     scorer = PairScorer(det, emb, card_style_first=bool(getattr(args, "card_style", False)), landmarker=lmk,
                         card_restore=getattr(args, "card_restore", None) or "none",
