@@ -228,6 +228,9 @@ class Daemon:
 
         self.status("loading models")
         self.vision = wiring.vision(cfg, self.model_dir)
+        # the second embedder is optional: without its file MobileFaceNet alone decides (a warning was
+        # logged); the fleet sees it as an alarm, since the box's match is then the weaker one
+        self._alarm("second_embedder_missing", cfg.match.second_embedder and self.vision.embedder2 is None)
 
         self.status("opening camera")
         self.camera = wiring.camera(cfg)

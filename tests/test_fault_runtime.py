@@ -108,3 +108,23 @@ def test_a_clock_behind_the_outbox_last_write_refuses_sessions_until_it_is_right
         rig.wait(lambda: "clock_unsynced" not in rig.status().get("alarms", ["clock_unsynced"]), 10, "no alarm")
     finally:
         rig.close()
+
+
+def test_a_box_without_the_second_embedder_serves_and_raises_an_alarm(tmp_path, broker, shared_data, model_dir):
+    """match.second_embedder is on by default but its model is optional: without the file the daemon starts,
+    a session still decides (MobileFaceNet alone), and status carries second_embedder_missing."""
+    store = tmp_path / "models"
+    store.mkdir()
+    for p in model_dir.glob("*.tflite"):
+        if not p.name.startswith("dlib_resnet_v1"):
+            (store / p.name).symlink_to(p.resolve())
+    rig = Rig(tmp_path, broker, shared_data, store)
+    try:
+        rig.start()
+        assert "is not installed" in rig.log_text()
+        rig.wait(lambda: "second_embedder_missing" in rig.status().get("alarms", []), 10, "the alarm")
+        signed, _ = rig.session()
+        assert signed["verdict"]["result"] == "pass", signed["verdict"]
+        assert "embedder2" not in signed["verdict"]["models"]
+    finally:
+        rig.close()
