@@ -16,6 +16,24 @@ SHARED = Path(os.environ.get("KYC_EDGE_SHARED", REPO.parent / "shared"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+def load_script(name: str):
+    """One of scripts/ (files without a .py suffix) as a module, e.g. load_script("build-models")."""
+    import importlib.util
+    from importlib.machinery import SourceFileLoader
+    mod_name = name.replace("-", "_")
+    loader = SourceFileLoader(mod_name, str(REPO / "scripts" / name))
+    spec = importlib.util.spec_from_loader(mod_name, loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def bm():
+    """scripts/build-models as a module."""
+    return load_script("build-models")
+
+
 def need(path: Path) -> Path:
     """Return path if it exists; otherwise skip locally, fail in CI."""
     if path.exists():

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
-from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
 import cv2
@@ -16,18 +14,14 @@ import pytest
 from device import models as M
 from device.config import MatchConfig
 from device.vision import embed2
-from tests.conftest import missing, need
+from tests.conftest import load_script, missing, need
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bde():
-    loader = SourceFileLoader("build_dlib_embedder", str(REPO / "scripts" / "build-dlib-embedder"))
-    spec = importlib.util.spec_from_loader("build_dlib_embedder", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+    return load_script("build-dlib-embedder")
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +29,6 @@ def model2(model_dir) -> Path:
     p = M.derived(model_dir, "embedder2")
     assert p is not None, "the manifest pins no embedder2"
     return need(p)
-
-
-@pytest.fixture(scope="module")
-def bm():
-    loader = SourceFileLoader("build_models", str(REPO / "scripts" / "build-models"))
-    spec = importlib.util.spec_from_loader("build_models", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")

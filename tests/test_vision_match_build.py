@@ -1,8 +1,6 @@
 """scripts/build-models graph repair on the real MobileFaceNet: PReLU fused, opcodes fixed, same outputs."""
 from __future__ import annotations
 
-import importlib.util
-from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +9,6 @@ import pytest
 from tests.conftest import missing
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def bm():
-    loader = SourceFileLoader("build_models", str(REPO / "scripts" / "build-models"))
-    spec = importlib.util.spec_from_loader("build_models", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
