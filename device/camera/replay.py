@@ -44,7 +44,10 @@ class VideoReader:
 
     def __init__(self, path, fallback_fps: float = DEFAULT_FPS):
         self.path = Path(path)
-        self._cap = cv2.VideoCapture(str(self.path))
+        # one decoder thread: FFmpeg's default (one per core) keeps a frame context and reference frames per
+        # thread (1.7 MB more here on 2 cores, more on a 4-core Pi) and decodes no faster for a 30 fps
+        # replay that already has its own capture thread; H.264 decodes to the same frames either way
+        self._cap = cv2.VideoCapture(str(self.path), cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, 1])
         if not self._cap.isOpened():
             raise CameraError("camera_unavailable", f"cannot open video {self.path.name}")
         declared = self._cap.get(cv2.CAP_PROP_FPS) or 0.0
