@@ -30,9 +30,10 @@ CHIP_SCALE = 1.55
 CHIP_CENTRE = (75.0, 75.0)
 # score calibration onto MobileFaceNet's cosine scale, calibrated = CAL_A * cosine_dlib + CAL_B. CAL_A and the
 # first part of CAL_B map dlib's genuine and impostor means onto MobileFaceNet's (LFW folds 1-3, plain and
-# card-style pooled); the rest of CAL_B puts the fused score's card-style FAR=1e-3 point over folds 1-5 (int8
-# builds of both, fusion weight 0.3: 0.390) onto MobileFaceNet's own (0.412), so match.threshold keeps its
-# meaning whether the second embedder is on or off (docs/match.md)
+# card-style pooled); the rest of CAL_B puts the fused score's card-style FAR=1e-3 point over folds 1-5 (the
+# weight-only int8 MobileFaceNet and int8 dlib, fusion weight 0.3: 0.390) onto MobileFaceNet's own (0.412), so
+# match.threshold keeps its meaning whether the second embedder is on or off (docs/match.md; with today's
+# static-mixed MobileFaceNet the fused point is 0.398, FAR 0 at 0.43)
 CAL_A, CAL_B = 6.2743, -5.3259
 
 
