@@ -121,8 +121,7 @@ def resolve(model_dir: Path, model_set: str = "float", detector: str = "short_ra
             built.setdefault(e.role, []).append(e)
     out = {}
     for role, e in base.items():
-        picks = built.get(role, []) if model_set == "int8" else []
-        pick = next((p for p in reversed(picks) if (model_dir / p.file).exists()), None)
+        pick = _last_present(model_dir, built.get(role, [])) if model_set == "int8" else None
         out[role] = model_dir / (pick.file if pick else e.file)
     if detector == "full_range":
         out["detector"] = out.pop("detector_full_range")
@@ -142,11 +141,15 @@ def derived(model_dir: Path, role: str, manifest: dict | None = None, model_set:
     if base is None:
         return None
     if model_set == "int8":
-        picks = [e for e in rows if e.role == role and e.precision == "int8"]
-        pick = next((e for e in reversed(picks) if (Path(model_dir) / e.file).exists()), None)
+        pick = _last_present(Path(model_dir), [e for e in rows if e.role == role and e.precision == "int8"])
         if pick is not None:
             return Path(model_dir) / pick.file
     return Path(model_dir) / base.file
+
+
+def _last_present(model_dir: Path, builds: list[ModelEntry]) -> ModelEntry | None:
+    """The last of a role's int8 builds whose file is in model_dir: each is derived from the one before it."""
+    return next((e for e in reversed(builds) if (model_dir / e.file).exists()), None)
 
 
 def versions(paths: dict[str, Path]) -> dict[str, str]:
