@@ -165,13 +165,9 @@ class ModelRuntime:
 
     def invoke(self) -> None:
         self._it.invoke()
-        if not self._file_pages_released:
-            self._release_file_pages()
-
-    def _release_file_pages(self) -> None:
-        # after the first invoke, when the weights are packed: the mapped file no longer needs to be resident
-        self._file_pages_released = True
-        release_file_pages(self.path)
+        if not self._file_pages_released:   # the weights are packed by now: the mapped file need not stay resident
+            self._file_pages_released = True
+            release_file_pages(self.path)
 
     def get(self, name: str) -> np.ndarray:
         """The named output (the interpreter's own buffer: copy what must outlive the next call)."""

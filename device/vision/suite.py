@@ -86,6 +86,10 @@ class VisionSuite:
         # the second embedder's top chips, the same way on a worker of their own (its own interpreter)
         self.ahead2 = (AheadEmbedder(embed2.AheadAdapter(self.embedder2), name="kyc-embed2-ahead")
                        if cfg.match.embed_ahead and self.embedder2 is not None else None)
+        # each model's first invoke (XNNPACK's lazy set-up, then the runtime drops the mapped file's pages)
+        # happens here at start-up, on zeros, instead of on the first session's first frames
+        for rt in self.runtimes:
+            rt.wipe()
 
     @classmethod
     def create(cls, cfg: Config, model_dir: Path) -> "VisionSuite":

@@ -198,20 +198,16 @@ def _chip2(rgb: np.ndarray, landmarks: np.ndarray, chip_ms: list) -> np.ndarray:
     return chip
 
 
-def second_embedder_stage(models_dir: Path, threads: int, chips: list, chip_ms: list, reps: int = 5,
-                          model_set: str = "float") -> dict:
-    """The optional second embedder (match.second_embedder, issue 18), as a session runs it: the card chip
-    with its mirror (one call, at card read) and the live top chips (one call, at the decision), thread CPU
-    ms per call, on chips made from this run's tracked frames. None-valued with a reason when absent."""
-    from device import models as models_mod
-    from device.vision import embed2
+def second_embedder_stage(emb, chips: list, chip_ms: list, reps: int = 5) -> dict:
+    """The second embedder (match.second_embedder, issue 18; `emb` = the suite's, loaded with the other
+    models), as a session runs it: the card chip with its mirror (one call, at card read) and the live top
+    chips (one call, at the decision), thread CPU ms per call, on chips made from this run's tracked frames.
+    None-valued with a reason when the suite has none."""
     try:
-        p = models_mod.derived(models_dir, "embedder2", model_set=model_set)
-        if p is None or not p.is_file() or len(chips) < 2:
-            why = "no embedder2 model (scripts/build-dlib-embedder)" if p is None or not p.is_file() \
+        if emb is None or len(chips) < 2:
+            why = "no embedder2 model (scripts/build-dlib-embedder)" if emb is None \
                 else "fewer than 2 tracked frames passed the quality gate"
             return {"card_call_ms": None, "live_call_ms": None, "per_session_ms": None, "why": why}
-        emb = embed2.SecondEmbedder.create(embed2.SecondEmbedderOptions(str(p), threads=threads))
         emb.embed_card(chips[0]).wipe()                 # warm-up, as the daemon's first session is not timed
         card, live = [], []
         for _ in range(reps):
@@ -388,8 +384,9 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
     best.wipe()
     wall["embed"], cpu["embed"] = embed_w, embed_c
     end_st = _proc_status_mb()
-    rss_end, rss_peak = end_st.get("VmRSS"), peak_rss_mb()     # before the optional second embedder is loaded
-    second = second_embedder_stage(load_dir, threads, chips2, chip_ms, model_set=model_set)
+    rss_end, rss_peak = end_st.get("VmRSS"), peak_rss_mb()     # the second embedder is in models_loaded already
+    second = second_embedder_stage(suite.embedder2, chips2, chip_ms)
+    # what timing it added on top of the peak (its model is loaded with the suite, so in models_loaded)
     second["rss_added_mb"] = round(peak_rss_mb() - rss_peak, 1) if second.get("per_session_ms") else None
 
     def table(src: dict) -> dict:

@@ -93,6 +93,18 @@ def _find(name: str | None, default: str, dirs) -> str:
     return str(Path(dirs[0]) / n)     # load_interpreter names the missing file
 
 
+def _second_model(emb_path: str, dirs) -> str:
+    """The second embedder's file as the device picks it (models.derived): its int8 build beside an int8
+    MobileFaceNet build, else its float build; the first of `dirs` that holds it."""
+    from device import models as models_mod
+    int8 = any(e.file == Path(emb_path).name and e.precision == "int8" for e in models_mod.entries())
+    picks = [models_mod.derived(Path(d), "embedder2", model_set="int8" if int8 else "float") for d in dirs]
+    found = next((p for p in picks if p is not None and p.is_file()), None)
+    if found is None:
+        raise ValueError("no second embedder model (scripts/build-dlib-embedder; or --no-second-embedder)")
+    return str(found)
+
+
 def read_pairs(path, folds=None, limit: int = 0) -> list[dict]:
     rows = []
     with open(path, newline="") as f:
@@ -208,20 +220,18 @@ def run_match_eval(args) -> dict:
         lmk_path = _find(getattr(args, "landmark_model", None), "face_landmark.tflite", dirs)
         lmk = FaceLandmarker.create(LandmarkerOptions(lmk_path, threads=threads))
     second = None
+    from device.config import MatchConfig
     weight = getattr(args, "fusion_weight", None)
     if weight is None:
-        from device.config import MatchConfig
         weight = MatchConfig().fusion_weight
     want2 = getattr(args, "second_embedder", None)
     if want2 is None:               # as the device is configured; the blazeface path has no mesh points for its chip
-        from device.config import MatchConfig
         want2 = MatchConfig().second_embedder and lmk is not None
     if want2:
         if lmk is None:
             raise ValueError("--second-embedder needs --align mesh")
-        int8 = "int8" in Path(emb_path).name
-        p2 = _find(getattr(args, "second_model", None),
-                   "dlib_resnet_v1_int8.tflite" if int8 else "dlib_resnet_v1.tflite", dirs)
+        name2 = getattr(args, "second_model", None)
+        p2 = _find(name2, name2, dirs) if name2 else _second_model(emb_path, dirs)
         second = embed2.SecondEmbedder.create(embed2.SecondEmbedderOptions(p2, threads=threads))
     scorer = PairScorer(det, emb, card_style_first=bool(getattr(args, "card_style", False)), landmarker=lmk,
                         card_restore=getattr(args, "card_restore", None) or "none",
