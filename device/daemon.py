@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from device import config as config_mod
-from device import logs
+from device import logs, memory
 from device.errors import CardError, KycError
 from device.notify import Notifier
 
@@ -232,6 +232,7 @@ class Daemon:
         # logged); the fleet sees it as an alarm, since the box's match is then the weaker one
         self._alarm("second_embedder_missing", cfg.match.second_embedder and self.vision.embedder2 is None)
 
+        memory.release_file_pages()    # before the camera and reader add theirs: this is the start-up's peak
         self.status("opening camera")
         self.camera = wiring.camera(cfg)
 
@@ -323,8 +324,10 @@ class Daemon:
             self.status("start-up failed: internal_error")
             self._shutdown()
             return EXIT_FAIL
+        before = memory.resident_file_mb()
+        memory.release_file_pages()     # the start-up's code, now dead (device/memory.py)
         self.notifier.ready(self._ready_text())
-        log.info("ready")
+        log.info("ready (resident file pages %.1f -> %.1f MB)", before or 0.0, memory.resident_file_mb() or 0.0)
         try:
             self._loop()
         finally:

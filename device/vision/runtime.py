@@ -18,14 +18,13 @@ message names the file and the mismatch.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from device import memory
 from device.errors import ModelError
 
 Shape = Sequence["int | None"]
@@ -62,42 +61,6 @@ def load_interpreter(path: str | Path, threads: int = 1):
     except (ValueError, RuntimeError) as e:
         raise ModelError("model_unavailable", f"cannot load {p.name}: {e}") from None
     return it
-
-
-_MADV_DONTNEED = 4      # Linux
-_libc = None
-
-
-def release_file_pages(path: str | Path) -> int:
-    """Drop this process's resident pages of the read-only mappings of `path` (madvise MADV_DONTNEED);
-    returns the bytes of the mappings advised (0 where there is no /proc, or nothing is mapped).
-
-    The runtime maps each model file. By the end of a model's first invoke XNNPACK has packed its weights
-    into buffers of its own and the file is hardly read again (measured: 0.4 of 10.2 MB come back), yet its
-    pages stay counted in the daemon's RSS. A page that is read again comes back from the page cache with
-    the same bytes; writable mappings are never touched (dropping those would lose their writes)."""
-    global _libc
-    try:
-        real = os.path.realpath(path)
-        spans = []
-        with open("/proc/self/maps") as f:
-            for ln in f:            # address perms offset dev inode pathname (the path may hold spaces)
-                fields = ln.rstrip("\n").split(maxsplit=5)
-                if len(fields) == 6 and fields[5] == real and "w" not in fields[1]:
-                    spans.append(fields[0])
-        if not spans:
-            return 0
-        if _libc is None:
-            _libc = ctypes.CDLL(None, use_errno=True)
-            _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        done = 0
-        for span in spans:
-            lo, hi = (int(x, 16) for x in span.split("-"))
-            if _libc.madvise(lo, hi - lo, _MADV_DONTNEED) == 0:
-                done += hi - lo
-        return done
-    except (OSError, AttributeError, ValueError):    # not Linux, no madvise: keep the pages
-        return 0
 
 
 def _fits(want: Shape, got: tuple[int, ...]) -> bool:
@@ -167,7 +130,7 @@ class ModelRuntime:
         self._it.invoke()
         if not self._file_pages_released:   # the weights are packed by now: the mapped file need not stay resident
             self._file_pages_released = True
-            release_file_pages(self.path)
+            memory.release_file_pages(self.path)
 
     def get(self, name: str) -> np.ndarray:
         """The named output (the interpreter's own buffer: copy what must outlive the next call)."""
