@@ -119,6 +119,13 @@ def test_bench_vs_mediapipe_through_the_cli(capsys, blink_video, model_dir, monk
     assert set(v["cpu"]) >= {"median_of_medians", "mean_of_means", "per_frame_median", "paired_frames"}
     assert v["cpu"]["paired_frames"] == 4
     assert out["summary"]["vs_mediapipe_ratio"] is not None
+    # the attention mesh with iris in the same run, against our detect + FaceMesh + iris refiner
+    mi = out["mediapipe_refine"]
+    assert "error" not in mi and "refine_landmarks=True" in mi["peer"] and mi["process_ms"]["n"] == 4
+    assert "refine_landmarks=False" in mp["peer"]
+    vi = out["vs_mediapipe_iris"]
+    assert vi["peer_refine_landmarks"] and vi["detect_landmarks_iris_cpu"]["paired_frames"] == 4
+    assert out["summary"]["vs_mediapipe_iris_ratio_cpu"] == vi["detect_landmarks_iris_cpu"]["median_of_medians"]
 
 
 def test_session_latency_reports_the_ahead_worker(blink_video, model_dir):

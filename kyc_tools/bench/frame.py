@@ -30,7 +30,8 @@ frames processed/s, frames dropped, CPU share (both threads and the models threa
 With a full run (no --limit) it also measures, on the daemon's own parts: last challenge frame -> verdict
 in the outbox (in-process sessions), start -> READY=1 and daemon RSS (a real `kyc-edge run` subprocess).
 --vs-mediapipe steps MediaPipe's FaceMesh graph (.venv-mediapipe, mediapipe_peer.py) frame by frame
-beside ours on the same frames; KYC_EDGE_BENCH_MP_REFINE=1 makes it the attention mesh with iris.
+beside ours on the same frames, twice in one run: the FaceMesh graph (against our detect + FaceMesh) and the
+attention mesh with iris (refine_landmarks=True, against our detect + FaceMesh + iris refiner).
 
 Figures that cannot be measured in this tree are `null` with a `*_why` reason, never estimated.
 """
@@ -291,8 +292,9 @@ class _Clock:
         return out
 
 
-def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads: int, peer=None) -> dict:
-    """Our pass. `peer` (a LockstepPeer) processes each frame right after ours, on the same core."""
+def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads: int, peers=()) -> dict:
+    """Our pass. Each of `peers` (LockstepPeers) processes each frame right after ours, in turn, on the same
+    core."""
     load_dir, files, fallback = resolve_models(models_dir, model_set)
     rss_before = rss_mb()
     t0 = time.perf_counter()
@@ -358,16 +360,18 @@ def run_ours(frames: Path, limit: int, models_dir: Path, model_set: str, threads
                 chips2.append(_chip2(rgb, obs.landmarks, chip_ms))
             rgb.fill(0)
             n += 1
-            if peer is not None:
+            if peers:
                 w0 = time.perf_counter()
                 if n > 1:
                     no_pad = "pad" not in calls
-                    peer.step((row_w["detect_landmarks"][0], row_c["detect_landmarks"][0]),
-                              (row_w["per_frame_path"][0], row_c["per_frame_path"][0]) if no_pad else None,
-                              (row_w["detect_landmarks"][0] + sum(row_w.get("iris", [])),
-                               row_c["detect_landmarks"][0] + sum(row_c.get("iris", []))))
+                    mine = ((row_w["detect_landmarks"][0], row_c["detect_landmarks"][0]),
+                            (row_w["per_frame_path"][0], row_c["per_frame_path"][0]) if no_pad else None,
+                            (row_w["detect_landmarks"][0] + sum(row_w.get("iris", [])),
+                             row_c["detect_landmarks"][0] + sum(row_c.get("iris", []))))
                 else:
-                    peer.step(None, None, None)
+                    mine = (None, None, None)
+                for peer in peers:
+                    peer.step(*mine)
                 peer_wait += time.perf_counter() - w0
         wall_s = time.perf_counter() - wall0 - peer_wait
         cpu_s = time.process_time() - cpu0
@@ -446,15 +450,15 @@ class LockstepPeer:
     run at the same moment, so a load spike on the shared machine hits both sides of a frame alike.
     The ratio is taken per frame (ours / theirs) and summarised (median, and the ratio of the means)."""
 
-    def __init__(self, frames: Path, limit: int):
+    def __init__(self, frames: Path, limit: int, refine: bool = False):
+        """`refine`: MediaPipe's attention mesh (refine_landmarks=True, with iris), the like-for-like peer
+        for our FaceMesh + iris refiner (ratio detect_landmarks_iris_cpu)."""
         py = mediapipe_python()
         if py is None:
             raise RuntimeError("no .venv-mediapipe (run scripts/bench-mediapipe-venv, or set KYC_EDGE_MEDIAPIPE_PYTHON)")
         script = Path(__file__).with_name("mediapipe_peer.py")
         cmd = [str(py), str(script), "--lockstep", "--limit", str(limit)]
-        # KYC_EDGE_BENCH_MP_REFINE=1: MediaPipe's attention mesh (refine_landmarks=True, with iris), the
-        # like-for-like peer for our FaceMesh + iris refiner (ratio detect_landmarks_iris_cpu)
-        self.refine = os.environ.get("KYC_EDGE_BENCH_MP_REFINE", "") in ("1", "true", "yes")
+        self.refine = refine
         if self.refine:
             cmd.append("--refine")
         self._list_file = None
@@ -818,16 +822,21 @@ def bench_frames(args) -> dict:
     out = {"bench": "frame", "frames_source": str(frames), "limit": limit or None,
            "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else None,
            "conditions_start": conditions()}
-    peer = None
+    peers: list[LockstepPeer] = []
     if getattr(args, "vs_mediapipe", False):
         try:
-            peer = LockstepPeer(frames, limit)
+            # the FaceMesh graph, then the attention mesh with iris: both after each of our frames
+            for refine in (False, True):
+                peers.append(LockstepPeer(frames, limit, refine=refine))
         except RuntimeError as e:
+            for p in peers:
+                p.finish()
+            peers = []
             out["mediapipe"] = {"error": str(e)}
     try:
-        ours = run_ours(frames, limit, models_dir, model_set, threads, peer)
+        ours = run_ours(frames, limit, models_dir, model_set, threads, peers)
     finally:
-        mp = peer.finish() if peer is not None else None
+        finished = [p.finish() for p in peers]
     out["ours"] = ours
     # capture thread + models thread, real models, replay camera at pace fast / realtime / 30 fps (issue 17)
     from kyc_tools.bench import pipeline
@@ -843,12 +852,14 @@ def bench_frames(args) -> dict:
         "peak_rss_mb": ours["rss_mb"]["peak"],
         "cpu_share": ours["cpu_share"],
         "vs_mediapipe_ratio": None,
+        "vs_mediapipe_iris_ratio_cpu": None,
         "two_thread_fps": {r["pace"]: r.get("processed_fps") for r in out["two_thread"]["rows"]},
         "two_thread_dropped": {r["pace"]: r.get("dropped") for r in out["two_thread"]["rows"]},
     }
-    if mp is not None:
-        out["mediapipe"] = mp
-        r = peer.ratios()
+    if peers:
+        plain, refine = peers
+        out["mediapipe"], out["mediapipe_refine"] = finished
+        r = plain.ratios()
         if r:
             r["what"] = ("ours / MediaPipe, < 1 = ours faster. ours: detect+landmarks per frame (tracking, as the "
                          "daemon runs it); theirs: FaceMesh graph process() per frame (detection or tracking, "
@@ -859,6 +870,14 @@ def bench_frames(args) -> dict:
             out["vs_mediapipe"] = r
             out["summary"]["vs_mediapipe_ratio"] = r["wall"]["median_of_medians"]
             out["summary"]["vs_mediapipe_ratio_cpu"] = r["cpu"]["median_of_medians"] if r["cpu"] else None
+        ri = refine.ratios()
+        if ri:
+            ri["what"] = ("the same pairs against MediaPipe's attention mesh (refine_landmarks=True: FaceMesh with "
+                          "iris and refined eyes and lips), stepped right after the FaceMesh graph on each frame; "
+                          "detect_landmarks_iris_cpu = our detect + FaceMesh + iris refiner, the like-for-like pair")
+            out["vs_mediapipe_iris"] = ri
+            dli = ri.get("detect_landmarks_iris_cpu")
+            out["summary"]["vs_mediapipe_iris_ratio_cpu"] = dli["median_of_medians"] if dli else None
     if limit == 0:
         out["session"] = session_latency(models_dir, model_set, threads)
         out["daemon"] = daemon_figures(models_dir, model_set, threads)
