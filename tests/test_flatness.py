@@ -142,3 +142,26 @@ def test_flat_face_rule_interface(real_lm):
     assert rule.at_decision(None) == "flat_face" and rule.last.pairs == 5
     rule.reset()
     assert rule.at_decision(None) is None and rule.last.flat is None
+
+
+def test_weak_flatness_needs_the_passive_layer_to_agree():
+    """Between alone_below and threshold (where genuine turns and moved prints both occur) flat_face fails
+    the session only when the fused PAD score leans to spoof too; below alone_below it fails it alone."""
+    from types import SimpleNamespace
+    from device.liveness.flatness import FlatFaceOptions, FlatFaceRule, FlatResult
+    o = FlatFaceOptions()
+    assert o.alone_below < o.threshold
+
+    def rule_at(score, pad_scores):
+        rule = FlatFaceRule()
+        rule.check.result = lambda: FlatResult(score, score < o.threshold, 21, 30.0)
+        return rule, rule.at_decision(SimpleNamespace(pad_scores=pad_scores))
+    weak = (o.alone_below + o.threshold) / 2
+    leans_live, leans_spoof = [0.9, 0.8, 0.7, 0.6], [0.45, 0.4, 0.3, 0.2]
+    rule, reason = rule_at(weak, leans_live)
+    assert reason is None and rule.last.flat and not rule.decisive        # measured, reported, not decisive
+    rule, reason = rule_at(weak, leans_spoof)
+    assert reason == "flat_face" and rule.decisive
+    assert rule_at(weak, [])[1] == "flat_face"                            # no passive evidence: it decides
+    assert rule_at(o.alone_below - 0.05, leans_live)[1] == "flat_face"     # clearly flat: alone
+    assert rule_at(o.threshold + 0.05, leans_spoof)[1] is None            # not flat at all

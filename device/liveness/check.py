@@ -194,5 +194,6 @@ class LivenessCheck:
                 "crowded_spells": self.crowded_spells,
                 "failed": self.failed_reason, "challenges": list(self.runner.sequence),
                 "challenges_passed": self.runner.passed_count,
-                "flat_face": next(({"score": r.last.score, "flat": r.last.flat, "turned_frames": r.last.pairs}
+                "flat_face": next(({"score": r.last.score, "flat": r.last.flat, "turned_frames": r.last.pairs,
+                                    "decisive": r.decisive}
                                    for r in self.rules if getattr(r, "reason", "") == "flat_face" and r.last), None)}

@@ -57,6 +57,12 @@ class FlatFaceOptions:
     min_dyaw_deg: float = 12.0     # a frame counts as turned this far from the reference
     min_pairs: int = 3             # turned frames needed for a verdict
     threshold: float = 1.45        # parallax ratio below which the face is flat (docs/liveness.md)
+    # Between alone_below and threshold genuine turns and moved prints both occur (genuine down to 1.22
+    # over part of a turn, prints 1.23-1.43): there flat_face fails the session only when the passive
+    # layer leans to spoof too (fused PAD below pad_corroborate, the calibrated fusion's even odds).
+    # Below alone_below it fails the session on its own.
+    alone_below: float = 1.2
+    pad_corroborate: float = 0.5
     ref_max_yaw_deg: float = 10.0  # the reference frame must be at least this frontal
     max_frames: int = 400          # memory bound (turned frames kept)
 
@@ -184,17 +190,20 @@ class FlatFaceCheck:
 class FlatFaceRule:
     """The check as a liveness continuity rule (the `ContinuityRule` interface of issue 13's
     LivenessCheck: reset / on_frame / at_decision): fed every frame with one tracked face; at the
-    decision it adds `flat_face` when the face turned and moved like a plane. `score` keeps the last
-    result for reports (numbers only)."""
+    decision it adds `flat_face` when the face turned and moved like a plane: on its own when clearly
+    flat (score below `alone_below`), otherwise only beside a fused PAD score under `pad_corroborate`.
+    `last` keeps the last result for reports (numbers only)."""
     reason = "flat_face"
 
     def __init__(self, options: FlatFaceOptions | None = None):
         self.check = FlatFaceCheck(options)
         self.last: FlatResult | None = None
+        self.decisive = False       # the last decision failed on flat_face
 
     def reset(self) -> None:
         self.check.reset()
         self.last = None
+        self.decisive = False
 
     def on_frame(self, check, obs, in_view: bool) -> str | None:
         if in_view:
@@ -203,4 +212,13 @@ class FlatFaceRule:
 
     def at_decision(self, check) -> str | None:
         self.last = self.check.result()
-        return self.reason if self.last.flat else None
+        self.decisive = False
+        if not self.last.flat:
+            return None
+        if self.last.score >= self.check.options.alone_below:
+            from device.liveness.decision import fuse_pad
+            fused = fuse_pad(check.pad_scores) if check is not None else None
+            if fused is not None and fused >= self.check.options.pad_corroborate:
+                return None         # weak flatness against a passive layer that leans live
+        self.decisive = True
+        return self.reason
