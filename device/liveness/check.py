@@ -22,7 +22,8 @@ object; none of them re-implements a rule. What it owns, frame by frame:
 - the challenges (device/liveness/challenges/, one file each), in order, each with its timeout;
 - PAD evidence: the per-frame pad_real of every frame with one tracked face;
 - 3-D consistency (device/liveness/flatness.py FlatFaceRule, one of the default rules): landmarks
-  of the turn moving like a plane add `flat_face` at the decision;
+  of the turn moving like a plane add `flat_face` at the decision (when only weakly flat, only beside
+  a fused PAD score that leans to spoof);
 - hold still: when the challenges are done but no frame has passed the quality gate yet, the
   capture goes on for session.hold_still_s (event capturing/hold_still) so one can;
 - the decision (device/liveness/decision.py decide()), plus each rule's `at_decision` reason.
