@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from device.liveness.decision import fuse_pad
+
 # FaceMesh indices on visible texture: eye corners, brows, nose, mouth, chin, cheeks, outline
 POINTS = np.array([
     33, 133, 362, 263,                 # eye corners
@@ -216,7 +218,6 @@ class FlatFaceRule:
         if not self.last.flat:
             return None
         if self.last.score >= self.check.options.alone_below:
-            from device.liveness.decision import fuse_pad
             fused = fuse_pad(check.pad_scores) if check is not None else None
             if fused is not None and fused >= self.check.options.pad_corroborate:
                 return None         # weak flatness against a passive layer that leans live

@@ -221,12 +221,13 @@ def run_match_eval(args) -> dict:
         lmk = FaceLandmarker.create(LandmarkerOptions(lmk_path, threads=threads))
     second = None
     from device.config import MatchConfig
+    defaults = MatchConfig()
     weight = getattr(args, "fusion_weight", None)
     if weight is None:
-        weight = MatchConfig().fusion_weight
+        weight = defaults.fusion_weight
     want2 = getattr(args, "second_embedder", None)
     if want2 is None:               # as the device is configured; the blazeface path has no mesh points for its chip
-        want2 = MatchConfig().second_embedder and lmk is not None
+        want2 = defaults.second_embedder and lmk is not None
     if want2:
         if lmk is None:
             raise ValueError("--second-embedder needs --align mesh")
