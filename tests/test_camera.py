@@ -21,9 +21,9 @@ from device.errors import CameraError
 FAST_RECOVERY = dict(stall_s=0.2, lost_s=0.6, reopen_backoff_min_s=0.05, reopen_backoff_max_s=0.2)
 
 
-def cam_cfg(path, pace="realtime", loop=True, fps=0.0, faults="", **kw) -> CameraConfig:
+def cam_cfg(path, pace="realtime", loop=True, fps=0.0, faults="", start_s=0.0, **kw) -> CameraConfig:
     return CameraConfig(backend="replay", replay=ReplayCameraConfig(
-        path=str(path), pace=pace, loop=loop, fps=fps, faults=faults), **kw)
+        path=str(path), pace=pace, loop=loop, fps=fps, faults=faults, start_s=start_s), **kw)
 
 
 def write_image(path, h=120, w=160, seed=0) -> np.ndarray:
@@ -99,6 +99,34 @@ def test_decode_video_step_and_video_frame_pick_the_same_frames_as_a_full_decode
     assert np.array_equal(video_frame(path, 30), full[30][0])
     assert video_frame(path, 10 ** 6) is None                 # shorter than asked
     assert video_frame(tmp_path / "missing.mp4", 0) is None  # cannot open: no photo, no exception
+
+
+def test_start_s_begins_the_first_pass_there_and_later_passes_at_zero(shared_data, tmp_path):
+    """eval sessions --offsets starts a session mid-clip through this option."""
+    path = shared_data / "blink" / "demo_old.mp4"
+    ts, sums = video_truth(path)
+    start = 4.0
+    first = next(i for i, t in enumerate(ts) if t >= start)
+    with make_source(cam_cfg(path, pace="fast", loop=False, start_s=start)) as src:
+        frames = read_all(src)
+    assert [f.n for f in frames] == list(range(len(ts) - first))      # n counts delivered frames
+    assert np.allclose([f.t for f in frames], ts[first:], atol=1e-6)  # media time kept, not reset to 0
+    assert [int(f.rgb[::8, ::8].sum(dtype=np.uint64)) for f in frames] == sums[first:]
+    with make_source(cam_cfg(path, pace="fast", loop=True, start_s=start)) as src:
+        looped = [src.read(2.0) for _ in range(len(ts) - first + 2)]
+    assert int(looped[len(ts) - first].rgb[::8, ::8].sum(dtype=np.uint64)) == sums[0]   # pass 2 from frame 0
+    # folders: by their frames.csv times
+    clip = shared_data / "headpose" / "head-pose-face-detection-male"
+    with make_source(cam_cfg(clip, pace="fast", loop=False)) as src:
+        all_t = [f.t for f in read_all(src)]
+    with make_source(cam_cfg(clip, pace="fast", loop=False, start_s=all_t[5])) as src:
+        assert [f.t for f in read_all(src)] == all_t[5:]
+    # past the end: a looping replay is a camera with no picture (the error says why); a single pass just ends
+    with make_source(cam_cfg(path, pace="fast", loop=True, start_s=99.0)) as src:
+        assert src.read(0.5) is None
+        assert wait_for(lambda: "no frames at or after start_s 99 s" in src.last_error, 3.0)
+    with make_source(cam_cfg(path, pace="fast", loop=False, start_s=99.0)) as src:
+        assert read_all(src) == [] and src.eof
 
 
 def test_fast_loop_keeps_n_and_t_increasing_across_passes(shared_data):

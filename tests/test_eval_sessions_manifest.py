@@ -40,3 +40,28 @@ def test_manifest_through_session(shared_data, model_dir, tmp_path, capsys):
     assert out["summary"]["attacks_passed"] == 0 and out["summary"]["genuine_served"] == 1
     assert out["by_label"]["print"]["attacks"] == 1 and out["by_subject"]["blink"]["served"] == 1
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_offsets_start_sessions_later_in_the_clip_and_skip_the_end(shared_data, model_dir, tmp_path, capsys):
+    """--offsets: each start is a run set of its own (the replay camera's start_s); a start within 3 s of
+    the clip's end is reported, not run."""
+    from tests.conftest import need
+    need(shared_data / "blink" / "demo_old.mp4")
+    man = make_blink(tmp_path / "blink")
+    p = argparse.ArgumentParser()
+    register_eval(p.add_subparsers(dest="cmd"))
+    args = p.parse_args(["sessions", "--manifest", str(man), "--model-dir", str(model_dir),
+                         "--offsets", "4,0,10"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["offsets"] == [0.0, 4.0, 10.0]
+    (c,) = out["clips"]
+    assert c["offsets"] == [0.0, 4.0] and c["offsets_past_end"] == [10.0]     # the clip is 11.2 s long
+    assert set(c["runs"]) == {f"{s}@{o}s" for s in out["sequences"] for o in (0, 4)}
+    # a later start sees other frames: the fused PAD evidence of the same sequence differs
+    assert any(c["runs"][f"{s}@0s"]["spoof_score"] != c["runs"][f"{s}@4s"]["spoof_score"] for s in out["sequences"])
+    assert c["outcome"] == "served"
+    bad = p.parse_args(["sessions", "--manifest", str(man), "--offsets", "-1"])
+    import pytest
+    with pytest.raises(SystemExit, match="--offsets"):
+        bad.func(bad)

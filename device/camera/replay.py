@@ -8,7 +8,7 @@
 * single image: the same picture at ``cfg.replay.fps`` (or 15 fps); forever if ``loop``, else once.
 
 ``pace='fast'``: every frame is delivered in order, none is dropped (the producer waits for the
-consumer), ``Frame.t`` is the media time (starting at 0; +loop offset when looping).
+consumer), ``Frame.t`` is the media time (starting at 0, or at ``start_s``; +loop offset when looping).
 ``pace='realtime'``: frames are released at their media timestamps with the latest-frame policy
 (drops counted) and ``Frame.t`` is the monotonic time of release. Decoding happens in the capture
 thread. Nothing is written to disk.
@@ -270,11 +270,22 @@ class ReplaySource(FrameSource):
             return None
         return self._still.copy(), self._idx / self._fps
 
+    def _next_from_start(self):
+        """_next_media, with the first pass beginning at cfg.replay.start_s (evaluations start a session at
+        several points of one clip: a customer steps up, an attacker starts the replay, whenever)."""
+        start = float(getattr(self.rc, "start_s", 0.0) or 0.0)
+        while True:
+            got = self._next_media()
+            if got is None or start <= 0 or self._kind == "image" or self._offset or got[1] >= start:
+                return got
+            self._idx += 1
+
     def _rewind(self) -> bool:
         """End of a pass: start the next one (loop) or finish. False when finished."""
         if not self.rc.loop or self._pass_frames == 0:
             if self._pass_frames == 0 and self.rc.loop and self._media_n == 0:
-                raise CameraError("camera_unavailable", f"replay has no frames: {self.path.name}")
+                after = f" at or after start_s {self.rc.start_s:g} s" if getattr(self.rc, "start_s", 0) else ""
+                raise CameraError("camera_unavailable", f"replay has no frames{after}: {self.path.name}")
             return False
         self._offset = (self._last_media_t if self._last_media_t is not None else 0.0) + self._gap
         self._idx = 0
@@ -296,7 +307,7 @@ class ReplaySource(FrameSource):
         k = 0
         try:
             while not limit or k < limit:
-                got = self._next_media()
+                got = self._next_from_start()
                 if got is None:
                     if not self._rewind():
                         return
@@ -348,7 +359,7 @@ class ReplaySource(FrameSource):
             self._stop.wait(min(0.05, self._stall_until - now))
             return None
         while True:
-            got = self._next_media()
+            got = self._next_from_start()
             if got is None:
                 if not self._rewind():
                     self._set_eof()

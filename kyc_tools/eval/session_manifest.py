@@ -1,6 +1,6 @@
 """`kyc-edge eval sessions --manifest CSV`: every clip through the daemon's own Session.
 
-    kyc-edge eval sessions --manifest ../shared/data/sessions-dev/manifest.csv [--draws 1]
+    kyc-edge eval sessions --manifest ../shared/data/sessions-dev/manifest.csv [--draws 1] [--offsets 0,3,6]
                            [--model-dir DIR] [--plot out.png] [--limit N]
     python -m kyc_tools.eval.session_manifest nuaa --out DIR     # NUAA sequences as a manifest
     python -m kyc_tools.eval.session_manifest blink --out DIR    # the blink video as a manifest
@@ -13,7 +13,10 @@ camera in `fast` pace (every frame, at the clip's own timestamps), the VisionSui
 quality gate, matcher), and the LivenessCheck Session drives (challenges with the timing rule,
 continuity rules, PAD evidence, decision). Nothing of the session is re-implemented here. It runs
 once per challenge sequence the configured draw can produce (x `--draws` random-pause draws,
-seeded 0..draws-1, so a run repeats). The card is fabricated (never real data) and carries a
+seeded 0..draws-1, so a run repeats), from each `--offsets` start (seconds into the clip; default 0:
+the replay camera's `start_s`, so the session sees the clip from there on). None of these clips was
+recorded to our prompts: a start offset stands for a customer who steps up, or an attacker who starts
+the replay, at some moment of the recording. The card is fabricated (never real data) and carries a
 frame of the clip itself as its photo, so the face match is not what is measured: a run "passes
 liveness" when its verdict has no reason other than face_mismatch (the only reason that comes after
 the liveness decision; quality_too_low ends the session before it and is a failure); the verdict
@@ -43,6 +46,7 @@ GENUINE = {"genuine", "live", "real", "bonafide", "bona_fide"}
 MATCH_REASONS = {"face_mismatch"}
 ACTIVE_REASONS = {"challenge_timeout", "response_too_early"}
 PASSIVE_REASONS = {"spoof_suspected", "flat_face"}
+MIN_TAIL_S = 3.0    # --offsets: a start later than this before the clip's end is skipped (reported)
 
 
 def read_manifest(path: Path, limit: int = 0) -> list[dict]:
@@ -79,43 +83,84 @@ def card_photo(path: str, detector, max_frames: int = 60) -> np.ndarray | None:
     return None
 
 
-def run_clip(cfg, vision, clip: dict, sequences, draws: int, bar=None) -> dict:
+def parse_offsets(text: str) -> list[float]:
+    """`--offsets 0,3,6` -> [0.0, 3.0, 6.0] (seconds into the clip where a session starts)."""
+    try:
+        vals = sorted({float(x) for x in str(text).split(",") if x.strip()})
+    except ValueError:
+        raise SystemExit(f"--offsets: expected seconds separated by commas, got {text!r}") from None
+    if not vals or vals[0] < 0:
+        raise SystemExit(f"--offsets: expected seconds >= 0, got {text!r}")
+    return vals
+
+
+def clip_duration(cfg, path: str) -> float:
+    """Media time of the clip's last frame (decoded through the replay camera, so folders' frames.csv count)."""
     from device import config as config_mod
-    from device.camera import open_source
-    from device.offline import fabricated_card
-    from device.session import Session
+    from device.camera.replay import ReplaySource
+    ccfg = config_mod.replace(cfg, **{"camera.replay.path": path, "camera.replay.loop": False,
+                                      "camera.replay.start_s": 0.0})
+    last = 0.0
+    for rgb, t in ReplaySource(ccfg.camera).iter_decoded():
+        rgb.fill(0)
+        last = t
+    return last
+
+
+def run_clip(cfg, vision, clip: dict, sequences, draws: int, bar=None, offsets=(0.0,)) -> dict:
+    """Every (offset, sequence, pause draw) run of one clip through the daemon's Session."""
+    from device import config as config_mod
     ccfg = config_mod.replace(cfg, **{"camera.backend": "replay", "camera.replay.path": clip["path"],
                                       "camera.replay.pace": "fast", "camera.replay.loop": False,
                                       "camera.stall_s": 30.0, "camera.lost_s": 60.0})
     photo = card_photo(clip["path"], vision.detector)
+    offsets = list(offsets)
+    skipped: list[float] = []
+    if offsets != [0.0]:
+        # a session needs the pause, a response and a second challenge: an offset this close to the end is no run
+        end = clip_duration(cfg, clip["path"]) - MIN_TAIL_S
+        skipped = [o for o in offsets if o > 0 and o > end]
+        offsets = [o for o in offsets if o not in skipped]
     runs = {}
-    for seq in sequences:
-        for k in range(draws):
-            key = "+".join(seq) + (f"#{k}" if draws > 1 else "")
-            if photo is None:
-                runs[key] = {"result": "fail", "reasons": ["no_face"], "liveness_ok": False,
-                             "active_only_ok": False, "passive_only_ok": False}
+    for off in offsets:
+        ocfg = config_mod.replace(ccfg, **{"camera.replay.start_s": off}) if off else ccfg
+        for seq in sequences:
+            for k in range(draws):
+                key = "+".join(seq) + (f"#{k}" if draws > 1 else "") + (f"@{off:g}s" if len(offsets) > 1 or off else "")
+                runs[key] = _one_run(ocfg, vision, photo, seq, k)
                 if bar:
                     bar.update()
-                continue
-            out: list[dict] = []
-            events: list[dict] = []
-            card = fabricated_card(photo.copy())
-            with open_source(ccfg.camera) as cam:
-                Session(ccfg, reader=None, camera=cam, vision=vision, sink=out.append, events=events.append,
-                        challenges=list(seq), rng=random.Random(k)).run(card=card)
-            v = out[0]
-            reasons = set(v["reasons"])
-            live = reasons - MATCH_REASONS
-            runs[key] = {"result": v["result"], "reasons": v["reasons"], "liveness_ok": not live,
-                         "active_only_ok": not (live - PASSIVE_REASONS),
-                         "passive_only_ok": not (live - ACTIVE_REASONS),
-                         "spoof_score": v["scores"].get("spoof"), "liveness_score": v["scores"].get("liveness"),
-                         "challenges_passed": sum(1 for e in events if e.get("event") == "challenge_passed")}
-            if bar:
-                bar.update()
+    if skipped and bar:
+        bar.update(len(skipped) * len(sequences) * draws)
     if photo is not None:
         photo.fill(0)
+    return _clip_result(clip, runs, offsets, skipped)
+
+
+def _one_run(ccfg, vision, photo, seq, k) -> dict:
+    from device.camera import open_source
+    from device.offline import fabricated_card
+    from device.session import Session
+    if photo is None:
+        return {"result": "fail", "reasons": ["no_face"], "liveness_ok": False,
+                "active_only_ok": False, "passive_only_ok": False}
+    out: list[dict] = []
+    events: list[dict] = []
+    card = fabricated_card(photo.copy())
+    with open_source(ccfg.camera) as cam:
+        Session(ccfg, reader=None, camera=cam, vision=vision, sink=out.append, events=events.append,
+                challenges=list(seq), rng=random.Random(k)).run(card=card)
+    v = out[0]
+    reasons = set(v["reasons"])
+    live = reasons - MATCH_REASONS
+    return {"result": v["result"], "reasons": v["reasons"], "liveness_ok": not live,
+            "active_only_ok": not (live - PASSIVE_REASONS),
+            "passive_only_ok": not (live - ACTIVE_REASONS),
+            "spoof_score": v["scores"].get("spoof"), "liveness_score": v["scores"].get("liveness"),
+            "challenges_passed": sum(1 for e in events if e.get("event") == "challenge_passed")}
+
+
+def _clip_result(clip: dict, runs: dict, offsets: list[float], skipped: list[float]) -> dict:
     n = len(runs)
     passed = sum(r["liveness_ok"] for r in runs.values())
     genuine = clip["label"] in GENUINE
@@ -124,6 +169,7 @@ def run_clip(cfg, vision, clip: dict, sequences, draws: int, bar=None) -> dict:
         for x in r["reasons"]:
             reasons[x] = reasons.get(x, 0) + 1
     return {"path": clip["path"], "label": clip["label"], "subject": clip["subject"], "genuine": genuine,
+            "offsets": offsets, **({"offsets_past_end": skipped} if skipped else {}),
             "runs": runs, "runs_passing": passed, "share_passing": passed / n if n else 0.0,
             "passes": passed > 0,
             "outcome": ("served" if passed else "turned_away") if genuine else ("passed" if passed else "stopped"),
@@ -184,6 +230,7 @@ def run_manifest(args) -> int:
             return _ps(cfg.liveness)
     from kyc_tools.eval.commands_liveness import resolve_model_dir
     from kyc_tools.eval.common import Progress, emit_json
+    offsets = parse_offsets(getattr(args, "offsets", None) or "0")     # before the models load: fail fast
     clips = read_manifest(Path(args.manifest), getattr(args, "limit", 0) or 0)
     md = resolve_model_dir(args.model_dir)
     cfg = config_mod.load(args.config) if getattr(args, "config", None) else config_mod.from_dict({})
@@ -191,13 +238,14 @@ def run_manifest(args) -> int:
     vision = VisionSuite.create(cfg, md)
     seqs = possible_sequences(cfg.liveness.challenges, cfg.liveness.count)
     draws = max(1, getattr(args, "draws", 1) or 1)
-    bar = Progress(len(clips) * len(seqs) * draws, "eval sessions")
-    res = [run_clip(cfg, vision, c, seqs, draws, bar) for c in clips]
+    bar = Progress(len(clips) * len(seqs) * draws * len(offsets), "eval sessions")
+    res = [run_clip(cfg, vision, c, seqs, draws, bar, offsets) for c in clips]
     bar.close()
     att = [c for c in res if not c["genuine"]]
     gen = [c for c in res if c["genuine"]]
     out = {"command": "eval sessions", "manifest": str(args.manifest), "model_dir": str(md),
            "models": vision.versions, "sequences": ["+".join(s) for s in seqs], "draws": draws,
+           "offsets": offsets,
            "config": {k: getattr(cfg.liveness, k) for k in (
                "challenges", "count", "challenge_timeout_s", "turn_yaw_deg", "pad_threshold", "pad_fusion",
                "prompt_pause_min_s", "prompt_pause_max_s", "response_window_s")},
