@@ -167,6 +167,23 @@ def test_folder_with_own_frames_csv_by_file_name(tmp_path):
     assert all(np.array_equal(f.rgb, p) for f, p in zip(frames, pics))
 
 
+def test_folder_with_frames_csv_plays_in_time_order_not_name_order(tmp_path):
+    """NUAA-style names (_0, _5, _13) sort as text 0, 13, 5: the frames.csv's times set the order."""
+    idx = [0, 5, 13, 130, 45]
+    pics = {i: write_image(tmp_path / f"seq_{i}.png", seed=i) for i in idx}
+    with open(tmp_path / "frames.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "t_seconds"])
+        for i in idx:
+            w.writerow([f"seq_{i}.png", i / 20])
+    with make_source(cam_cfg(tmp_path, pace="fast", loop=False)) as src:
+        frames = read_all(src)
+    assert [f.t for f in frames] == [i / 20 for i in sorted(idx)]
+    assert all(np.array_equal(f.rgb, pics[i]) for f, i in zip(frames, sorted(idx)))
+    with make_source(cam_cfg(tmp_path, pace="fast", loop=False, start_s=13 / 20)) as src:
+        assert [f.t for f in read_all(src)] == [i / 20 for i in (13, 45, 130)]
+
+
 def test_single_image_repeats_at_fps_in_realtime(tmp_path):
     rgb = write_image(tmp_path / "face.png")
     with make_source(cam_cfg(tmp_path / "face.png", fps=20)) as src:

@@ -4,7 +4,8 @@
   frame timing is kept), falling back to the declared fps if the container gives none.
 * folder: image files sorted by name; timestamps from ``cfg.replay.fps`` if > 0, else from a
   ``frames.csv`` (column ``t_seconds`` plus ``frame`` index or ``file`` name, optionally a ``clip``
-  column matching the folder name) in the folder or its parent, else 15 fps.
+  column matching the folder name) in the folder or its parent, else 15 fps. With a frames.csv the
+  files play in its time order (names need not sort that way).
 * single image: the same picture at ``cfg.replay.fps`` (or 15 fps); forever if ``loop``, else once.
 
 ``pace='fast'``: every frame is delivered in order, none is dropped (the producer waits for the
@@ -231,6 +232,11 @@ class ReplaySource(FrameSource):
                 raise CameraError("camera_unavailable", f"replay folder has no images: {p}")
             self._kind, self._files = "folder", files
             times = None if fps else _folder_times(p, files)
+            if times is not None and any(b < a for a, b in zip(times, times[1:])):
+                # a frames.csv is the timeline: play by time, not by name (NUAA's _13.jpg sorts before _5.jpg)
+                order = sorted(range(len(files)), key=lambda i: times[i])
+                files, times = [files[i] for i in order], [times[i] for i in order]
+                self._files = files
             self._fps = fps or DEFAULT_FPS
             self._times = times if times is not None else [i / self._fps for i in range(len(files))]
         elif p.suffix.lower() in IMAGE_EXTS:
