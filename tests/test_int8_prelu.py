@@ -104,3 +104,34 @@ def test_equalised_mobilefacenet_same_function_and_mixed_build_keeps_its_stem_fl
     cm, cs = bm.agreement("embedder", src, q, check), bm.agreement("embedder", src, qs, check)
     assert cm["cosine_to_float_mean"] > cs["cosine_to_float_mean"] + 0.02, (cm, cs)
     assert cm["cosine_to_float_mean"] > 0.98, cm
+
+
+def test_relu_fusion_keeps_blazeface_and_puts_its_static_build_in_one_xnnpack_partition(bm, model_dir, shared_data,
+                                                                                        tmp_path):
+    """BlazeFace exports each RELU as its own op; at int8 XNNPACK leaves a standalone RELU out (18 partitions).
+    Fused into the conv / add before it: the same float detector, and the static build is one partition."""
+    try:
+        import ai_edge_quantizer  # noqa: F401
+    except ImportError:
+        missing("ai-edge-quantizer not installed (setup.cfg extra `quantize`)")
+    from device.vision.detect import DetectorOptions, FaceDetector
+    from kyc_tools.bench.precision import partitions
+    src = model_dir / "face_detection_short_range.tflite"
+    det = FaceDetector.create(DetectorOptions(str(src)))
+    xs = bm.calibration_inputs("detector", bm.images_under(shared_data / "nuaa-train", 12), det)
+    assert len(xs) >= 8
+    plain, fused = tmp_path / "prep.tflite", tmp_path / "fused.tflite"
+    bm.prepare(src, plain)
+    assert bm.prepare(src, fused, relu_fuse=True)["relu_fused"] == 17
+    assert "RELU" not in bm.op_counts(fused) and bm.op_counts(plain).get("RELU") == 17
+    a, b = bm.interp(plain), bm.interp(fused)
+    for x in xs:
+        for u, v in zip(bm.run(a, x), bm.run(b, x)):
+            assert np.allclose(u, v, atol=1e-4 * (np.abs(u).max() + 1e-6))
+    in_name = bm.interp(fused).get_input_details()[0]["name"]
+    q_plain, q_fused = tmp_path / "static_plain.tflite", tmp_path / "static_fused.tflite"
+    bm.quantize(plain, q_plain, "static", xs[:-2], in_name)
+    bm.quantize(fused, q_fused, "static", xs[:-2], in_name)
+    p_plain, p_fused = partitions(q_plain), partitions(q_fused)
+    assert p_plain["xnnpack_partitions"] > 10, p_plain
+    assert p_fused["xnnpack_partitions"] == 1 and p_fused["float_compute_ops"] == {}, p_fused
