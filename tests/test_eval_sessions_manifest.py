@@ -65,3 +65,16 @@ def test_offsets_start_sessions_later_in_the_clip_and_skip_the_end(shared_data, 
     import pytest
     with pytest.raises(SystemExit, match="--offsets"):
         bad.func(bad)
+
+
+def test_parse_offsets_lists_ranges_and_errors():
+    import pytest
+    from kyc_tools.eval.session_manifest import parse_offsets
+    assert parse_offsets("0") == [0.0]
+    assert parse_offsets("6, 0,3,3") == [0.0, 3.0, 6.0]
+    assert parse_offsets("0:9:3") == [0.0, 3.0, 6.0, 9.0]           # stop included
+    assert parse_offsets("0:1:0.1")[-1] == 1.0 and len(parse_offsets("0:1:0.1")) == 11
+    assert parse_offsets("0:10:4,5") == [0.0, 4.0, 5.0, 8.0]
+    for bad in ("", "x", "-1", "0:9", "0:9:0", "9:0:1", "0:1e9:1e-3"):
+        with pytest.raises(SystemExit, match="--offsets"):
+            parse_offsets(bad)

@@ -106,7 +106,7 @@ def register_eval(sub) -> None:
     p = sub.add_parser("sessions", help="session-level: --manifest CSV through the daemon's Session; else NUAA print attempts and the blink video")
     p.add_argument("--manifest", help="CSV path,label[,subject]: every clip through device.session.Session, once per challenge sequence")
     p.add_argument("--draws", type=int, default=1, help="--manifest: random-pause draws per sequence (seeded 0..draws-1)")
-    p.add_argument("--offsets", default="0", help="--manifest: seconds into each clip where a session starts, comma-separated (e.g. 0,3,6,9: the customer steps up, or the attacker starts the replay, at any time); offsets within 3 s of a clip's end are skipped")
+    p.add_argument("--offsets", default="0", help="--manifest: seconds into each clip where a session starts, comma-separated, or start:stop:step (e.g. 0,3,6,9 or 0:30:3: the customer steps up, or the attacker starts the replay, at any time); offsets within 3 s of a clip's end are skipped")
     p.add_argument("--config", "-c", help="--manifest: config file (default: built-in defaults)")
     p.add_argument("--limit", type=int, default=0, help="--manifest: first N clips only")
     from kyc_tools import paths

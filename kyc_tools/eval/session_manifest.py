@@ -84,14 +84,27 @@ def card_photo(path: str, detector, max_frames: int = 60) -> np.ndarray | None:
 
 
 def parse_offsets(text: str) -> list[float]:
-    """`--offsets 0,3,6` -> [0.0, 3.0, 6.0] (seconds into the clip where a session starts)."""
+    """`--offsets 0,3,6` -> [0.0, 3.0, 6.0] (seconds into the clip where a session starts); a part
+    `start:stop:step` is a range with stop included (`0:30:3` = 0, 3, ..., 30: later starts than a clip
+    holds are skipped per clip)."""
+    vals: set[float] = set()
     try:
-        vals = sorted({float(x) for x in str(text).split(",") if x.strip()})
+        for part in (x.strip() for x in str(text).split(",")):
+            if not part:
+                continue
+            if ":" in part:
+                lo, hi, step = (float(v) for v in part.split(":"))
+                if step <= 0 or hi < lo or (hi - lo) / step > 10_000:
+                    raise ValueError(part)
+                vals |= {round(lo + i * step, 6) for i in range(int((hi - lo) / step + 1e-9) + 1)}
+            else:
+                vals.add(float(part))
     except ValueError:
-        raise SystemExit(f"--offsets: expected seconds separated by commas, got {text!r}") from None
-    if not vals or vals[0] < 0:
+        raise SystemExit(f"--offsets: expected seconds or start:stop:step ranges separated by commas, got {text!r}") from None
+    out = sorted(vals)
+    if not out or out[0] < 0:
         raise SystemExit(f"--offsets: expected seconds >= 0, got {text!r}")
-    return vals
+    return out
 
 
 def clip_duration(cfg, path: str) -> float:
