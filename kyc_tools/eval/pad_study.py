@@ -23,6 +23,8 @@ Texture cues on a 1.6x face crop resized to 128x128 grey (all cheap, < 0.5 ms):
 - spec: share of near-white low-saturation pixels in the face (specular highlights of a glossy screen);
 - sat:  mean saturation of the face (print tone loss);
 - lap:  log Laplacian variance (sharpness).
+Edge cues on the whole frame (`edge_cues`, ~1 ms at 320x240): long straight near-vertical / near-horizontal
+edges beside the face (a screen's bezel, a phone's or a print's border): edge_sides, edge_lr, edge_len.
 """
 from __future__ import annotations
 
@@ -67,6 +69,47 @@ def texture_cues(rgb: np.ndarray, box) -> dict[str, float]:
     sat = float(hsv[..., 1].mean() / 255.0)
     lap = float(np.log(cv2.Laplacian(cv2.cvtColor(inner, cv2.COLOR_RGB2GRAY), cv2.CV_32F).var() + 1.0))
     return {"hf": hf, "moire": moire, "spec": spec, "sat": sat, "lap": lap}
+
+
+def edge_cues(rgb: np.ndarray, box) -> dict[str, float]:
+    """A screen's, a phone's or a print's border around the face: long straight edges beside it.
+
+    Canny on the whole grey frame (thresholds from its median), probabilistic Hough lines at least 0.8 face
+    sizes long, kept if near-vertical / near-horizontal (15 deg), beside the face (left / right of the face
+    box widened by 0.15 w, above / below it with room for forehead and chin) within 3 face sizes, and
+    overlapping the face's extent across. edge_sides: how many of the 4 sides have one; edge_lr: 1 if both
+    left and right do (a frame around the face); edge_len: their total length in face sizes (capped at 20)."""
+    g = cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (5, 5), 0)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    fw, fh = x1 - x0, y1 - y0
+    size = max(fw, fh, 1.0)
+    med = float(np.median(g))
+    edges = cv2.Canny(g, 0.66 * med, 1.33 * med)
+    lines = cv2.HoughLinesP(edges, 1, np.pi / 180, threshold=30, minLineLength=int(0.8 * size), maxLineGap=4)
+    ex0, ex1 = x0 - 0.15 * fw, x1 + 0.15 * fw
+    ey0, ey1 = y0 - 0.35 * fh, y1 + 0.6 * fh
+    sides = {"l": 0, "r": 0, "t": 0, "b": 0}
+    total = 0.0
+    for xa, ya, xb, yb in (np.asarray(lines, np.float64).reshape(-1, 4) if lines is not None else []):
+        ang = abs(np.degrees(np.arctan2(float(yb - ya), float(xb - xa)))) % 180.0
+        if abs(ang - 90.0) < 15.0:
+            if max(ya, yb) < y0 or min(ya, yb) > y1:
+                continue
+            xm = (xa + xb) / 2.0
+            side = "l" if ex0 - 3 * size < xm < ex0 else "r" if ex1 < xm < ex1 + 3 * size else None
+        elif ang < 15.0 or ang > 165.0:
+            if max(xa, xb) < x0 or min(xa, xb) > x1:
+                continue
+            ym = (ya + yb) / 2.0
+            side = "t" if ey0 - 3 * size < ym < ey0 else "b" if ey1 < ym < ey1 + 3 * size else None
+        else:
+            continue
+        if side is None:
+            continue
+        sides[side] = 1
+        total += float(np.hypot(xb - xa, yb - ya)) / size
+    return {"edge_sides": float(sum(sides.values())), "edge_lr": float(sides["l"] and sides["r"]),
+            "edge_len": min(total, 20.0)}
 
 
 def dump(labels: Path, out: Path, model_dir: Path, limit: int = 0) -> None:
@@ -118,6 +161,7 @@ def dump(labels: Path, out: Path, model_dir: Path, limit: int = 0) -> None:
             feats["v2@2.7/flip"] = p_real("v2", crop_box(flipped, xywh, 2.7))
             feats["v1se@4.0/flip"] = p_real("v1se", crop_box(flipped, xywh, 4.0))
             feats.update(texture_cues(rgb, face.box))
+            feats.update(edge_cues(rgb, face.box))
             feats["face_frac"] = float(face.width / rgb.shape[1])
             feats["found"] = 1.0
             if not keys:
@@ -235,6 +279,9 @@ def report(train: Path, tests: list[Path], candidates=None, bpcer=0.05) -> dict:
         "lr_models2_tex": ["v2@2.7/raw", "v1se@4.0/raw", "hf", "moire", "spec", "sat", "lap"],
         "lr_tex_only": ["hf", "moire", "spec", "sat", "lap"],
         "lr_models_scales": ["v2@2.7/raw", "v1se@4.0/raw", "v2@1.0/raw", "v1se@1.0/raw", "v2@5.0/raw", "v1se@5.0/raw"],
+        "lr_logit4": ["v2@2.7/raw", "v1se@4.0/raw", "v2@1.0/raw", "v1se@1.0/raw"],
+        "lr_logit4_edges": ["v2@2.7/raw", "v1se@4.0/raw", "v2@1.0/raw", "v1se@1.0/raw", "edge_sides", "edge_lr", "edge_len"],
+        "lr_edges_only": ["edge_sides", "edge_lr", "edge_len"],
     }
     res = {"train": str(train), "bpcer_target_on_train": bpcer, "candidates": {}}
 
@@ -293,7 +340,7 @@ def main(argv=None) -> int:
                 w.writerows(keep)
             # paths stay relative to the original folder
             for r in keep:
-                r["path"] = str(labels.parent / r["path"])
+                r["path"] = str((labels.parent / r["path"]).resolve())   # absolute: the temp CSV lives elsewhere
             with open(tmp, "w", newline="") as fh:
                 w = csv.DictWriter(fh, fieldnames=list(rows[0]))
                 w.writeheader()
