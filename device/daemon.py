@@ -44,6 +44,7 @@ class Daemon:
         self.notifier = Notifier(env)
         self.cfg: config_mod.Config | None = None
         self._stop = threading.Event()
+        self._term = False          # set by the SIGTERM/SIGINT handler; the loop turns it into _stop
         self._reload = False
         self.session = None
         self.started = time.monotonic()
@@ -105,7 +106,11 @@ class Daemon:
 
     # ------------------------------------------------------------------ signals
     def _on_term(self, signum, frame) -> None:
-        self._stop.set()
+        # The handler runs on the main thread between two bytecodes, possibly inside self._stop.wait()
+        # while that holds the Event's (non-reentrant) lock: Event.set() here would then wait for itself
+        # forever (seen once: a daemon that ignored SIGTERM until SIGKILL). Only a plain attribute is
+        # written here; the main loop and the session's abort check read it.
+        self._term = True
 
     def _on_hup(self, signum, frame) -> None:
         self._reload = True
@@ -341,7 +346,7 @@ class Daemon:
     def _loop(self) -> None:
         card_consumed = False
         last_status = 0.0
-        while not self._stop.is_set():
+        while not self._stopping():
             self.tick()
             if self._reload:
                 self._reload_config()
@@ -364,6 +369,11 @@ class Daemon:
             elif not present:
                 card_consumed = False
             self._stop.wait(self.cfg.reader.poll_s)
+
+    def _stopping(self) -> bool:
+        if self._term:
+            self._stop.set()
+        return self._stop.is_set()
 
     def _run_session(self) -> None:
         from device.session import Session
@@ -398,7 +408,7 @@ class Daemon:
 
         self.session = Session(cfg, reader=self.reader, camera=self.camera, vision=self.vision, sink=sink,
                                events=self._publish_event, tick=self.tick,
-                               should_abort=lambda: self._stop.is_set() or self._abort_session,
+                               should_abort=lambda: self._stopping() or self._abort_session,
                                hmac_key=self.hmac_key, binding=binding,
                                consent=self.consent_box.wait if self.cfg.consent.required else None)
         try:

@@ -82,6 +82,7 @@ def start_daemon(config_path: Path, notify: NotifySocket | None, *, watchdog_use
                  log_path: Path | None = None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
                                                             "INVOCATION_ID", "JOURNAL_STREAM")}
+    env["PYTHONFAULTHANDLER"] = "1"     # a daemon that will not stop dumps its threads on SIGABRT (stop_daemon)
     if notify:
         env["NOTIFY_SOCKET"] = notify.path
         env["WATCHDOG_USEC"] = str(watchdog_usec)
@@ -96,7 +97,12 @@ def stop_daemon(proc: subprocess.Popen, timeout: float = 10.0) -> int:
         try:
             return proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            # where it hangs goes to its log: faulthandler prints every thread's stack on SIGABRT
+            proc.send_signal(signal.SIGABRT)
+            try:
+                proc.wait(3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             return -9
     return proc.returncode
