@@ -230,13 +230,12 @@ class ReplaySource(FrameSource):
             files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
             if not files:
                 raise CameraError("camera_unavailable", f"replay folder has no images: {p}")
-            self._kind, self._files = "folder", files
             times = None if fps else _folder_times(p, files)
             if times is not None and any(b < a for a, b in zip(times, times[1:])):
                 # a frames.csv is the timeline: play by time, not by name (NUAA's _13.jpg sorts before _5.jpg)
                 order = sorted(range(len(files)), key=lambda i: times[i])
                 files, times = [files[i] for i in order], [times[i] for i in order]
-                self._files = files
+            self._kind, self._files = "folder", files
             self._fps = fps or DEFAULT_FPS
             self._times = times if times is not None else [i / self._fps for i in range(len(files))]
         elif p.suffix.lower() in IMAGE_EXTS:
@@ -279,7 +278,7 @@ class ReplaySource(FrameSource):
     def _next_from_start(self):
         """_next_media, with the first pass beginning at cfg.replay.start_s (evaluations start a session at
         several points of one clip: a customer steps up, an attacker starts the replay, whenever)."""
-        start = float(getattr(self.rc, "start_s", 0.0) or 0.0)
+        start = self.rc.start_s
         while True:
             got = self._next_media()
             if got is None or start <= 0 or self._kind == "image" or self._offset or got[1] >= start:
@@ -290,7 +289,7 @@ class ReplaySource(FrameSource):
         """End of a pass: start the next one (loop) or finish. False when finished."""
         if not self.rc.loop or self._pass_frames == 0:
             if self._pass_frames == 0 and self.rc.loop and self._media_n == 0:
-                after = f" at or after start_s {self.rc.start_s:g} s" if getattr(self.rc, "start_s", 0) else ""
+                after = f" at or after start_s {self.rc.start_s:g} s" if self.rc.start_s else ""
                 raise CameraError("camera_unavailable", f"replay has no frames{after}: {self.path.name}")
             return False
         self._offset = (self._last_media_t if self._last_media_t is not None else 0.0) + self._gap

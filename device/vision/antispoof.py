@@ -131,9 +131,7 @@ class AntiSpoof:
             patch = self._patch(rgb, (x0, y0, w, h), 1.0)    # both models see the same scale-1.0 crop: made once
             for rt in self._models:
                 per.append(float(self._infer(rt, patch)[1]))
-            wts, b = LOGIT4
-            z = b + sum(wi * _logit(pi) for wi, pi in zip(wts, per))
-            return AntiSpoofResult(float(1.0 / (1.0 + np.exp(-z))), tuple(per))
+            return AntiSpoofResult(fuse_logit4(per), tuple(per))
         return AntiSpoofResult(float(total[1] / len(self._models)), tuple(per))
 
     @classmethod
@@ -153,6 +151,13 @@ class AntiSpoof:
         z = rt.get("logits")[0].astype(np.float64)
         p = np.exp(z - z.max())
         return p / p.sum()
+
+
+def fuse_logit4(per) -> float:
+    """p_real of (V2 @ 2.7, V1SE @ 4.0, V2 @ 1.0, V1SE @ 1.0) -> the `logit4` score (LOGIT4)."""
+    wts, b = LOGIT4
+    z = b + sum(wi * _logit(pi) for wi, pi in zip(wts, per))
+    return float(1.0 / (1.0 + np.exp(-z)))
 
 
 def _logit(p: float) -> float:

@@ -90,24 +90,22 @@ def motion_table(labels: Path, split: str, detector) -> dict[str, dict]:
 def video_pad(npz: Path) -> dict[str, float]:
     """video -> the shipped logit4 score of its frames, fused as a session fuses them."""
     from device.liveness.decision import fuse_pad
-    from device.vision.antispoof import LOGIT4
+    from device.vision.antispoof import fuse_logit4
     z = np.load(npz, allow_pickle=False)
     keys = list(z["keys"])
-    cols = [z["X"][:, keys.index(k)] for k in ("v2@2.7/raw", "v1se@4.0/raw", "v2@1.0/raw", "v1se@1.0/raw")]
-    wts, b = LOGIT4
-    lg = b + sum(w * np.log(np.clip(c, 1e-6, 1 - 1e-6) / (1 - np.clip(c, 1e-6, 1 - 1e-6))) for w, c in zip(wts, cols))
-    s = np.where(np.isnan(lg), 0.0, 1.0 / (1.0 + np.exp(-np.nan_to_num(lg, nan=-50.0))))
+    idx = [keys.index(k) for k in ("v2@2.7/raw", "v1se@4.0/raw", "v2@1.0/raw", "v1se@1.0/raw")]
     out: dict[str, list[float]] = {}
-    for v, sc in zip(z["video"].astype(str), s):
-        out.setdefault(v, []).append(float(sc))
+    for v, row in zip(z["video"].astype(str), z["X"]):
+        per = row[idx]
+        out.setdefault(v, []).append(0.0 if np.isnan(per).any() else fuse_logit4(per))   # no face: 0
     return {v: (fuse_pad(x) or 0.0) for v, x in out.items()}
 
 
 def _design(table: dict, pad: dict, videos: list[str], use_motion: bool) -> np.ndarray:
+    from kyc_tools.eval.pad_study import _logit
     rows = []
     for v in videos:
-        p = min(max(pad.get(v, 0.0), 1e-6), 1 - 1e-6)
-        row = [np.log(p / (1 - p))]
+        row = [float(_logit(pad.get(v, 0.0)))]
         if use_motion:
             m = table[v]
             row += [np.log(m.get("relative", 0.0) + EPS), np.log(m.get("background", 0.0) + EPS)]
@@ -129,10 +127,10 @@ def study(labels: Path, scores_train: Path, scores_test: Path, model_dir=None) -
             ms = [m for m in t.values() if m["label"] == lab and "relative" in m]
             med[lab] = {k: round(float(np.median([m[k] for m in ms])), 4) for k in ("relative", "background", "face")}
         out["motion_medians"][sp] = med
+    vids = {sp: sorted(tabs[sp]) for sp in tabs}
+    types = {sp: np.array([tabs[sp][v]["label"] for v in vids[sp]]) for sp in tabs}
+    bona = {sp: np.isin(types[sp], ["live", "real", "genuine"]) for sp in tabs}      # as pad_study._load
     for name, use in (("pad_only", False), ("pad_plus_motion", True)):
-        vids = {sp: sorted(tabs[sp]) for sp in tabs}
-        bona = {sp: np.array([tabs[sp][v]["label"] in ("live", "real", "genuine") for v in vids[sp]]) for sp in tabs}
-        types = {sp: np.array([tabs[sp][v]["label"] for v in vids[sp]]) for sp in tabs}
         X = {sp: _design(tabs[sp], pads[sp], vids[sp], use) for sp in tabs}
         model = fit_logistic(X["train"], bona["train"].astype(float))
         s = {sp: apply_logistic(model, X[sp]) for sp in tabs}
